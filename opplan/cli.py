@@ -1,0 +1,79 @@
+"""The ``opplan`` command line.
+
+Subcommands live beside the code they drive (``opplan/<area>/commands.py``) and are
+imported only when called, so ``opplan check-params`` does not pay for importing
+torch. Every :class:`~opplan.errors.OpplanError` becomes a one-paragraph message on
+stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from opplan.errors import OpplanError
+
+# name -> ("module:attribute" of a click command or group, one-line help)
+COMMANDS = {
+    "check-params": ("opplan.commands:check_params", "Validate a params file and print the resolved settings."),
+    "init-params": ("opplan.commands:init_params", "Copy a dataset preset to a params file."),
+    "data": ("opplan.data.commands:data", "Make the demo dataset or import a real one."),
+    "model-info": ("opplan.models.commands:model_info", "Parameters and GFLOPs of a registered model."),
+    "graph": ("opplan.planning.commands:graph", "Print or draw the transition graph."),
+    "knee": ("opplan.planning.commands:knee", "Replay knee-point stopping on a recorded curve."),
+    "plan": ("opplan.commands:plan", "Explore the transition graph and choose the path."),
+    "final": ("opplan.commands:final", "Retrain from S0 along the planned path."),
+    "evaluate": ("opplan.commands:evaluate", "Multi-view testing of the final model."),
+    "baselines": ("opplan.commands:baselines", "Train and score the hand-tuned grid."),
+    "report": ("opplan.commands:report", "Paper-style tables and figures from MLflow."),
+    "ui": ("opplan.commands:ui", "Start the MLflow UI over the project's store."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target[0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Written from COMMANDS so that `opplan --help` imports no subcommand (nor torch).
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in sorted(COMMANDS.items())])
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except OpplanError as exc:
+            click.echo(f"opplan: error: {exc}", err=True)
+            ctx.exit(2)
+
+@click.group(cls=LazyGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """opplan: optimization planning for 3D ConvNets on MLflow and DVC."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+def main() -> None:
+    cli(prog_name="opplan")
+
+
+if __name__ == "__main__":
+    main()

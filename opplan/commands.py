@@ -1,0 +1,112 @@
+"""Top-level ``opplan`` commands: params handling and the pipeline stages for people.
+
+Each stage command calls the same function as its ``pipeline/<stage>.py`` entry point.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from opplan.config import dump_params, load_params, preset_path
+from opplan.errors import OpplanError
+
+PARAMS_ARG = click.argument("params_path", metavar="[PARAMS]", default="params.yaml", type=click.Path(dir_okay=False))
+
+
+@click.command("check-params")
+@PARAMS_ARG
+def check_params(params_path: str) -> None:
+    """Validate a params file and print the resolved settings (exit 2 on a bad file)."""
+    params = load_params(params_path)
+    click.echo(f"# {params_path}: valid\n" + dump_params(params), nl=False)
+
+
+@click.command("init-params")
+@click.option("--preset", required=True, help="A shipped preset: ucf101, hmdb51, activitynet, ssv2, kinetics, demo.")
+@click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_params(preset: str, out: str, force: bool) -> None:
+    """Copy a dataset preset (SPEC §8) to a params file."""
+    source = preset_path(preset)
+    load_params(source)  # a shipped preset must itself be valid
+    if Path(out).exists() and not force:
+        raise OpplanError(f"{out} exists; pass --force to overwrite it")
+    shutil.copyfile(source, out)
+    click.echo(f"wrote {out} from preset {preset} ({source})")
+
+
+PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                             type=click.Path(dir_okay=False), help="The params file.")
+
+
+@click.command()
+@PARAMS_OPTION
+def plan(params_path: str) -> None:
+    """Explore the transition graph and choose the path (the `plan` stage)."""
+    from opplan.stages.plan import run_plan
+
+    result = run_plan(load_params(params_path))
+    click.echo(" → ".join(s.name for s in result.path))
+
+
+@click.command()
+@PARAMS_OPTION
+def final(params_path: str) -> None:
+    """Retrain from S0 along the planned path (the `final` stage)."""
+    from opplan.stages.final import run_final
+
+    record = run_final(load_params(params_path))
+    click.echo(f"final model: {record['epochs']} epochs, MLflow run {record['run_id']}")
+
+
+@click.command()
+@PARAMS_OPTION
+def evaluate(params_path: str) -> None:
+    """Multi-view testing of the final model on the held-out split (the `evaluate` stage)."""
+    from opplan.stages.evaluate import run_evaluate
+
+    metrics = run_evaluate(load_params(params_path))
+    click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+@click.command()
+@PARAMS_OPTION
+def baselines(params_path: str) -> None:
+    """Train and score the hand-tuned grid (the `baselines` stage)."""
+    from opplan.stages.baselines import run_baselines
+
+    document = run_baselines(load_params(params_path))
+    best = document["best"]
+    click.echo(f"HS: {best['name']} top-1 {best['top1']:.4f}" if best else "no baseline finished")
+
+
+@click.command()
+@PARAMS_OPTION
+@click.option("--tracking-uri", default=None, help="Read this MLflow store instead of params' / MLFLOW_TRACKING_URI.")
+@click.option("--out", default=None, help="Output folder (default: params report.out).")
+def report(params_path: str, tracking_uri: str | None, out: str | None) -> None:
+    """Paper-style tables and figures from the MLflow store, into reports/."""
+    from opplan.report import run_report
+
+    written = run_report(load_params(params_path), tracking_uri=tracking_uri, out=out)
+    click.echo(f"wrote {written}")
+
+
+@click.command()
+@PARAMS_OPTION
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(params_path: str, port: int) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the project's store."""
+    import os
+    import subprocess
+
+    from opplan.tracking import resolve_uri
+
+    params = load_params(params_path)
+    uri = resolve_uri(params.tracking.uri)
+    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    raise SystemExit(subprocess.call(command, env=os.environ.copy()))

@@ -1,0 +1,331 @@
+"""``params.yaml`` as typed, validated, frozen settings.
+
+One section per stage plus shared settings (STYLE habit 2). Every key is
+documented where its default is defined and validated once, on load
+(PySlowFast's ``assert_and_infer_cfg``, without its mutable global). Unknown keys,
+wrong types and out-of-range values are errors that name the file, the line,
+the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opplan.errors import ParamsError
+
+Sampling = Literal["cs", "us"]
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataParams(_Section):
+    root: str = "data"
+    """Dataset folder holding ``manifest.csv`` (from ``opplan data synth`` or ``opplan data import``)."""
+
+
+class PrepareParams(_Section):
+    out: str = "shards"
+    """Folder the frame shards, frame counts, splits and the bad-video report go to."""
+    short_side: PositiveInt = 256
+    """Frames are resized so that their shorter side has this many pixels."""
+    max_frames: PositiveInt | None = None
+    """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
+    val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Internal validation size: a count, a fraction of the training set, or null for
+    the size of the original validation split (SPEC §5)."""
+    max_bad_fraction: Fraction = 0.05
+    """Fail when more than this fraction of the videos cannot be decoded."""
+    shard_mb: PositiveInt = 256
+    """Target size of one frame shard file in MiB."""
+    workers: PositiveInt = 2
+    """Decoding processes."""
+
+
+class ModelParams(_Section):
+    name: str = "dg_p3d_tiny"
+    """Registered model name (``opplan model-info --list``)."""
+    dropout: Fraction = 0.5
+    width: PositiveInt | None = None
+    """Channels of the stem; null takes the registered model's own (ResNet bodies: 64,
+    the ``*_tiny`` CPU models: 16). torchvision's models accept only null or 64."""
+    depth: Literal[10, 14, 18, 26, 50, 101] | None = None
+    """ResNet depth of the P3D body; null takes the registered model's own (``*_tiny``: 14,
+    one bottleneck block per stage). 10 and 18 use basic blocks, the others bottlenecks."""
+    init: str | None = None
+    """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file."""
+    bn_freeze_min_length: PositiveInt = 64
+    """With clips at least this long, every BatchNorm but the first is frozen (SPEC §7)."""
+
+
+class TrainParams(_Section):
+    crop_size: PositiveInt = 224
+    scale_jitter: tuple[PositiveInt, PositiveInt] = (256, 340)
+    """Training frames are resized to a random short side in this range, then cropped."""
+    eval_short_side: PositiveInt = 256
+    flip: bool = True
+    """Random horizontal flip; switch off for direction-sensitive datasets (SSv2)."""
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    batch_size: PositiveInt = 8
+    batch_size_per_length: dict[PositiveInt, PositiveInt] = {}
+    """Batch size for a given clip length, overriding ``batch_size`` (long clips need smaller ones)."""
+    eval_batch_size: PositiveInt = 16
+    num_workers: Annotated[int, Field(ge=0)] = 2
+    """DataLoader worker processes."""
+
+    @model_validator(mode="after")
+    def _jitter_ordered(self) -> TrainParams:
+        low, high = self.scale_jitter
+        if low > high:
+            raise ValueError(f"scale_jitter must be [low, high] with low <= high, got {list(self.scale_jitter)}")
+        if low < self.crop_size:
+            raise ValueError(f"scale_jitter low ({low}) must be >= crop_size ({self.crop_size})")
+        return self
+
+    def batch_for(self, clip_length: int) -> int:
+        return self.batch_size_per_length.get(clip_length, self.batch_size)
+
+
+class PlanParams(_Section):
+    sampling: list[Sampling] = ["cs", "us"]
+    """Sampling strategies to plan over; the result is the best of their final states."""
+    clip_lengths: list[PositiveInt] = [16, 32, 64]
+    """Candidate clip lengths l1 < l2 < ... (SPEC §2)."""
+    lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
+    """Candidate learning rates r1 > r2 > ... (SPEC §2)."""
+    graph: Literal["basic", "extended"] = "extended"
+    max_jump: PositiveInt = 1
+    start_lengths: list[PositiveInt] | None = None
+    """Clip lengths S0 may go to; null means the two shortest."""
+    final_states: list[str] | None = None
+    """Final states written ``cs/64/0.0001``; null means (s, l_max, r_min) per sampling."""
+    delay: PositiveInt = 10
+    """Knee-stopping delay T (SPEC §4; paper: 10)."""
+    max_epochs: PositiveInt = 100
+    """Hard cap on the epochs of one transition."""
+    fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
+    score: Literal["fitted", "observed"] = "fitted"
+    """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
+    horizon: PositiveInt = 999
+    """The knee t* is searched in [0, horizon]."""
+
+    @field_validator("clip_lengths")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if not v or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be a non-empty, strictly increasing list, got {v}")
+        return v
+
+    @field_validator("lrs")
+    @classmethod
+    def _decreasing(cls, v: list[float]) -> list[float]:
+        if not v or any(b >= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be a non-empty, strictly decreasing list, got {v}")
+        return v
+
+    @field_validator("sampling")
+    @classmethod
+    def _unique_sampling(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list of distinct values from ['cs', 'us'], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _states_exist(self) -> PlanParams:
+        if self.start_lengths is not None:
+            bad = [l for l in self.start_lengths if l not in self.clip_lengths]
+            if bad or not self.start_lengths:
+                raise ValueError(
+                    f"start_lengths {self.start_lengths} must be a non-empty subset of clip_lengths {self.clip_lengths}"
+                )
+        for name in self.final_states or []:
+            try:
+                sampling, length, lr = name.split("/")
+                ok = sampling in self.sampling and int(length) in self.clip_lengths and any(
+                    math.isclose(float(lr), r, rel_tol=1e-9) for r in self.lrs
+                )
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"final state {name!r} is not a state of the graph: write 'sampling/clip_length/lr' "
+                    f"with sampling in {self.sampling}, clip_length in {self.clip_lengths}, lr in {self.lrs}"
+                )
+        return self
+
+
+class EvaluateParams(_Section):
+    clips: PositiveInt = 10
+    """Uniformly spaced clips per video in final testing."""
+    crops: Literal[1, 3] = 3
+    """Spatial crops per clip: 1 (centre) or 3 (left/centre/right or top/centre/bottom)."""
+    batch_size: PositiveInt = 4
+    """Videos per evaluation batch (each brings clips x crops views)."""
+
+
+class BaselinesParams(_Section):
+    enabled: bool = True
+    """Run the hand-tuned grid (SPEC §6); switch off when only the plan is wanted."""
+    schedules: list[Literal["l1-lN", "l2-lN", "all"]] = ["l1-lN", "l2-lN", "all"]
+    """Clip schedules: l1->lN, l2->lN, or l1->l2->...->lN with equal epochs per length."""
+    decays: list[Literal["step", "cosine"]] = ["step", "cosine"]
+    """Learning-rate decay: 3-step (the plan's rates in equal thirds) or cosine from r1."""
+    sampling: list[Sampling] = ["cs", "us"]
+    epochs: list[PositiveInt] = [128, 192, 256]
+    """Total-epoch grid."""
+
+
+class ReportParams(_Section):
+    out: str = "reports"
+    figures: bool = True
+
+
+class TrackingParams(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI; the ``MLFLOW_TRACKING_URI`` environment variable wins over it."""
+    experiment: str = "opplan"
+    """Experiment of the planning runs; baselines go to ``<experiment>-baselines``."""
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    plan: PlanParams = PlanParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    baselines: BaselinesParams = BaselinesParams()
+    report: ReportParams = ReportParams()
+    tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _model_fits_plan(self) -> Params:
+        if self.prepare.short_side < self.train.crop_size:
+            raise ValueError(
+                f"prepare.short_side ({self.prepare.short_side}) must be >= train.crop_size ({self.train.crop_size})"
+            )
+        return self
+
+    def section_dict(self, *sections: str) -> dict[str, Any]:
+        """The named sections as plain data (for hashing and MLflow params)."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in sections}
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (deepest existing ancestor)."""
+    line = None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(key)), None)
+            if node is None:  # a missing key: point at the mapping
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith(("function-", "int", "float"))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'", loc
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if kind == "missing" or isinstance(value, dict) or "got" in msg else f" (got {value!r})"
+    return f"'{key}': {msg}{shown}", loc
+
+
+def parse_params(data: Any, *, source: str = "<params>", root: yaml.Node | None = None) -> Params:
+    """Validate already-parsed params data; errors name ``source``, line and key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            text, loc = _describe(error)
+            line = _line_of(root, loc) if root is not None else None
+            where = f"{source}:{line}" if line else source
+            lines.append(f"{where}: {text}")
+        allowed = _allowed_hint(exc)
+        raise ParamsError("\n".join(lines) + allowed) from None
+
+
+def _allowed_hint(exc: ValidationError) -> str:
+    """For unknown keys, list the keys the section does allow."""
+    hints = []
+    for error in exc.errors():
+        if error["type"] != "extra_forbidden":
+            continue
+        model: type[BaseModel] = Params
+        for part in error["loc"][:-1]:
+            field = model.model_fields.get(str(part))
+            annotation = getattr(field, "annotation", None)
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                break
+            model = annotation
+        hints.append(f"  allowed keys here: {', '.join(model.model_fields)}")
+    return ("\n" + "\n".join(dict.fromkeys(hints))) if hints else ""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file. Raises :class:`ParamsError` with file, line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ParamsError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(data, source=str(path), root=root)
+
+
+def dump_params(params: Params) -> str:
+    """The resolved settings as YAML, every default filled in."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    """Path of a shipped preset (``configs/<name>.yaml``)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ParamsError(f"unknown preset {name!r}; shipped presets: {', '.join(known) or 'none'}")
+    return path
