@@ -1,0 +1,369 @@
+"""Import public annotation formats into a normalised dataset folder (SPEC §1 step 1).
+
+Each reader takes the files exactly as the dataset ships them and returns the
+classes, the usable videos and the problems (missing video, unknown label,
+malformed line: file, line and reason). A bad line never stops an import; only a
+structural problem (a missing annotation file, no usable video at all) raises
+:class:`AnnotationFileError`, an :class:`~opplan.errors.AnnotationError`.
+
+Formats (``PATH`` is ``--annotations``, ``ROOT`` is ``--root``):
+
+- ``ucf101``: ``PATH/classInd.txt`` ("1 ApplyEyeMakeup"), ``trainlist0N.txt``
+  ("ApplyEyeMakeup/v_X.avi 1"), ``testlist0N.txt`` ("ApplyEyeMakeup/v_X.avi");
+  videos ``ROOT/<Class>/v_X.avi``.
+- ``hmdb51``: ``PATH/<class>_test_split<N>.txt`` with "video.avi 0|1|2" (1 train,
+  2 test, 0 unused); videos ``ROOT/<class>/video.avi``.
+- ``kinetics``: a CSV ``label,youtube_id,time_start,time_end,split`` (or a folder of
+  them; files without a ``label`` column, like the unlabelled test list, are
+  skipped); videos ``ROOT/<split>/<label>/<id>_<start:06d>_<end:06d>.<ext>`` or flat
+  ``ROOT/<id>_<start:06d>_<end:06d>.<ext>``, any video extension. Split ``train`` is
+  train; ``validate``/``val``/``validation``/``test`` are test.
+- ``ssv2``: ``PATH/labels.json`` ({"template": "index"}), ``train.json`` and
+  ``validation.json`` (lists of {"id", "label", "template", "placeholders"}); the class
+  is the template without "[" and "]"; videos ``ROOT/<id>.webm``. For JSON files the
+  reported "line" is the entry number in the list.
+- ``csv``: ``path,label,split`` with a header; ``path`` relative to ``ROOT``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opplan.data.manifest import Entry, Problem, write_dataset, write_problems
+from opplan.errors import AnnotationError, DataError
+from opplan.fileio import atomic_open
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv")
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+)
+TEST_SPLITS = frozenset({"test", "val", "validate", "validation"})
+REPORT = "import_report.csv"
+VIDEOS_DIR = "videos"
+
+
+class AnnotationFileError(AnnotationError):
+    """A whole annotation file (or the import) is unusable, not one of its lines."""
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path, self.line = str(path), 0
+        DataError.__init__(self, f"{path}: {message}")
+
+
+@dataclass
+class Listing:
+    """What a reader found: classes (index order), usable videos and problems.
+
+    ``videos`` pairs an :class:`Entry` whose ``path`` is relative to the video root
+    with the video's absolute location.
+    """
+
+    classes: list[str]
+    videos: list[tuple[Entry, Path]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    _seen: set[Path] = field(default_factory=set, repr=False)
+
+    def add(self, root: Path, found: Path | None, label: str, split: str, where: tuple[Path, int], wanted: str) -> None:
+        """Record one annotated video, or the reason it cannot be used."""
+        file, line = str(where[0]), where[1]
+        if found is None:
+            self.problems.append(Problem(file, line, f"video {wanted} not found under {root}"))
+        elif found in self._seen:
+            self.problems.append(Problem(file, line, f"video {wanted} is listed more than once"))
+        else:
+            self._seen.add(found)
+            rel = found.relative_to(root).as_posix() if found.is_relative_to(root) else f"external/{found.name}"
+            self.videos.append((Entry(rel, label, split, line), found))
+
+    def bad(self, where: tuple[Path, int], reason: str) -> None:
+        self.problems.append(Problem(str(where[0]), where[1], reason))
+
+
+class _VideoIndex:
+    """Video files under a root by file stem, built on first use (one walk)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._by_stem: dict[str, list[Path]] | None = None
+
+    def find(self, stem: str, prefer_dir: str | None = None) -> Path | None:
+        if self._by_stem is None:
+            self._by_stem = defaultdict(list)
+            for folder, _, names in os.walk(self.root, followlinks=True):
+                for name in names:
+                    path = Path(folder, name)
+                    if path.suffix.lower() in VIDEO_EXTENSIONS:
+                        self._by_stem[path.stem].append(path)
+        found = sorted(self._by_stem.get(stem, []))
+        if prefer_dir is not None:
+            found.sort(key=lambda p: _norm(p.parent.name) != _norm(prefer_dir))
+        return found[0] if found else None
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_]+", " ", name.strip().strip('"')).lower()
+
+
+def _locate(root: Path, rel: str, label: str | None = None) -> Path | None:
+    """``ROOT/rel``, else ``ROOT/<label>/<basename>``, else ``ROOT/<basename>`` (flat layouts)."""
+    name = Path(rel).name
+    for candidate in (root / rel, *([root / label / name] if label else []), root / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank stripped lines with 1-based numbers; a missing file is structural."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise AnnotationFileError(path, "annotation file not found") from None
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+# --- UCF101 ----------------------------------------------------------------------------
+
+
+def read_ucf101(root: Path, annotations: Path, split: int = 1) -> Listing:
+    class_file = annotations / "classInd.txt"
+    listing = Listing(classes=[])
+    for line, text in _lines(class_file):
+        parts = text.split()
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(listing.classes) + 1:
+            listing.bad((class_file, line), f"expected '{len(listing.classes) + 1} ClassName', got {text!r}")
+            continue
+        listing.classes.append(parts[1])
+    if not listing.classes:
+        raise AnnotationFileError(class_file, "no classes (lines '1 ClassName')")
+    by_name = {name.lower(): name for name in listing.classes}
+    for kind in ("train", "test"):
+        list_file = annotations / f"{kind}list{split:02d}.txt"
+        for line, text in _lines(list_file):
+            parts = text.split()
+            rel = parts[0]
+            if len(parts) == 2 and parts[1].isdigit():  # trainlist: "Class/v_X.avi N"
+                number = int(parts[1])
+                label = listing.classes[number - 1] if 1 <= number <= len(listing.classes) else None
+                reason = f"label {number} is not in classInd.txt (1..{len(listing.classes)})"
+            elif len(parts) == 1 and "/" in rel:  # testlist: "Class/v_X.avi", the class is the folder
+                label = by_name.get(rel.split("/")[0].lower())
+                reason = f"class folder {rel.split('/')[0]!r} is not in classInd.txt"
+            else:
+                label, reason = None, f"expected 'Class/video.avi{' N' if kind == 'train' else ''}', got {text!r}"
+            if label is None:
+                listing.bad((list_file, line), reason)
+                continue
+            listing.add(root, _locate(root, rel, label), label, kind, (list_file, line), rel)
+    return listing
+
+
+# --- HMDB51 ----------------------------------------------------------------------------
+
+
+def read_hmdb51(root: Path, annotations: Path, split: int = 1) -> Listing:
+    suffix = f"_test_split{split}.txt"
+    files = sorted(annotations.glob(f"*{suffix}")) if annotations.is_dir() else []
+    if not files:
+        raise AnnotationFileError(annotations, f"no HMDB51 split files '<class>{suffix}' here")
+    listing = Listing(classes=sorted(f.name[: -len(suffix)] for f in files))
+    for split_file in files:
+        label = split_file.name[: -len(suffix)]
+        for line, text in _lines(split_file):
+            parts = text.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                listing.bad((split_file, line), f"expected 'video.avi 0|1|2', got {text!r}")
+                continue
+            if parts[1] == "0":  # not used in this split
+                continue
+            found = _locate(root, parts[0], label)
+            listing.add(root, found, label, "train" if parts[1] == "1" else "test", (split_file, line), parts[0])
+    return listing
+
+
+# --- Kinetics --------------------------------------------------------------------------
+
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+def read_kinetics(root: Path, annotations: Path, split: int = 1) -> Listing:
+    files = sorted(annotations.glob("*.csv")) if annotations.is_dir() else [annotations]
+    if not files or not files[0].exists():
+        raise AnnotationFileError(annotations, "no Kinetics CSV file (label,youtube_id,time_start,time_end,split)")
+    rows: list[tuple[Path, int, dict[str, str]]] = []
+    for csv_file in files:
+        with csv_file.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = [c.strip() for c in reader.fieldnames or []]
+            if "label" not in header and len(files) > 1:
+                log.info("import: skipping %s (no label column: an unlabelled test list)", csv_file)
+                continue
+            missing = [c for c in KINETICS_COLUMNS if c not in header]
+            if missing:
+                raise AnnotationFileError(csv_file, f"header lacks {', '.join(missing)} (got {','.join(header)})")
+            reader.fieldnames = header
+            rows += [(csv_file, reader.line_num, row) for row in reader]
+    labels = {(row.get("label") or "").strip() for _, _, row in rows} - {""}
+    listing = Listing(classes=sorted(labels))
+    index = _VideoIndex(root)
+    for csv_file, line, row in rows:
+        where = (csv_file, line)
+        try:
+            label, stem = row["label"].strip(), _kinetics_stem(row)
+        except (ValueError, AttributeError, TypeError):
+            listing.bad(where, f"malformed row: {row!r}")
+            continue
+        kind = (row["split"] or "").strip().lower()
+        if not label or kind not in TEST_SPLITS | {"train"}:
+            listing.bad(where, f"missing label or unknown split {row['split']!r} (train, validate, val, test)")
+            continue
+        listing.add(root, index.find(stem, prefer_dir=label), label, "train" if kind == "train" else "test", where,
+                    f"{stem}.*")
+    return listing
+
+
+def _kinetics_stem(row: dict[str, str]) -> str:
+    """``<youtube_id>_<start:06d>_<end:06d>`` as the Kinetics downloaders name files."""
+    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+    youtube_id = row["youtube_id"].strip()
+    if not youtube_id:
+        raise ValueError("empty youtube_id")
+    return f"{youtube_id}_{start:06d}_{end:06d}"
+
+
+# --- Something-Something V2 ------------------------------------------------------------
+
+
+def read_ssv2(root: Path, annotations: Path, split: int = 1) -> Listing:
+    labels_file = annotations / "labels.json"
+    labels = _load_json(labels_file)
+    if not isinstance(labels, dict) or not labels:
+        raise AnnotationFileError(labels_file, 'expected {"template": "index", ...}')
+    try:
+        classes = [name for name, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
+    except (TypeError, ValueError):
+        raise AnnotationFileError(labels_file, "class indices must be integers") from None
+    listing = Listing(classes=classes)
+    by_text = {name.lower(): name for name in classes}
+    index = _VideoIndex(root)
+    for kind, name in (("train", "train.json"), ("test", "validation.json")):
+        list_file = annotations / name
+        items = _load_json(list_file)
+        if not isinstance(items, list):
+            raise AnnotationFileError(list_file, "expected a list of {id, label, template, placeholders}")
+        for number, item in enumerate(items, start=1):
+            where = (list_file, number)
+            if not isinstance(item, dict) or not str(item.get("id", "")).strip() or "template" not in item:
+                listing.bad(where, f"entry {number} lacks 'id' or 'template': {item!r}"[:200])
+                continue
+            text = str(item["template"]).replace("[", "").replace("]", "")
+            label = by_text.get(text.lower())
+            if label is None:
+                listing.bad(where, f"template {text!r} is not in labels.json")
+                continue
+            video_id = str(item["id"]).strip()
+            found = _locate(root, f"{video_id}.webm") or index.find(video_id)
+            listing.add(root, found, label, kind, where, f"{video_id}.webm")
+    return listing
+
+
+def _load_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnnotationFileError(path, "annotation file not found") from None
+    except json.JSONDecodeError as exc:
+        raise AnnotationFileError(path, f"not valid JSON (line {exc.lineno}): {exc.msg}") from None
+
+
+# --- generic CSV -----------------------------------------------------------------------
+
+
+def read_csv(root: Path, annotations: Path, split: int = 1) -> Listing:
+    try:
+        handle = annotations.open(newline="", encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise AnnotationFileError(annotations, "annotation file not found (a CSV path,label,split)") from None
+    with handle:
+        rows = list(csv.reader(handle))
+    if not rows or [c.strip() for c in rows[0]] != ["path", "label", "split"]:
+        got = ",".join(rows[0]) if rows else "(empty)"
+        raise AnnotationFileError(annotations, f"header must be path,label,split, got {got}")
+    good = [r for r in rows[1:] if len(r) == 3 and all(c.strip() for c in r)]
+    listing = Listing(classes=sorted({r[1].strip() for r in good}))
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != 3 or not all(c.strip() for c in row):
+            listing.bad((annotations, line), f"expected path,label,split, got {','.join(row)!r}")
+            continue
+        rel, label, kind = (c.strip() for c in row)
+        if kind.lower() not in TEST_SPLITS | {"train"}:
+            listing.bad((annotations, line), f"split {kind!r} is not train or test (val/validate count as test)")
+            continue
+        found = _locate(root, rel) if not Path(rel).is_absolute() else (Path(rel) if Path(rel).is_file() else None)
+        listing.add(root, found, label, "train" if kind.lower() == "train" else "test", (annotations, line), rel)
+    return listing
+
+
+READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv}
+
+
+# --- the import ------------------------------------------------------------------------
+
+
+def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str | Path, *,
+                   split: int = 1, link: bool = True) -> Listing:
+    """Read ``fmt`` annotations and write a dataset folder ``out``: ``manifest.csv``,
+    ``classes.txt``, ``import_report.csv`` and the videos under ``out/videos/``
+    (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``.
+    """
+    if fmt not in READERS:
+        raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
+    root, annotations, out = Path(root).resolve(), Path(annotations), Path(out)
+    if not root.is_dir():
+        raise DataError(f"video root {root} is not a folder")
+    listing = READERS[fmt](root, annotations, split)
+    write_problems(out / REPORT, listing.problems)
+    if not listing.videos:
+        first = f"; first: {listing.problems[0]}" if listing.problems else ""
+        raise AnnotationFileError(annotations, f"no usable videos ({len(listing.problems)} problems, "
+                                               f"see {out / REPORT}){first}")
+    entries = []
+    for number, (entry, source) in enumerate(listing.videos, start=1):
+        rel = f"{VIDEOS_DIR}/{entry.path}"
+        _place(source, out / rel, link=link)
+        entries.append(Entry(rel, entry.label, entry.split, entry.line))
+        if number % 1000 == 0:
+            log.info("import: %d/%d videos placed", number, len(listing.videos))
+    write_dataset(out, entries, listing.classes)
+    counts = {kind: sum(e.split == kind for e in entries) for kind in ("train", "test")}
+    log.info("import: %d videos (%d train, %d test) of %d classes from %s into %s; %d problem(s)%s",
+             len(entries), counts["train"], counts["test"], len(listing.classes), fmt, out, len(listing.problems),
+             f", see {out / REPORT}" if listing.problems else "")
+    return listing
+
+
+def _place(source: Path, target: Path, *, link: bool) -> None:
+    """Symlink (absolute) or copy ``source`` to ``target``, replacing what is there atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and os.path.samefile(source, target) and (link or not target.is_symlink()):
+        return  # already linked, or imported in place
+    if link:
+        tmp = target.with_name(f".{target.name}.link.tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(source.resolve(), tmp)
+        os.replace(tmp, target)
+    else:
+        with source.open("rb") as src, atomic_open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)

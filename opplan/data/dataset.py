@@ -1,0 +1,156 @@
+"""Clips from the frame shards, for training, planning's validation and final testing.
+
+``ClipDataset`` picks frames with :mod:`opplan.data.sampling` and transforms them with
+:mod:`opplan.data.transforms`. Each training sample's randomness is seeded from
+``(seed, epoch, index)``, so the same seed and epoch give the same clips whatever the
+number of DataLoader workers; ``make_loader`` sets seed and epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from opplan.config import EvaluateParams, TrainParams
+from opplan.data import sampling
+from opplan.data.manifest import CLASSES, read_classes
+from opplan.data.prepare import VIDEO_COLUMNS, VIDEOS_CSV
+from opplan.data.shards import ShardReader
+from opplan.data.transforms import MultiCrop, eval_transform, to_video, train_transform
+from opplan.errors import DataError, ParamsError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MODES = ("train", "val", "test")
+PREPARE_HINT = "run the prepare stage first (`dvc repro prepare` or `python pipeline/prepare.py`)"
+
+
+def read_videos(shards_dir: str | Path) -> pd.DataFrame:
+    """``videos.csv`` of a prepared folder: one row per usable video (see ``VIDEO_COLUMNS``)."""
+    path = Path(shards_dir) / VIDEOS_CSV
+    if not path.is_file():
+        raise DataError(f"{path}: no prepared dataset here; {PREPARE_HINT}")
+    frame = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "shard": str})
+    missing = [c for c in VIDEO_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: columns {', '.join(missing)} are missing; {PREPARE_HINT}")
+    return frame
+
+
+def num_classes(shards_dir: str | Path) -> int:
+    """Number of classes of a prepared folder (lines of its ``classes.txt``)."""
+    return len(read_classes(Path(shards_dir) / CLASSES))
+
+
+class ClipDataset(Dataset):
+    """Clips of the videos in ``splits`` of a prepared folder.
+
+    ``__getitem__(i)`` returns ``(clip, label)``:
+    - ``mode="train"``: float32 (3, T, S, S), a random clip (``sampling``) with augmentation;
+    - ``mode="val"``: (3, T, S, S), the centre clip, centre crop;
+    - ``mode="test"``: (V, 3, T, S, S), ``V = evaluate.clips * evaluate.crops`` views,
+      clip-major (all crops of clip 0, then clip 1, ...).
+    with T = ``clip_length`` and S = ``train.crop_size``.
+    """
+
+    def __init__(self, shards_dir: str | Path, splits: str | Sequence[str], *, sampling: str, clip_length: int,
+                 mode: str, train: TrainParams, evaluate: EvaluateParams | None = None) -> None:
+        splits = (splits,) if isinstance(splits, str) else tuple(splits)
+        _check_arguments(splits, sampling, clip_length, mode, train)
+        self.shards_dir = Path(shards_dir)
+        self.splits, self.sampling, self.clip_length, self.mode = splits, sampling, clip_length, mode
+        self.evaluate = evaluate or EvaluateParams()
+        videos = read_videos(self.shards_dir)
+        videos = videos[videos["split"].isin(splits)].reset_index(drop=True)
+        if videos.empty:
+            raise DataError(f"{self.shards_dir / VIDEOS_CSV}: split(s) {', '.join(splits)} hold no videos")
+        _check_shards(self.shards_dir, videos)
+        # Plain arrays: cheap to pickle into workers, fast to index.
+        self.paths = videos["path"].to_numpy(dtype=str)
+        self.labels = videos["label_index"].to_numpy(dtype=np.int64)
+        self._shard = videos["shard"].to_numpy(dtype=str)
+        self._geometry = videos[["offset", "num_frames", "height", "width"]].to_numpy(dtype=np.int64)
+        self._reader = ShardReader(self.shards_dir)
+        self._transform = {"train": train_transform(train), "val": eval_transform(train),
+                           "test": MultiCrop(train, self.evaluate.crops)}[mode]
+        self.seed, self.epoch = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def reseeded(self, seed: int, epoch: int) -> ClipDataset:
+        """A shallow copy whose random clips are those of ``seed`` and ``epoch``."""
+        other = copy.copy(self)
+        other.seed, other.epoch = int(seed), int(epoch)
+        return other
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        offset, n, height, width = (int(v) for v in self._geometry[index])
+        label = int(self.labels[index])
+        if self.mode == "train":
+            seeds = np.random.SeedSequence([self.seed, self.epoch, int(index)])
+            indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds))
+            frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices)
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(int(seeds.generate_state(1)[0]))
+                clip = self._transform(to_video(frames))
+            return clip.permute(1, 0, 2, 3).contiguous(), label
+        clips = self.evaluate.clips if self.mode == "test" else 1
+        indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips)  # (K, T)
+        frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices.reshape(-1))
+        if self.mode == "val":
+            return self._transform(to_video(frames)).permute(1, 0, 2, 3).contiguous(), label
+        views = self._transform(to_video(frames))  # (crops, K*T, 3, S, S)
+        views = views.unflatten(1, (clips, self.clip_length)).transpose(0, 1).flatten(0, 1)  # (K*crops, T, 3, S, S)
+        return views.permute(0, 2, 1, 3, 4).contiguous(), label
+
+
+def _check_arguments(splits: tuple[str, ...], sampling_name: str, clip_length: int, mode: str,
+                     train: TrainParams) -> None:
+    if not splits or any(s not in SPLITS for s in splits):
+        raise ValueError(f"splits must be a non-empty selection of {SPLITS}, got {splits}")
+    if sampling_name not in sampling.SAMPLINGS:
+        raise ValueError(f"sampling must be one of {sampling.SAMPLINGS}, got {sampling_name!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if clip_length < 1:
+        raise ValueError(f"clip_length must be >= 1, got {clip_length}")
+    if mode != "train" and train.eval_short_side < train.crop_size:
+        raise ParamsError(f"train.eval_short_side ({train.eval_short_side}) must be >= train.crop_size "
+                          f"({train.crop_size})")
+
+
+def _check_shards(shards_dir: Path, videos: pd.DataFrame) -> None:
+    """Every shard the videos need exists and is long enough (before any worker starts)."""
+    end = videos["offset"] + videos["num_frames"] * videos["height"] * videos["width"] * 3
+    for name, needed in end.groupby(videos["shard"]).max().items():
+        path = shards_dir / name
+        try:
+            size = np.load(path, mmap_mode="r").shape[0]
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: frame shard missing or unreadable ({exc}); {PREPARE_HINT}") from None
+        if size < needed:
+            raise DataError(f"{path}: holds {size} bytes of frames but videos.csv needs {needed}; {PREPARE_HINT}")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy's legacy global generator in each worker from torch's per-worker seed."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
+                epoch: int = 0) -> DataLoader:
+    """A DataLoader whose order (``shuffle``) and clips depend only on ``seed`` and ``epoch``."""
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return DataLoader(dataset.reseeded(seed, epoch), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -1,0 +1,137 @@
+"""The normalised dataset folder every importer writes and ``prepare`` reads.
+
+A dataset folder holds ``manifest.csv`` (header ``path,label,split``; ``path``
+relative to the folder, ``label`` a class name, ``split`` ``train`` or ``test``) and
+``classes.txt`` (one class name a line; line order = class index). Rows that cannot
+be used are returned as :class:`Problem` values (file, line, reason), never raised:
+one bad line must not cost a whole dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opplan.errors import DataError
+from opplan.fileio import atomic_write_text
+
+MANIFEST = "manifest.csv"
+CLASSES = "classes.txt"
+MANIFEST_COLUMNS = ("path", "label", "split")
+SPLITS = ("train", "test")
+HINT = "make one with `opplan data synth data` (the demo) or `opplan data import ...` (a real dataset)"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One usable video of a dataset: ``path`` relative to the dataset folder."""
+
+    path: str
+    label: str
+    split: str
+    line: int = 0
+    """Line of the row in its source file (1 = header), for messages."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A row that was left out, with where it came from and why."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV file with a header, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_dataset(folder: str | Path, entries: Iterable[Entry], classes: list[str]) -> None:
+    """Write ``manifest.csv`` and ``classes.txt`` into ``folder`` (atomically)."""
+    folder = Path(folder)
+    atomic_write_text(folder / CLASSES, "".join(f"{name}\n" for name in classes))
+    write_csv(folder / MANIFEST, MANIFEST_COLUMNS, ((e.path, e.label, e.split) for e in entries))
+
+
+def write_problems(path: str | Path, problems: Iterable[Problem]) -> None:
+    """A ``file,line,reason`` report."""
+    write_csv(path, ("file", "line", "reason"), ((p.file, p.line, p.reason) for p in problems))
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """Class names, one a line; blank lines are ignored, duplicates are an error."""
+    path = Path(path)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no class list; {HINT}") from None
+    names = [n for n in names if n]
+    if not names:
+        raise DataError(f"{path}: the class list is empty")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: class {name!r} is listed twice")
+        seen.add(name)
+    return names
+
+
+def read_manifest(folder: str | Path, *, check_files: bool = True) -> tuple[list[Entry], list[str], list[Problem]]:
+    """The usable entries, the classes and the rows left out of a dataset folder.
+
+    Raises :class:`DataError` when the folder, ``manifest.csv`` or ``classes.txt`` is
+    missing or the header is wrong; bad rows (unknown label or split, a missing file,
+    a repeated path, wrong column count) come back as problems.
+    """
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} does not exist; {HINT}")
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: no manifest in the dataset folder; {HINT}")
+    classes = read_classes(folder / CLASSES)
+    known = set(classes)
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(c.strip() for c in rows[0]) != MANIFEST_COLUMNS:
+        got = ",".join(rows[0]) if rows else "(empty file)"
+        raise DataError(f"{manifest}:1: header must be {','.join(MANIFEST_COLUMNS)}, got {got!r}")
+    entries, problems, seen = [], [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        reason = _row_problem(row, known, seen)
+        if reason is None and check_files and not (folder / row[0].strip()).is_file():
+            reason = f"video file {row[0].strip()} not found under {folder}"
+        if reason is not None:
+            if any(cell.strip() for cell in row):  # blank lines are not worth a report
+                problems.append(Problem(str(manifest), line, reason))
+            continue
+        path, label, split = (cell.strip() for cell in row)
+        seen.add(path)
+        entries.append(Entry(path, label, split, line))
+    return entries, classes, problems
+
+
+def _row_problem(row: list[str], known: set[str], seen: set[str]) -> str | None:
+    if len(row) != len(MANIFEST_COLUMNS):
+        return f"expected {len(MANIFEST_COLUMNS)} columns (path,label,split), got {len(row)}"
+    path, label, split = (cell.strip() for cell in row)
+    if not path:
+        return "empty path"
+    if label not in known:
+        return f"label {label!r} is not in {CLASSES}"
+    if split not in SPLITS:
+        return f"split {split!r} is not one of {', '.join(SPLITS)}"
+    if path in seen:
+        return f"video {path} is listed more than once"
+    return None

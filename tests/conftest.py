@@ -1,0 +1,38 @@
+"""Shared pytest fixtures. Each area keeps its fixtures in its own headed block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# --- data: a tiny synthetic dataset and its shards (owner: data layer) -------------------
+
+TINY_SHORT_SIDE = 40
+"""``prepare.short_side`` of ``tiny_shards``: frames are 40 x 50; use ``train.crop_size <= 40``."""
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dataset folder of 4 classes x 4 videos (3 train + 1 test each), 24-48 frames of 80 x 64,
+    with ``manifest.csv``, ``classes.txt`` and UCF101-style lists. Do not modify it."""
+    from opplan.data.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    synthesize(root, SynthConfig(seed=0, train_per_class=3, test_per_class=1, num_classes=4,
+                                 min_frames=24, max_frames=48))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_dataset`` prepared (short side 40, seed 0): splits train 8, val 4, test 4. Do not modify it."""
+    from opplan.config import PrepareParams
+    from opplan.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("tiny_shards")
+    prepare_dataset(tiny_dataset, out, PrepareParams(short_side=TINY_SHORT_SIDE, workers=1), seed=0)
+    return out
+
+
+# --- end of data block -------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""The prepare stage: shards, bad videos, the internal split (SPEC §5)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from opplan.config import PrepareParams
+from opplan.data.manifest import Entry, write_dataset
+from opplan.data.prepare import prepare_dataset, resized_shape
+from opplan.data.shards import ShardReader
+from opplan.data.splits import class_quotas, stratified_split, validation_count
+from opplan.data.synth import render, write_video
+from opplan.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def frames(n: int, seed: int = 0, size: tuple[int, int] = (64, 80)) -> np.ndarray:
+    return render("SquareRise", np.random.default_rng(seed), n, size[1], size[0])
+
+
+def write_with_pyav(path: Path, video: np.ndarray, *, codec: str, audio: bool = False) -> None:
+    """A video in another container/codec, optionally with an audio stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        for i, frame in enumerate(video):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            if sound is not None and i % 2 == 0:
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate = 16000
+                container.mux(sound.encode(chunk))
+        container.mux(stream.encode())
+        if sound is not None:
+            container.mux(sound.encode())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of good videos in several forms, three broken files, bad manifest rows."""
+    root = tmp_path_factory.mktemp("odd")
+    (root / "v").mkdir()
+    entries = []
+    for i in range(6):
+        write_video(root / f"v/good{i}.mp4", frames(20 + i, seed=i))
+        entries.append(Entry(f"v/good{i}.mp4", "a" if i < 3 else "b", "train"))
+    write_with_pyav(root / "v/audio.mp4", frames(12), codec="libx264", audio=True)
+    write_with_pyav(root / "v/mpeg4.avi", frames(12), codec="mpeg4")
+    write_with_pyav(root / "v/vp9.webm", frames(12), codec="libvpx-vp9")
+    write_video(root / "v/short.mp4", frames(3))
+    write_video(root / "v/portrait.mp4", frames(10, size=(80, 64)))
+    (root / "v/empty.mp4").write_bytes(b"")
+    (root / "v/text.mp4").write_text("this is not a video\n" * 20)
+    whole = (root / "v/good5.mp4").read_bytes()
+    (root / "v/truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    for name in ("audio.mp4", "mpeg4.avi", "vp9.webm", "short.mp4", "portrait.mp4", "empty.mp4", "text.mp4",
+                 "truncated.mp4"):
+        entries.append(Entry(f"v/{name}", "a", "test"))
+    write_dataset(root, entries, ["a", "b"])
+    with (root / "manifest.csv").open("a") as handle:
+        handle.write("v/nothere.mp4,a,train\n"  # line 16: missing file
+                     "v/good0.mp4,zebra,train\n"  # 17: unknown label
+                     "v/good1.mp4,a,holdout\n"  # 18: unknown split
+                     "v/good2.mp4,a\n")  # 19: wrong column count
+    return root
+
+
+@pytest.fixture(scope="module")
+def odd_shards(odd_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("odd_shards")
+    prepare_dataset(odd_dataset, out, PrepareParams(short_side=32, max_bad_fraction=0.5, val_size=2, workers=1),
+                    seed=0)
+    return out
+
+
+def test_odd_files_are_decoded_or_reported(odd_shards: Path) -> None:
+    videos = {Path(r["path"]).name: r for r in read_csv(odd_shards / "videos.csv")}
+    assert set(videos) == {f"good{i}.mp4" for i in range(6)} | {
+        "audio.mp4", "mpeg4.avi", "vp9.webm", "short.mp4", "portrait.mp4"}
+    assert [int(videos[f"good{i}.mp4"]["num_frames"]) for i in range(6)] == [20, 21, 22, 23, 24, 25]
+    assert videos["short.mp4"]["num_frames"] == "3" and videos["vp9.webm"]["num_frames"] == "12"
+    assert (videos["good0.mp4"]["height"], videos["good0.mp4"]["width"]) == ("32", "40")
+    assert (videos["portrait.mp4"]["height"], videos["portrait.mp4"]["width"]) == ("40", "32")
+    bad = {r["path"]: r["reason"] for r in read_csv(odd_shards / "bad_videos.csv")}
+    assert {"v/empty.mp4", "v/text.mp4", "v/truncated.mp4"} <= set(bad)
+    assert all("cannot open" in bad[p] for p in ("v/empty.mp4", "v/text.mp4", "v/truncated.mp4"))
+    lines = {p.rsplit(":", 1)[1]: reason for p, reason in bad.items() if "manifest.csv:" in p}
+    assert set(lines) == {"16", "17", "18", "19"}
+    assert "not found" in lines["16"] and "zebra" in lines["17"] and "holdout" in lines["18"]
+    summary = json.loads((odd_shards / "prepare.json").read_text())
+    assert summary["bad_videos"] == 7 and summary["videos"] == 11
+
+
+def test_shard_frames_are_the_decoded_frames(odd_dataset: Path, odd_shards: Path) -> None:
+    row = next(r for r in read_csv(odd_shards / "videos.csv") if r["path"] == "v/good4.mp4")
+    video = ShardReader(odd_shards).video(row["shard"], int(row["offset"]), int(row["num_frames"]),
+                                          int(row["height"]), int(row["width"]))
+    expected = decord.VideoReader(str(odd_dataset / "v/good4.mp4"), width=40, height=32)
+    np.testing.assert_array_equal(video, expected.get_batch(list(range(len(expected)))).asnumpy())
+
+
+def test_partly_corrupt_video_keeps_what_decodes(tmp_path: Path) -> None:
+    """The header promises 60 frames; a zeroed stretch of bytes ends decoding early."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with av.open(str(data / "v.mp4"), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            noise = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(noise, format="rgb24")))
+        out.mux(stream.encode())
+    raw = bytearray((data / "v.mp4").read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 2000] = bytes(2000)
+    (data / "v.mp4").write_bytes(bytes(raw))
+    write_video(data / "w.mp4", frames(8))
+    write_dataset(data, [Entry("v.mp4", "a", "train"), Entry("w.mp4", "a", "train")], ["a"])
+    prepare_dataset(data, tmp_path / "out", PrepareParams(short_side=32, val_size=1, workers=1), seed=0)
+    rows = {r["path"]: int(r["num_frames"]) for r in read_csv(tmp_path / "out" / "videos.csv")}
+    assert 0 < rows["v.mp4"] < 60 and rows["w.mp4"] == 8
+
+
+def test_too_many_bad_videos_fail_after_writing_the_report(odd_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"7 of 18 videos are unusable .*bad_videos.csv"):
+        prepare_dataset(odd_dataset, tmp_path, PrepareParams(short_side=32, max_bad_fraction=0.2, workers=1), seed=0)
+    assert len(read_csv(tmp_path / "bad_videos.csv")) == 7
+    assert not (tmp_path / "videos.csv").exists()
+
+
+def test_missing_dataset_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nowhere does not exist; make one with `opplan data synth data`"):
+        prepare_dataset(tmp_path / "nowhere", tmp_path / "out", PrepareParams(), seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"manifest.csv: no manifest .*opplan data import"):
+        prepare_dataset(tmp_path / "empty", tmp_path / "out", PrepareParams(), seed=0)
+
+
+def test_workers_shards_and_max_frames(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Two processes give the same result as one; small shards split; max_frames subsamples."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    prepare_dataset(tiny_dataset, one, PrepareParams(short_side=40, workers=1, shard_mb=1), seed=3)
+    prepare_dataset(tiny_dataset, two, PrepareParams(short_side=40, workers=2, shard_mb=1), seed=3)
+    shards = sorted(p.name for p in one.glob("frames-*.npy"))
+    assert len(shards) > 1 and shards == sorted(p.name for p in two.glob("frames-*.npy"))
+    assert (one / "videos.csv").read_text() == (two / "videos.csv").read_text()
+    for name in shards:
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+    prepare_dataset(tiny_dataset, one, PrepareParams(short_side=40, workers=1, max_frames=10), seed=3)
+    assert sorted(p.name for p in one.glob("frames-*.npy")) == ["frames-00000.npy"]  # stale shards removed
+    assert {r["num_frames"] for r in read_csv(one / "videos.csv")} == {"10"}
+
+
+def test_pipeline_stage(tiny_dataset: Path, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"root": str(tiny_dataset)},
+                                      "prepare": {"out": str(tmp_path / "shards"), "short_side": 40, "workers": 1},
+                                      "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36}}))
+    stage = [sys.executable, str(ROOT / "pipeline" / "prepare.py"), str(params)]
+    assert subprocess.run(stage, capture_output=True, check=False).returncode == 0
+    assert json.loads((tmp_path / "shards" / "prepare.json").read_text())["splits"] == {
+        "train": 8, "val": 4, "test": 4}
+    params.write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "missing")}}))
+    failed = subprocess.run(stage, capture_output=True, text=True, check=False)
+    assert failed.returncode == 2 and "missing does not exist" in failed.stderr
+
+
+def test_resized_shape_keeps_the_aspect() -> None:
+    assert resized_shape(64, 80, 40) == (40, 50)
+    assert resized_shape(240, 320, 128) == (128, 171)
+    assert resized_shape(80, 64, 40) == (50, 40)
+
+
+# --- the internal split ----------------------------------------------------------------
+
+
+def test_validation_count() -> None:
+    assert validation_count(None, 100, 30) == 30
+    assert validation_count(12, 100, 30) == 12
+    assert validation_count(0.25, 100, 30) == 25
+    with pytest.raises(DataError, match="no test split"):
+        validation_count(None, 100, 0)
+
+
+def test_class_quotas_exact() -> None:
+    assert class_quotas([10, 10, 10], 6).tolist() == [2, 2, 2]
+    assert class_quotas([10, 20, 30], 6).tolist() == [1, 2, 3]
+    assert class_quotas([5, 5, 5], 4).tolist() == [2, 1, 1]  # remainder to the first of the tied
+    assert class_quotas([1, 9], 5).tolist() == [0, 5]  # a class of one keeps its video
+    assert class_quotas([2, 2], 10).tolist() == [1, 1]  # clipped: each class keeps one
+
+
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=12), total=st.integers(0, 300))
+def test_class_quotas_properties(counts: list[int], total: int) -> None:
+    quota = class_quotas(counts, total)
+    caps = np.maximum(np.array(counts) - 1, 0)
+    assert quota.sum() == min(total, caps.sum())
+    assert np.all(quota >= 0) and np.all(quota <= caps)
+
+
+def test_stratified_split_is_seeded_and_stratified() -> None:
+    labels = [0] * 20 + [1] * 10 + [2] * 4  # shares 4.7, 2.4, 0.9 of 8
+    first = stratified_split(labels, 8, seed=0)
+    assert first.tolist() == stratified_split(labels, 8, seed=0).tolist()
+    assert first.tolist() != stratified_split(labels, 8, seed=1).tolist()
+    per_class = [int(first[np.array(labels) == c].sum()) for c in range(3)]
+    assert per_class == [5, 2, 1] and sum(per_class) == 8
+
+
+def test_tiny_shards_split(tiny_shards: Path) -> None:
+    rows = read_csv(tiny_shards / "videos.csv")
+    for label in {r["label"] for r in rows}:
+        splits = sorted(r["split"] for r in rows if r["label"] == label)
+        assert splits == ["test", "train", "train", "val"]  # val size = test size, one per class
