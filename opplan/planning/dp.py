@@ -1,0 +1,251 @@
+"""The optimisation path by dynamic programming (paper §3.2, Eq. 2; SPEC §3).
+
+A pure function of the graph and a ``run_transition`` callable, so the planner is
+tested with a synthetic oracle in milliseconds (STYLE habit 5)::
+
+    P(Sj) = <P(Si*), Sj>,   i* = argmax_i V(Si -> Sj)
+
+1. Visit the states in topological order (:attr:`TransitionGraph.states`).
+2. For each state ``Sj`` and each predecessor ``Si`` that has a model (``S0`` always;
+   any other ``Si`` only if at least one transition into it finished), run
+   ``run_transition(Si, Sj, record_of_Si)``. ``record_of_Si`` is the transition record
+   whose kept checkpoint is ``Si``'s model (``None`` for ``S0``): the caller starts
+   training from ``record_of_Si.checkpoint``.
+3. ``Sj``'s best predecessor is the finished transition with the highest ``V``; ties go
+   to fewer epochs along the whole path ``P(Sj)``, then to the smaller source name.
+   That transition's record becomes ``Sj``'s model.
+4. The result is the final state with the best ``V`` (ties: fewer path epochs, then
+   name), and its path back to ``S0``.
+
+A failed transition has ``V = -inf`` and gives ``Sj`` no model; a state none of whose
+transitions finished is never trained from, and its outgoing edges are *skipped*.
+Exceptions raised by ``run_transition`` propagate (the caller's runs are resumable);
+a transition that merely went wrong should come back as a ``"failed"`` record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from opplan.errors import OpplanError
+from opplan.planning.graph import S0, Node, State, TransitionGraph
+
+log = logging.getLogger(__name__)
+
+FINISHED, FAILED = "finished", "failed"
+Prefer = Literal["score", "fitted", "observed"]
+
+
+class PlanningError(OpplanError):
+    """Every route to the final state(s) failed: there is no path to report."""
+
+
+def _name(node: Node | str) -> str:
+    return node if isinstance(node, str) else node.name
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass(frozen=True)
+class TransitionRecord:
+    """The outcome of one transition ``src -> dst`` (states given as names or objects; stored as names).
+
+    ``score`` is ``V(src -> dst)`` (``-inf`` if failed); :func:`plan_path` stores it as it
+    used it. ``fitted`` = ``f(t*)`` of the knee fit, ``observed`` = measured accuracy of the
+    kept checkpoint. ``chosen_epoch`` = ``t*``, the epochs this transition contributes to
+    the path (0: it keeps its starting model; then ``checkpoint`` should be that model).
+    ``epochs_trained`` and ``seconds`` are its compute, kept epochs or not.
+    """
+
+    src: str
+    dst: str
+    status: str
+    score: float = -math.inf
+    fitted: float | None = None
+    observed: float | None = None
+    chosen_epoch: int | None = None
+    epochs_trained: int = 0
+    seconds: float = 0.0
+    run_id: str | None = None
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "src", _name(self.src))
+        object.__setattr__(self, "dst", _name(self.dst))
+        if self.status not in (FINISHED, FAILED):
+            raise ValueError(f"transition {self.src} -> {self.dst}: status must be {FINISHED!r} or {FAILED!r}, "
+                             f"got {self.status!r}")
+        if self.status == FINISHED and (self.chosen_epoch is None or self.chosen_epoch < 0):
+            raise ValueError(f"finished transition {self.src} -> {self.dst} needs chosen_epoch >= 0, "
+                             f"got {self.chosen_epoch!r}")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    @property
+    def epochs(self) -> int:
+        """Epochs this transition contributes to a path (``t*``; 0 when failed)."""
+        return int(self.chosen_epoch or 0) if self.finished else 0
+
+    def value(self, prefer: Prefer = "score") -> float:
+        """``V`` by ``score``, ``fitted`` or ``observed``; ``-inf`` if failed, missing or not finite."""
+        if not self.finished:
+            return -math.inf
+        v = getattr(self, prefer)
+        return float(v) if v is not None and math.isfinite(v) else -math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "status": self.status, "score": _finite_or_none(self.score),
+                "fitted": _finite_or_none(self.fitted), "observed": _finite_or_none(self.observed),
+                "chosen_epoch": self.chosen_epoch, "epochs_trained": self.epochs_trained,
+                "seconds": float(self.seconds), "run_id": self.run_id, "checkpoint": self.checkpoint}
+
+
+RunTransition = Callable[[Node, State, "TransitionRecord | None"], TransitionRecord]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The chosen path and everything explored to find it.
+
+    ``path`` starts at ``S0``; ``transitions[k]`` is the record of ``path[k] -> path[k+1]``.
+    ``best`` maps every state that got a model to its chosen incoming record.
+    """
+
+    path: tuple[Node, ...]
+    transitions: tuple[TransitionRecord, ...]
+    records: tuple[TransitionRecord, ...]
+    best: Mapping[str, TransitionRecord]
+    skipped: tuple[tuple[str, str], ...]
+    final_scores: Mapping[str, float]
+    prefer: str = "score"
+
+    @property
+    def final_state(self) -> State:
+        return self.path[-1]  # type: ignore[return-value]
+
+    @property
+    def score(self) -> float:
+        """``V`` of the chosen final state (that of its best incoming transition)."""
+        return self.final_scores[self.final_state.name]
+
+    @property
+    def epochs(self) -> tuple[int, ...]:
+        """Epochs per transition of the path (0 where ``t* = 0``)."""
+        return tuple(r.epochs for r in self.transitions)
+
+    @property
+    def path_epochs(self) -> int:
+        return sum(self.epochs)
+
+    @property
+    def total_epochs_trained(self) -> int:
+        """Planning compute: epochs trained over every explored transition."""
+        return sum(r.epochs_trained for r in self.records)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(r.seconds for r in self.records))
+
+    @property
+    def best_predecessor(self) -> dict[str, str]:
+        return {dst: record.src for dst, record in self.best.items()}
+
+    def schedule(self) -> list[tuple[State, int]]:
+        """What final training runs (SPEC §5): ``(state, epochs)`` along the path, 0-epoch steps left out."""
+        return [(s, e) for s, e in zip(self.path[1:], self.epochs) if e > 0]  # type: ignore[misc]
+
+    def to_json(self) -> dict[str, Any]:
+        """The content of ``plan.json``."""
+        return {
+            "path": [n.name for n in self.path],
+            "epochs": list(self.epochs),
+            "final_state": self.final_state.name,
+            "score": _finite_or_none(self.score),
+            "prefer": self.prefer,
+            "final_scores": {k: _finite_or_none(v) for k, v in self.final_scores.items()},
+            "transitions": [r.to_json() for r in self.transitions],
+            "explored": [r.to_json() for r in self.records],
+            "skipped": [list(e) for e in self.skipped],
+            "best_predecessor": self.best_predecessor,
+            "compute": {"path_epochs": self.path_epochs, "epochs_trained": self.total_epochs_trained,
+                        "seconds": self.total_seconds, "transitions": len(self.records)},
+        }
+
+
+def _checked(record: object, src: Node, dst: State) -> TransitionRecord:
+    if not isinstance(record, TransitionRecord):
+        raise TypeError(f"run_transition({src.name}, {dst.name}) returned {type(record).__name__}, "
+                        "not a TransitionRecord")
+    if (record.src, record.dst) != (src.name, dst.name):
+        raise ValueError(f"run_transition({src.name}, {dst.name}) returned the record of "
+                         f"{record.src} -> {record.dst}")
+    return record
+
+
+def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: Prefer = "score") -> PlanResult:
+    """Explore ``graph`` with ``run_transition`` and return the best path (see the module docstring).
+
+    ``prefer`` picks ``V`` from each record: its ``score`` (default; the caller decides,
+    e.g. by ``plan.score``), or its ``fitted`` / ``observed`` value. Records are kept with
+    ``score`` set to the ``V`` used. Raises :class:`PlanningError` when no final state
+    got a model.
+    """
+    if prefer not in ("score", "fitted", "observed"):
+        raise ValueError(f"prefer must be 'score', 'fitted' or 'observed', got {prefer!r}")
+    best: dict[Node, TransitionRecord] = {}
+    parent: dict[Node, Node] = {}
+    value: dict[Node, float] = {}
+    path_epochs: dict[Node, int] = {S0: 0}
+    records: list[TransitionRecord] = []
+    skipped: list[tuple[str, str]] = []
+
+    for dst in graph.states:  # 1. topological order
+        candidates: list[tuple[tuple[float, int, str], Node, TransitionRecord]] = []
+        for src in graph.predecessors(dst):
+            if src != S0 and src not in best:  # 2. no model at src
+                skipped.append((src.name, dst.name))
+                continue
+            record = _checked(run_transition(src, dst, best.get(src)), src, dst)
+            v = record.value(prefer)
+            record = replace(record, score=v)
+            records.append(record)
+            log.info("V(%s -> %s) = %s (%s, t* = %s)", src.name, dst.name, f"{v:.4f}", record.status,
+                     record.chosen_epoch)
+            if record.finished:
+                candidates.append(((-v, path_epochs[src] + record.epochs, src.name), src, record))
+        if candidates:  # 3. best predecessor
+            _, src, record = min(candidates, key=lambda c: c[0])
+            best[dst], parent[dst], value[dst] = record, src, record.value(prefer)
+            path_epochs[dst] = path_epochs[src] + record.epochs
+        else:
+            log.warning("no transition into %s finished: it is not trained from", dst.name)
+
+    reached = [f for f in graph.final_states if f in best]  # 4. best final state
+    if not reached:
+        failed = sum(not r.finished for r in records)
+        raise PlanningError(
+            f"every route to the final state(s) {', '.join(f.name for f in graph.final_states)} failed "
+            f"({failed} of {len(records)} transitions run failed, {len(skipped)} skipped); see the failed "
+            "transitions' runs for their errors")
+    final = min(reached, key=lambda f: (-value[f], path_epochs[f], f.name))
+    path: list[Node] = [final]
+    while path[-1] != S0:
+        path.append(parent[path[-1]])
+    path.reverse()
+    return PlanResult(
+        path=tuple(path),
+        transitions=tuple(best[s] for s in path[1:]),
+        records=tuple(records),
+        best={s.name: r for s, r in best.items()},
+        skipped=tuple(skipped),
+        final_scores={f.name: value[f] for f in reached},
+        prefer=prefer,
+    )

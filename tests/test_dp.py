@@ -1,0 +1,194 @@
+"""The DP planner (SPEC §3) against a synthetic oracle and a brute-force search over all paths."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from opplan.errors import OpplanError
+from opplan.planning.dp import PlanningError, TransitionRecord, plan_path
+from opplan.planning.graph import S0, build_graph
+
+
+class Oracle:
+    """``V(Si -> Sj) = V(Si) + w(Si, Sj)``: additive, so the best path is the heaviest one.
+
+    Reads ``V(Si)`` from the record the planner hands over as Si's model, which checks
+    that the planner passes the chosen incoming record of the source.
+    """
+
+    def __init__(self, weights, epochs=None, failed=()):
+        self.weights, self.epochs, self.failed = weights, epochs or {}, set(failed)
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, src, dst, src_record):
+        key = (src.name, dst.name)
+        self.calls.append(key)
+        if src == S0:
+            assert src_record is None
+        else:
+            assert src_record.dst == src.name and src_record.finished
+        if key in self.failed:
+            return TransitionRecord(src, dst, "failed", epochs_trained=3, seconds=1.5)
+        base = 0.0 if src_record is None else src_record.score
+        score = base + self.weights[key]
+        epochs = self.epochs.get(key, 5)
+        return TransitionRecord(src, dst, "finished", score=score, fitted=score, observed=score - 0.01,
+                                chosen_epoch=epochs, epochs_trained=epochs + 10, seconds=2.0,
+                                run_id=f"run-{src.name}-{dst.name}", checkpoint=f"ckpt/{dst.name}")
+
+
+def all_paths(graph, node=S0, prefix=()):
+    prefix = (*prefix, node)
+    if node in graph.final_states:
+        yield prefix
+    for nxt in graph.successors(node):
+        yield from all_paths(graph, nxt, prefix)
+
+
+def brute_force(graph, weights):
+    best = max(all_paths(graph), key=lambda p: sum(weights[(a.name, b.name)] for a, b in zip(p, p[1:])))
+    return best, sum(weights[(a.name, b.name)] for a, b in zip(best, best[1:]))
+
+
+GRAPHS = {
+    "extended-3x3": dict(sampling=["cs", "us"], clip_lengths=[16, 32, 64], lrs=[0.01, 0.001, 0.0001]),
+    "basic-3x3": dict(sampling=["cs"], clip_lengths=[16, 32, 64], lrs=[0.01, 0.001, 0.0001], kind="basic"),
+    "jump2-2x4": dict(sampling=["us"], clip_lengths=[8, 16], lrs=[0.1, 0.03, 0.01, 0.003], max_jump=2),
+    "two-finals": dict(sampling=["cs"], clip_lengths=[8, 16, 32], lrs=[0.1, 0.01],
+                       final_states=["cs/32/0.01", "cs/16/0.01"]),
+}
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_finds_the_brute_force_optimum(name, seed):
+    graph = build_graph(**GRAPHS[name])
+    rng = np.random.default_rng(seed)
+    weights = {(a.name, b.name): float(rng.uniform(-1, 1)) for a, b in graph.edges}
+    oracle = Oracle(weights)
+    result = plan_path(graph, oracle)
+    path, value = brute_force(graph, weights)
+    assert [n.name for n in result.path] == [n.name for n in path]
+    assert result.score == pytest.approx(value)
+    assert len(oracle.calls) == len(graph.edges) == len(set(oracle.calls))  # every edge once, nothing skipped
+
+
+def test_result_bookkeeping_and_plan_json():
+    graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic")
+    weights = {(a.name, b.name): 0.1 for a, b in graph.edges}
+    weights[("S0", "cs/16/0.1")] = 0.5
+    result = plan_path(graph, Oracle(weights, epochs={("S0", "cs/16/0.1"): 7}))
+    assert [n.name for n in result.path] == ["S0", "cs/16/0.1", "cs/16/0.01"]
+    assert result.epochs == (7, 5) and result.path_epochs == 12
+    assert result.score == pytest.approx(0.6) and result.final_state.name == "cs/16/0.01"
+    assert result.total_epochs_trained == sum(e + 10 for e in [5, 7, 5, 5, 5, 5])
+    assert result.total_seconds == pytest.approx(12.0)
+    assert result.best_predecessor == {"cs/8/0.1": "S0", "cs/16/0.1": "S0", "cs/8/0.01": "cs/8/0.1",
+                                       "cs/16/0.01": "cs/16/0.1"}
+    document = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert document["path"] == ["S0", "cs/16/0.1", "cs/16/0.01"] and document["epochs"] == [7, 5]
+    assert len(document["explored"]) == 6 and document["compute"]["epochs_trained"] == 92
+    assert document["transitions"][0]["checkpoint"] == "ckpt/cs/16/0.1"
+    assert document["final_scores"] == {"cs/16/0.01": pytest.approx(0.6)}
+
+
+def tie_graph():
+    # cs/16/0.1 has two predecessors: S0 and cs/8/0.1
+    return build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic", final_states=["cs/16/0.1"])
+
+
+@pytest.mark.parametrize("direct, via, expected", [(10, 2, "cs/8/0.1"), (4, 2, "S0"), (5, 2, "S0"), (6, 0, "cs/8/0.1")])
+def test_ties_go_to_fewer_epochs_along_the_path_then_to_the_name(direct, via, expected):
+    # V is 0.5 by both routes; epochs: S0 -> cs/8/0.1 takes 3, then `via`, against `direct`.
+    # With 3 + 2 == 5 epochs either way, "S0" sorts before "cs/8/0.1".
+    weights = {("S0", "cs/8/0.1"): 0.25, ("S0", "cs/16/0.1"): 0.5, ("cs/8/0.1", "cs/16/0.1"): 0.25}
+    epochs = {("S0", "cs/8/0.1"): 3, ("S0", "cs/16/0.1"): direct, ("cs/8/0.1", "cs/16/0.1"): via}
+    result = plan_path(tie_graph(), Oracle(weights, epochs))
+    assert result.best_predecessor["cs/16/0.1"] == expected
+
+
+def test_failed_transitions_are_minus_infinity_and_block_their_subtree():
+    graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic")
+    weights = {(a.name, b.name): 1.0 for a, b in graph.edges}
+    oracle = Oracle(weights, failed={("S0", "cs/8/0.1")})
+    result = plan_path(graph, oracle)
+    assert [n.name for n in result.path] == ["S0", "cs/16/0.1", "cs/16/0.01"]
+    # cs/8/0.1 got no model, so cs/8/0.01 (its only input) neither: their out-edges are never run
+    assert oracle.calls == [("S0", "cs/8/0.1"), ("S0", "cs/16/0.1"), ("cs/16/0.1", "cs/16/0.01")]
+    assert set(result.skipped) == {("cs/8/0.1", "cs/16/0.1"), ("cs/8/0.1", "cs/8/0.01"),
+                                   ("cs/8/0.01", "cs/16/0.01")}
+    assert set(result.best) == {"cs/16/0.1", "cs/16/0.01"}
+    failed = [r for r in result.records if not r.finished]
+    assert [(r.src, r.dst, r.score, r.epochs) for r in failed] == [("S0", "cs/8/0.1", -math.inf, 0)]
+    assert result.total_epochs_trained == 3 + 15 + 15  # failed transitions still cost compute
+
+
+def test_failed_transition_loses_against_a_worse_finished_one():
+    weights = {("S0", "cs/8/0.1"): 0.1, ("S0", "cs/16/0.1"): 0.9, ("cs/8/0.1", "cs/16/0.1"): -5.0}
+    result = plan_path(tie_graph(), Oracle(weights, failed={("S0", "cs/16/0.1")}))
+    assert result.best_predecessor["cs/16/0.1"] == "cs/8/0.1" and result.score == pytest.approx(-4.9)
+    assert result.to_json()["explored"][1]["score"] is None  # -inf in plan.json
+
+
+def test_every_route_failed_raises_planning_error():
+    graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic")
+    weights = {(a.name, b.name): 1.0 for a, b in graph.edges}
+    into_final = {("cs/16/0.1", "cs/16/0.01"), ("cs/8/0.01", "cs/16/0.01")}
+    with pytest.raises(PlanningError, match="cs/16/0.01") as info:
+        plan_path(graph, Oracle(weights, failed=into_final))
+    assert isinstance(info.value, OpplanError)
+    oracle = Oracle(weights, failed={("S0", "cs/8/0.1"), ("S0", "cs/16/0.1")})
+    with pytest.raises(PlanningError):
+        plan_path(graph, oracle)
+    assert len(oracle.calls) == 2  # nothing else had a model to start from
+
+
+def test_t_star_zero_contributes_zero_epochs():
+    graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic", start_lengths=[8])
+    weights = {(a.name, b.name): 1.0 for a, b in graph.edges}
+    weights[("cs/8/0.1", "cs/16/0.1")] = 2.0
+    epochs = {("cs/8/0.1", "cs/16/0.1"): 0}
+    result = plan_path(graph, Oracle(weights, epochs))
+    assert [n.name for n in result.path] == ["S0", "cs/8/0.1", "cs/16/0.1", "cs/16/0.01"]
+    assert result.epochs == (5, 0, 5) and result.path_epochs == 10
+    assert [(s.name, e) for s, e in result.schedule()] == [("cs/8/0.1", 5), ("cs/16/0.01", 5)]
+
+
+def test_prefer_observed_and_nan_scores():
+    graph = tie_graph()
+
+    def oracle(src, dst, record):
+        observed = {"S0": 0.2, "cs/8/0.1": 0.7}[src.name] if dst.name == "cs/16/0.1" else 0.5
+        return TransitionRecord(src, dst, "finished", score=math.nan, fitted=0.9 if src == S0 else 0.1,
+                                observed=observed, chosen_epoch=1)
+
+    assert plan_path(graph, oracle, prefer="observed").best_predecessor["cs/16/0.1"] == "cs/8/0.1"
+    assert plan_path(graph, oracle, prefer="fitted").best_predecessor["cs/16/0.1"] == "S0"
+    result = plan_path(graph, oracle)  # NaN scores are -inf, but the transitions did finish
+    assert result.score == -math.inf and [n.name for n in result.path] == ["S0", "cs/16/0.1"]
+
+
+def test_contract_violations_are_loud():
+    graph = tie_graph()
+    with pytest.raises(ValueError, match="returned the record of"):
+        plan_path(graph, lambda s, d, r: TransitionRecord("S0", "cs/8/0.01", "finished", chosen_epoch=1))
+    with pytest.raises(TypeError):
+        plan_path(graph, lambda s, d, r: {"score": 1.0})
+    with pytest.raises(ValueError, match="chosen_epoch"):
+        TransitionRecord("S0", "cs/8/0.1", "finished")
+    with pytest.raises(ValueError, match="status"):
+        TransitionRecord("S0", "cs/8/0.1", "done", chosen_epoch=1)
+
+
+def test_the_planning_core_imports_neither_torch_nor_mlflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, opplan.planning.dp, opplan.planning.knee, opplan.planning.graph, opplan.planning.drawing, "
+            "opplan.planning.commands; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
