@@ -1,0 +1,94 @@
+"""Stage ``final``: retrain from S0 along the planned path (SPEC §5).
+
+The chosen epochs of every transition on the path, on the full training set
+(internal train + internal validation), as one MLflow run whose per-epoch metrics
+show the whole schedule (clip length, sampling and learning rate per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from opplan import tracking as t
+from opplan.config import Params
+from opplan.errors import OpplanError
+from opplan.fileio import atomic_write_json, atomic_write_text
+from opplan.planning.graph import State, parse_state
+from opplan.stages.common import project_lock, require_file, require_shards
+from opplan.train.schedule import ScheduledEpoch, train_schedule
+from opplan.train.setup import TrainSetup
+from opplan.train.transition import clear_work_dir
+
+log = logging.getLogger(__name__)
+
+WORK_ROOT = Path(".opplan/work")
+FULL_TRAIN = ("train", "val")
+
+
+def path_schedule(plan_doc: dict[str, Any], params: Params) -> list[ScheduledEpoch]:
+    """The planned path as one epoch-by-epoch schedule; transitions with t* = 0 add nothing."""
+    schedule: list[ScheduledEpoch] = []
+    for segment, step in enumerate(plan_doc["transitions"]):
+        state = parse_state(step["dst"], params.plan.clip_lengths, params.plan.lrs)
+        schedule += [ScheduledEpoch(state, state.lr, segment)] * int(step["chosen_epoch"])
+    return schedule
+
+
+def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: Path = Path("final")) -> dict[str, Any]:
+    """Retrain along ``plan.json``'s path; write ``final/model.pt`` and ``final/run.json``."""
+    shards = require_shards(params)
+    plan_doc = json.loads(require_file(plan_path, "plan").read_text())
+    schedule = path_schedule(plan_doc, params)
+    if not schedule:
+        raise OpplanError(f"{plan_path}: the chosen path trains for 0 epochs; nothing to retrain")
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    plan_run = plan_doc["mlflow"]["planning_run_id"]
+    digest = plan_doc["config_hash"]
+    with project_lock("final"):
+        runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run})
+                if r.data.tags.get(t.TAG_STATUS) != t.STATUS_KILLED]
+        finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED]
+        run_id = (finished or runs)[-1].info.run_id if runs else None
+        if finished and (out_dir / "model.pt").is_file():
+            log.info("final model of planning %s already trained (MLflow run %s)", digest, run_id)
+            return json.loads((out_dir / "run.json").read_text())
+        if run_id is None or finished:  # a finished run whose outputs are gone is retrained in a new one
+            path_names = " → ".join(plan_doc["path"])
+            run_id = tracker.create_run(f"final: {path_names}", {
+                t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run, t.TAG_CONFIG_HASH: digest,
+                t.TAG_STATUS: t.STATUS_RUNNING})
+            tracker.log_params(run_id, {"path": path_names, "epochs": len(schedule)})
+        setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
+        work = WORK_ROOT / "final" / run_id
+        outcome = train_schedule(setup, schedule, work, label="final",
+                                 on_epoch=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
+        if outcome.status != "finished":
+            tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
+            tracker.end_run(run_id, t.STATUS_FAILED)
+            raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
+        videos = len(setup.dataset("train", schedule[0].state, mode="val"))
+        summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * videos,
+                   t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
+        tracker.log_metrics(run_id, summary, step=len(schedule))
+        tracker.log_artifact(run_id, outcome.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outcome.checkpoint.replace(out_dir / "model.pt")
+        record = {"run_id": run_id, "config_hash": digest, "planning_run_id": plan_run,
+                  "final_state": schedule[-1].state.name, "epochs": len(schedule), **summary,
+                  "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
+                  "losses": outcome.losses}
+        atomic_write_json(out_dir / "run.json", record)
+        rows = ["epoch,state,clip_length,sampling,lr,train_loss"] + [
+            f"{i + 1},{e.state.name},{e.state.clip_length},{e.state.sampling},{e.lr:g},{loss:.6f}"
+            for i, (e, loss) in enumerate(zip(schedule, outcome.losses))]
+        atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")
+        tracker.end_run(run_id, t.STATUS_FINISHED)
+        clear_work_dir(work)
+    return record
+
+
+def final_state(record: dict[str, Any], params: Params) -> State:
+    return parse_state(record["final_state"], params.plan.clip_lengths, params.plan.lrs)

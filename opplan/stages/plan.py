@@ -1,0 +1,201 @@
+"""Stage ``plan``: explore the transition graph, every transition an MLflow nested run,
+and choose the path by dynamic programming over the scores read back from MLflow.
+
+The DP itself (``opplan.planning.dp``) is pure; this module gives it a
+``run_transition`` that (1) reuses a transition already finished in MLflow under the
+same planning configuration, (2) otherwise trains it (resuming a killed one from its
+last epoch) and logs it, and (3) returns the record *as read back from MLflow*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from opplan import tracking as t
+from opplan.config import Params
+from opplan.errors import OpplanError
+from opplan.fileio import atomic_write_json, atomic_write_text
+from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
+from opplan.planning.graph import Node, State, draw_graph, graph_from_params
+from opplan.stages.common import project_lock, require_shards
+from opplan.train.plots import plot_transition
+from opplan.train.setup import TrainSetup
+from opplan.train.transition import TransitionOutcome, clear_work_dir, train_transition
+
+log = logging.getLogger(__name__)
+
+WORK_ROOT = Path(".opplan/work")
+PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
+
+
+def planning_config(params: Params, shards: Path) -> dict[str, Any]:
+    """Everything a transition's result depends on; its hash identifies a planning."""
+    manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
+    return {"seed": params.seed, **params.section_dict(*PLANNING_SECTIONS), "manifest_hash": manifest}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def transition_name(src: Node, dst: State) -> str:
+    return f"{src.name} → {dst.name}"
+
+
+class TransitionRunner:
+    """The ``run_transition`` callable the DP drives (see module docstring)."""
+
+    def __init__(self, tracker: t.Tracker, parent_id: str, setup: TrainSetup, work_dir: Path) -> None:
+        self.tracker, self.parent_id, self.setup, self.work_dir = tracker, parent_id, setup, work_dir
+        self.train_videos = len(setup.dataset("train", _any_state(setup.params), mode="val"))
+
+    def __call__(self, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
+        src_name = src.name
+        runs = self.tracker.search({t.TAG_KIND: t.KIND_TRANSITION, t.TAG_SRC: src_name, t.TAG_DST: dst.name},
+                                   parent_id=self.parent_id)
+        done = [r for r in runs if r.data.tags.get(t.TAG_STATUS) in (t.STATUS_FINISHED, t.STATUS_FAILED)]
+        if done:
+            log.info("%s: reusing finished MLflow run %s", transition_name(src, dst), done[-1].info.run_id)
+            return record_from_run(self.tracker, done[-1].info.run_id)
+        running = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_RUNNING]
+        for stale in running[:-1]:
+            self.tracker.end_run(stale.info.run_id, t.STATUS_KILLED)
+        run_id = running[-1].info.run_id if running else self._start(src_name, dst)
+        return self._train(run_id, src, dst, src_record)
+
+    def _start(self, src_name: str, dst: State) -> str:
+        tags = {t.TAG_KIND: t.KIND_TRANSITION, t.TAG_SRC: src_name, t.TAG_DST: dst.name,
+                t.TAG_SAMPLING: dst.sampling, t.TAG_CLIP_LENGTH: dst.clip_length, t.TAG_LR: f"{dst.lr:g}",
+                t.TAG_STATUS: t.STATUS_RUNNING}
+        run_id = self.tracker.create_run(f"{src_name} → {dst.name}", tags, parent_id=self.parent_id)
+        self.tracker.log_params(run_id, {"src": src_name, "dst": dst.name, "sampling": dst.sampling,
+                                         "clip_length": dst.clip_length, "lr": dst.lr})
+        return run_id
+
+    def _train(self, run_id: str, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
+        name = transition_name(src, dst)
+        init = None
+        if src_record is not None:
+            init = self.tracker.download_artifact(src_record.run_id, f"{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
+                                                  self.work_dir / "sources" / src_record.run_id)
+        work = self.work_dir / "transitions" / run_id
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            self.tracker.log_metrics(run_id, metrics, step=epoch)
+
+        outcome = train_transition(self.setup, dst, init, work, on_epoch=log_epoch, label=name)
+        self._log_outcome(run_id, dst, outcome, work)
+        clear_work_dir(work)
+        return record_from_run(self.tracker, run_id)
+
+    def _log_outcome(self, run_id: str, dst: State, out: TransitionOutcome, work: Path) -> None:
+        summary = {t.M_EPOCHS_TRAINED: out.epochs_trained, t.M_CLIPS_SEEN: out.epochs_trained * self.train_videos,
+                   t.M_COMPUTE_SECONDS: sum(out.seconds)}
+        if out.status == "finished":
+            score = out.fitted if self.setup.params.plan.score == "fitted" else out.observed
+            summary |= {t.M_CHOSEN_EPOCH: out.t_star, t.M_FITTED: out.fitted, t.M_OBSERVED: out.observed,
+                        t.M_SCORE: score}
+            if out.rmse is not None:
+                summary |= {t.M_KNEE_RMSE: out.rmse, t.M_KNEE_R2: out.r2}
+            self.tracker.log_artifact(run_id, out.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
+        else:
+            self.tracker.set_tags(run_id, {t.TAG_FAILURE: (out.failure or "")[:4000]})
+        self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
+                                 step=out.epochs_trained)
+        plot = work / "curve.png"
+        plot_transition(out, self.setup.params.plan.fit_function, plot, title=self.tracker.get_run(run_id).info.run_name)
+        self.tracker.log_artifact(run_id, plot, t.ARTIFACT_PLOTS_DIR)
+        self.tracker.end_run(run_id, t.STATUS_FINISHED if out.status == "finished" else t.STATUS_FAILED)
+
+
+def _any_state(params: Params) -> State:
+    plan = params.plan
+    return State(plan.sampling[0], plan.clip_lengths[0], plan.lrs[0])
+
+
+def record_from_run(tracker: t.Tracker, run_id: str) -> TransitionRecord:
+    """A transition's record, from what MLflow holds (the DP's only source of scores)."""
+    run = tracker.get_run(run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    failed = tags.get(t.TAG_STATUS) != t.STATUS_FINISHED
+    return TransitionRecord(
+        src=tags[t.TAG_SRC], dst=tags[t.TAG_DST],
+        status=t.STATUS_FAILED if failed else t.STATUS_FINISHED,
+        score=-math.inf if failed else metrics[t.M_SCORE],
+        fitted=metrics.get(t.M_FITTED), observed=metrics.get(t.M_OBSERVED),
+        chosen_epoch=None if failed else int(metrics[t.M_CHOSEN_EPOCH]),
+        epochs_trained=int(metrics.get(t.M_EPOCHS_TRAINED, 0)),
+        seconds=metrics.get(t.M_COMPUTE_SECONDS, 0.0),
+        run_id=run_id,
+        checkpoint=None if failed else f"runs:/{run_id}/{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
+    )
+
+
+def find_or_start_planning(tracker: t.Tracker, config: dict[str, Any], digest: str) -> str:
+    """The planning run of this configuration: reused when a run was interrupted."""
+    runs = tracker.search({t.TAG_KIND: t.KIND_PLANNING, t.TAG_CONFIG_HASH: digest})
+    if runs:
+        return runs[-1].info.run_id
+    run_id = tracker.create_run(f"plan {digest[:8]}", {t.TAG_KIND: t.KIND_PLANNING, t.TAG_CONFIG_HASH: digest,
+                                                      t.TAG_MANIFEST_HASH: config["manifest_hash"],
+                                                      t.TAG_STATUS: t.STATUS_RUNNING})
+    tracker.log_params(run_id, {**t.flatten("", config), "config_hash": digest})
+    return run_id
+
+
+def write_curves(tracker: t.Tracker, result: PlanResult, folder: Path) -> None:
+    """One ``epoch,val_acc`` CSV per explored transition, read back from MLflow (DVC plots)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    for record in result.records:
+        if record.run_id is None:
+            continue
+        rows = ["epoch,val_acc"] + [f"{step},{value:.6f}" for step, value in tracker.history(record.run_id, t.M_VAL_ACC)]
+        name = f"{record.src}__{record.dst}".replace("/", "-")
+        atomic_write_text(folder / f"{name}.csv", "\n".join(rows) + "\n")
+
+
+def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Path = Path("plan.png"),
+             out_metrics: Path = Path("plan_metrics.json"), out_curves: Path = Path("plots/transitions")) -> PlanResult:
+    """Plan the schedule for ``params``; write ``plan.json`` and the explored-graph PNG."""
+    shards = require_shards(params)
+    graph = graph_from_params(params.plan)
+    config = planning_config(params, shards)
+    digest = config_hash(config)
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    with project_lock("plan"):
+        parent = find_or_start_planning(tracker, config, digest)
+        log.info("planning %s (MLflow run %s in %s), %d states, %d edges", digest, parent, tracker.uri,
+                 len(graph.states), len(graph.edges))
+        setup = TrainSetup(params, shards)
+        runner = TransitionRunner(tracker, parent, setup, WORK_ROOT / digest)
+        try:
+            result = plan_path(graph, runner)
+        except OpplanError:
+            tracker.end_run(parent, t.STATUS_FAILED)
+            raise
+        document = {"config_hash": digest, "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                                                      "planning_run_id": parent}, **result.to_json()}
+        atomic_write_json(out_json, document)
+        atomic_write_json(out_metrics, {"plan_score": result.score, "plan_epochs": result.total_epochs_trained,
+                                        "path_epochs": result.path_epochs, "plan_compute_seconds": result.total_seconds})
+        write_curves(tracker, result, out_curves)
+        draw_graph(graph, out_png, chosen=result.path, labels=_edge_labels(result))
+        tracker.log_artifact(parent, out_json)
+        tracker.log_artifact(parent, out_png)
+        tracker.log_metrics(parent, {t.M_SCORE: result.score, t.M_EPOCHS_TRAINED: result.total_epochs_trained,
+                                     t.M_COMPUTE_SECONDS: result.total_seconds})
+        tracker.end_run(parent, t.STATUS_FINISHED)
+    log.info("chosen path: %s (V=%.4f)", " → ".join(s.name for s in result.path), result.score)
+    return result
+
+
+def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:
+    return {(r.src, r.dst): ("failed" if r.status != "finished" else f"{r.chosen_epoch}ep {r.score:.3f}")
+            for r in result.records}

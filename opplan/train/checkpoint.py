@@ -1,0 +1,103 @@
+"""Checkpoints: a dict with fixed keys, written atomically, loaded with ``weights_only=True``.
+
+Two kinds:
+- a *model checkpoint* (``model.pt``): the weights of a training state plus what is
+  needed to refuse a mismatched load (model name, number of classes, model config);
+- an *epoch state* (``epoch_007.pt``): model, optimizer and RNG state plus the curve so
+  far, so a killed transition resumes from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opplan.errors import OpplanError
+from opplan.fileio import atomic_write_bytes
+
+FORMAT = "opplan-checkpoint-v1"
+
+
+def model_identity(model_config: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """What must match for a checkpoint to fit a model (``init`` is irrelevant once trained)."""
+    keep = {k: v for k, v in model_config.items() if k not in ("init", "bn_freeze_min_length", "dropout")}
+    return {"model": keep, "num_classes": int(num_classes)}
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise OpplanError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # truncated or not a torch file
+        raise OpplanError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise OpplanError(f"{path}: not an opplan checkpoint (expected format {FORMAT!r})")
+    return obj
+
+
+def save_model(path: Path, model: torch.nn.Module, identity: dict[str, Any], **info: Any) -> None:
+    _save({"format": FORMAT, "identity": identity, "state_dict": model.state_dict(), "info": info}, Path(path))
+
+
+def load_model(path: Path, model: torch.nn.Module, identity: dict[str, Any]) -> dict[str, Any]:
+    """Load weights into ``model``; refuse a checkpoint made for another model or config."""
+    obj = _load(Path(path))
+    _check_identity(path, obj["identity"], identity)
+    model.load_state_dict(obj["state_dict"], strict=True)
+    return obj.get("info", {})
+
+
+def _check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
+    if found != expected:
+        diffs = []
+        for key in ("num_classes", "model"):
+            if found.get(key) != expected.get(key):
+                diffs.append(f"{key}: checkpoint has {found.get(key)!r}, this run needs {expected.get(key)!r}")
+        raise OpplanError(f"{path}: checkpoint is for a different model or config; " + "; ".join(diffs))
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch's RNG state (dropout, init). Data sampling is seeded per epoch by the loader
+    itself, so numpy's and Python's global generators carry no training state."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_epoch_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                     identity: dict[str, Any], epoch: int, curve: list[float], losses: list[float],
+                     seconds: list[float]) -> None:
+    _save({
+        "format": FORMAT,
+        "identity": identity,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(),
+        "epoch": epoch,
+        "curve": list(map(float, curve)),
+        "losses": list(map(float, losses)),
+        "seconds": list(map(float, seconds)),
+    }, Path(path))
+
+
+def load_epoch_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    obj = _load(Path(path))
+    _check_identity(path, obj["identity"], identity)
+    return obj

@@ -1,0 +1,81 @@
+"""Everything a training run needs, built once from params: model, optimizer, loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from opplan.config import Params
+from opplan.data.dataset import ClipDataset, make_loader, num_classes
+from opplan.device import pick_device
+from opplan.models import build_model_from_params, set_bn_freeze
+from opplan.planning.graph import State
+from opplan.train.checkpoint import load_model, model_identity
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA); data sampling is seeded per epoch by the loaders."""
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainSetup:
+    params: Params
+    shards: Path
+    train_splits: tuple[str, ...] = ("train",)
+    """Splits trained on: internal train while planning, train + val for the final model (SPEC §5)."""
+
+    @cached_property
+    def device(self) -> torch.device:
+        return pick_device(self.params.device)
+
+    @cached_property
+    def num_classes(self) -> int:
+        return num_classes(self.shards)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        return model_identity(self.params.model.model_dump(mode="json"), self.num_classes)
+
+    def new_model(self, clip_length: int) -> torch.nn.Module:
+        """The model as S0 has it (same seed, same weights every time), on the device,
+        with BatchNorm frozen when ``clip_length`` is long (SPEC §7)."""
+        seed_everything(self.params.seed)
+        model = build_model_from_params(self.params.model, self.num_classes)
+        set_bn_freeze(model, clip_length, self.params.model.bn_freeze_min_length)
+        return model.to(self.device)
+
+    def load_weights(self, model: torch.nn.Module, path: Path) -> None:
+        load_model(path, model, self.identity)
+        model.to(self.device)
+
+    def optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        train = self.params.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+    def dataset(self, split: str, state: State, *, mode: str) -> ClipDataset:
+        splits = self.train_splits if split == "train" else (split,)
+        return ClipDataset(self.shards, splits, sampling=state.sampling, clip_length=state.clip_length,
+                           mode=mode, train=self.params.train, evaluate=self.params.evaluate)
+
+    def loader(self, split: str, state: State, *, mode: str, seed: int | None = None) -> DataLoader:
+        """Training batches are shuffled and seeded per epoch; evaluation is in order."""
+        dataset = self.dataset(split, state, mode=mode)
+        train = self.params.train
+        if mode == "train":
+            batch = train.batch_for(state.clip_length)
+        elif mode == "val":
+            batch = train.eval_batch_size
+        else:
+            batch = self.params.evaluate.batch_size
+        return make_loader(dataset, batch, shuffle=mode == "train", num_workers=train.num_workers,
+                           seed=self.params.seed if seed is None else seed)

@@ -1,0 +1,8 @@
+"""DVC stage ``baselines``: the hand-tuned grid OP is compared with (SPEC §6)."""
+
+from _stage import run_stage
+
+from opplan.stages.baselines import run_baselines
+
+if __name__ == "__main__":
+    run_stage(run_baselines)

@@ -1,0 +1,163 @@
+"""The planning, final, evaluate and baselines stages on the tiny dataset, with a real
+MLflow SQLite store: every transition a nested run, the DP fed from MLflow, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from opplan import tracking as t
+from opplan.config import Params
+from opplan.errors import OpplanError
+from opplan.planning.graph import graph_from_params
+from opplan.stages.baselines import run_baselines
+from opplan.stages.evaluate import run_evaluate
+from opplan.stages.final import run_final
+from opplan.stages.plan import run_plan
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params(shards: Path, store: Path, **plan: object) -> Params:
+    return Params.model_validate({
+        "seed": 0,
+        "device": "cpu",
+        "prepare": {"out": str(shards), "short_side": 40},
+        "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
+        "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
+                  "eval_batch_size": 8, "num_workers": 0},
+        "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "basic",
+                 "delay": 1, "max_epochs": 2, **plan},
+        "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
+        "baselines": {"schedules": ["l1-lN"], "decays": ["step", "cosine"], "sampling": ["cs"], "epochs": [2]},
+        "tracking": {"uri": f"sqlite:///{store}", "experiment": "tiny"},
+    })
+
+
+@pytest.fixture(scope="module")
+def planned(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Params]:
+    """One planning of the tiny configuration, run in its own project folder."""
+    project = tmp_path_factory.mktemp("project")
+    params = tiny_params(tiny_shards, project / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        run_plan(params)
+    return project, params
+
+
+def transition_runs(params: Params) -> list:
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    return tracker.search({t.TAG_KIND: t.KIND_TRANSITION})
+
+
+def test_plan_logs_one_nested_run_per_edge_and_a_path_of_the_graph(planned: tuple[Path, Params]) -> None:
+    project, params = planned
+    document = json.loads((project / "plan.json").read_text())
+    graph = graph_from_params(params.plan)
+    edges = {(a.name, b.name) for a, b in graph.edges}
+    path = document["path"]
+    assert path[0] == "S0" and path[-1] == "cs/8/0.002"
+    assert all((a, b) in edges for a, b in zip(path, path[1:]))
+
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    parent = document["mlflow"]["planning_run_id"]
+    runs = tracker.search({t.TAG_KIND: t.KIND_TRANSITION}, parent_id=parent)
+    assert {(r.data.tags[t.TAG_SRC], r.data.tags[t.TAG_DST]) for r in runs} == edges
+    assert len(runs) == len(edges) == len(document["explored"])
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags[t.TAG_STATUS] == t.STATUS_FINISHED
+        assert tags[t.TAG_SAMPLING] == "cs" and tags[t.TAG_CLIP_LENGTH] in ("4", "8")
+        assert run.info.run_name == f"{tags[t.TAG_SRC]} → {tags[t.TAG_DST]}"
+        assert {t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_CHOSEN_EPOCH, t.M_EPOCHS_TRAINED} <= set(metrics)
+        curve = tracker.history(run.info.run_id, t.M_VAL_ACC)
+        assert [step for step, _ in curve] == list(range(int(metrics[t.M_EPOCHS_TRAINED]) + 1))
+        assert len(tracker.history(run.info.run_id, t.M_TRAIN_LOSS)) == metrics[t.M_EPOCHS_TRAINED]
+        artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert artifacts == {"checkpoint/model.pt"}
+        assert [a.path for a in tracker.client.list_artifacts(run.info.run_id, "plots")] == ["plots/curve.png"]
+    # the scores in plan.json are the ones MLflow holds
+    by_edge = {(r.data.tags[t.TAG_SRC], r.data.tags[t.TAG_DST]): r.data.metrics[t.M_SCORE] for r in runs}
+    for record in document["explored"]:
+        assert record["score"] == pytest.approx(by_edge[(record["src"], record["dst"])])
+    assert (project / "plan.png").stat().st_size > 1000
+    assert len(list((project / "plots" / "transitions").glob("*.csv"))) == len(edges)
+
+
+def test_dp_choice_is_the_argmax_of_the_mlflow_scores(planned: tuple[Path, Params]) -> None:
+    project, params = planned
+    document = json.loads((project / "plan.json").read_text())
+    scores = {(r["src"], r["dst"]): r["score"] for r in document["explored"]}
+    final = document["path"][-1]
+    incoming = {src: v for (src, dst), v in scores.items() if dst == final}
+    assert incoming[document["path"][-2]] == max(incoming.values())  # ties: fewer epochs (test_dp.py)
+    assert document["score"] == pytest.approx(max(incoming.values()))
+
+
+def test_rerun_reuses_finished_transitions_and_retrains_only_an_interrupted_one(
+        planned: tuple[Path, Params], monkeypatch: pytest.MonkeyPatch) -> None:
+    project, params = planned
+    monkeypatch.chdir(project)
+    before = {r.info.run_id: r.info.end_time for r in transition_runs(params)}
+    first = json.loads((project / "plan.json").read_text())
+
+    run_plan(params)  # nothing to do: every transition finished under this configuration
+    assert {r.info.run_id: r.info.end_time for r in transition_runs(params)} == before
+    assert json.loads((project / "plan.json").read_text())["path"] == first["path"]
+
+    # an interrupted transition: its run is still "running" (as after SIGKILL)
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    victim = next(r for r in transition_runs(params) if r.data.tags[t.TAG_DST] == "cs/8/0.002")
+    tracker.set_tags(victim.info.run_id, {t.TAG_STATUS: t.STATUS_RUNNING})
+    run_plan(params)
+    after = {r.info.run_id: r for r in transition_runs(params)}
+    assert set(after) == set(before)  # no run added, none double-counted
+    assert after[victim.info.run_id].data.tags[t.TAG_STATUS] == t.STATUS_FINISHED
+    assert after[victim.info.run_id].info.end_time > before[victim.info.run_id]
+    untouched = {k: v.info.end_time for k, v in after.items() if k != victim.info.run_id}
+    assert untouched == {k: v for k, v in before.items() if k != victim.info.run_id}
+    assert json.loads((project / "plan.json").read_text())["path"] == first["path"]
+
+
+def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch: pytest.MonkeyPatch) -> None:
+    project, params = planned
+    monkeypatch.chdir(project)
+    plan = json.loads((project / "plan.json").read_text())
+    record = run_final(params)
+    assert record["epochs"] == sum(plan["epochs"]) > 0
+    assert [row["state"] for row in record["schedule"]] == [
+        s for s, e in zip(plan["path"][1:], plan["epochs"]) for _ in range(e)]
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    lengths = tracker.history(record["run_id"], t.M_CLIP_LENGTH)
+    assert [int(v) for _, v in lengths] == [int(row["state"].split("/")[1]) for row in record["schedule"]]
+
+    metrics = run_evaluate(params)
+    saved = json.loads((project / "metrics.json").read_text())
+    for key in (t.M_TOP1, t.M_TOP5, t.M_MEAN_CLASS_ACC, t.M_SINGLE_VIEW_TOP1):
+        assert 0.0 <= metrics[key] <= 1.0 and saved[key] == pytest.approx(metrics[key], abs=1e-6)
+    assert metrics[t.M_TOP5] >= metrics[t.M_TOP1]
+    assert (project / "evaluation" / "confusion.png").is_file()
+    assert tracker.get_run(record["run_id"]).data.metrics[t.M_TOP1] == pytest.approx(metrics[t.M_TOP1])
+
+    document = run_baselines(params)
+    assert [c["name"] for c in document["candidates"]] == ["cs/l1-lN/step/2", "cs/l1-lN/cosine/2"]
+    assert document["best"]["top1"] == max(c["top1"] for c in document["candidates"])
+    assert document["grid"]["epochs"] == 4
+    again = run_baselines(params)  # finished candidates are reused, not retrained
+    assert [c["run_id"] for c in again["candidates"]] == [c["run_id"] for c in document["candidates"]]
+
+
+def test_diverging_transitions_fail_and_planning_says_when_no_route_is_left(
+        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tiny_shards, tmp_path / "mlflow.db", lrs=[1e12, 1e11], max_epochs=2)
+    with pytest.raises(OpplanError, match="every route to the final state"):
+        run_plan(params)
+    runs = transition_runs(params)
+    assert runs and all(r.data.tags[t.TAG_STATUS] == t.STATUS_FAILED for r in runs)
+    assert all("training loss became" in r.data.tags[t.TAG_FAILURE] for r in runs)
+    assert not (tmp_path / "plan.json").exists()
+    assert all(math.isfinite(v) for r in runs for v in r.data.metrics.values())
