@@ -1,0 +1,217 @@
+"""Read what ``opplan report`` shows from the MLflow store into pandas DataFrames.
+
+Runs are found by the ``opplan.*`` tags the stages set (SPEC §3, §5, §6), in every
+experiment of the store, so that Table 5 can put several datasets/plannings side by
+side:
+
+- ``plannings``: one row per planning run (tag ``opplan.kind=planning``);
+- ``transitions``: one row per nested transition run of any planning;
+- ``finals``: one row per final run, with the evaluation metrics logged on it;
+- ``baselines``: one row per hand-tuned candidate of ``<experiment>-baselines``
+  (column ``experiment`` is the planning experiment ``<experiment>``).
+
+Per-epoch curves, the final run's schedule and ``plan.json`` are read for the planning
+the report is about (the *primary* one) only. Nothing here comes from params or files.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from opplan import tracking as t
+from opplan.errors import OpplanError
+
+log = logging.getLogger(__name__)
+
+BASELINES_SUFFIX = "-baselines"
+EVAL_METRICS = (t.M_TOP1, t.M_TOP5, t.M_MEAN_CLASS_ACC, t.M_SINGLE_VIEW_TOP1)
+COST_METRICS = (t.M_EPOCHS_TRAINED, t.M_CLIPS_SEEN, t.M_COMPUTE_SECONDS)
+TRANSITION_METRICS = (t.M_CHOSEN_EPOCH, t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_KNEE_RMSE, t.M_KNEE_R2,
+                      *COST_METRICS)
+FINAL_SCHEDULE = (t.M_CLIP_LENGTH, t.M_LR, t.M_SAMPLING_US, t.M_TRAIN_LOSS, t.M_EPOCH_SECONDS)
+CURVE_METRICS = (t.M_VAL_ACC, t.M_TRAIN_LOSS)
+MAX_FIT_PARAMS = 7  # the multi-power / multi-exponential families (SPEC §4)
+
+
+@dataclass
+class StoreData:
+    """Everything the report shows, as read from the store."""
+
+    uri: str
+    experiment: str  # the experiment the report is about (params' tracking.experiment)
+    plannings: pd.DataFrame
+    transitions: pd.DataFrame
+    finals: pd.DataFrame
+    baselines: pd.DataFrame
+    plan_docs: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # planning run -> plan.json
+    primary: str | None = None  # run id of the planning the report is about
+    plan_section: dict[str, Any] = field(default_factory=dict)  # primary's plan.* params as logged
+    curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # transition run -> per-epoch metrics
+    final_history: pd.DataFrame | None = None  # the primary's final run, per epoch
+
+
+def read_store(uri: str, experiment: str) -> StoreData:
+    """Read the store at ``uri``; the report is about ``experiment``'s latest finished planning.
+
+    Raises :class:`OpplanError` when the store does not exist or holds no opplan run
+    for ``experiment`` (neither a planning nor a baseline).
+    """
+    readers = t.open_store(uri)
+    bases = sorted({n.removesuffix(BASELINES_SUFFIX) for n in readers})
+    plannings, transitions, finals, baselines, docs = [], [], [], [], {}
+    for name in bases:
+        reader = readers.get(name)
+        rows = [_planning_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_PLANNING})] if reader else []
+        plannings += rows
+        for row in rows:
+            transitions += [_transition_row(row["run_id"], run)
+                            for run in reader.search({t.TAG_KIND: t.KIND_TRANSITION}, parent_id=row["run_id"])]
+            docs[row["run_id"]] = reader.read_json_artifact(row["run_id"], t.ARTIFACT_PLAN_JSON)
+        if reader is not None:
+            finals += [_final_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_FINAL})]
+        if name + BASELINES_SUFFIX in readers:
+            baselines += [_baseline_row(name, run)
+                          for run in readers[name + BASELINES_SUFFIX].search({t.TAG_KIND: t.KIND_BASELINE})]
+    data = StoreData(uri, experiment, _frame(plannings, _PLANNING_COLUMNS), _frame(transitions, _TRANSITION_COLUMNS),
+                     _frame(finals, _FINAL_COLUMNS), _frame(baselines, _BASELINE_COLUMNS), docs)
+    mine = data.plannings[data.plannings.experiment == experiment]
+    if mine.empty and (data.baselines.experiment == experiment).sum() == 0:
+        known = ", ".join(sorted(set(data.plannings.experiment))) or "none"
+        raise OpplanError(f"the MLflow store at {uri} holds no opplan runs for experiment {experiment!r} "
+                          f"(experiments with plannings: {known}); run `dvc repro plan` first, or check "
+                          f"tracking.experiment in params / --tracking-uri")
+    if not mine.empty:
+        _read_primary(data, readers[experiment], mine)
+    if experiment + BASELINES_SUFFIX in readers:
+        _label_clip_schedules(data, readers[experiment + BASELINES_SUFFIX])
+    return data
+
+
+# --- rows -------------------------------------------------------------------------------
+
+_PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "start_time", t.M_SCORE, t.M_EPOCHS_TRAINED, t.M_COMPUTE_SECONDS]
+_TRANSITION_COLUMNS = ["planning_run", "run_id", "name", "src", "dst", "sampling", "clip_length", "lr", "status",
+                       "start_time", *TRANSITION_METRICS, "fit_params"]
+_FINAL_COLUMNS = ["experiment", "run_id", "plan_run", "config_hash", "status", "start_time", *COST_METRICS,
+                  *EVAL_METRICS]
+_BASELINE_COLUMNS = ["experiment", "run_id", "name", "sampling", "clip_schedule", "decay", "epochs", "config_hash",
+                     "status", "start_time", "clip_lengths", *EVAL_METRICS, *COST_METRICS]
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _metrics(run: Any, keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: run.data.metrics.get(k, math.nan) for k in keys}
+
+
+def _common(run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    return {"run_id": run.info.run_id, "name": run.info.run_name, "status": tags.get(t.TAG_STATUS, ""),
+            "start_time": run.info.start_time, "config_hash": tags.get(t.TAG_CONFIG_HASH, "")}
+
+
+def _planning_row(experiment: str, run: Any) -> dict[str, Any]:
+    return {"experiment": experiment, **_common(run), **_metrics(run, (t.M_SCORE, t.M_EPOCHS_TRAINED,
+                                                                       t.M_COMPUTE_SECONDS))}
+
+
+def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    params = []
+    for i in range(1, MAX_FIT_PARAMS + 1):
+        value = run.data.metrics.get(t.M_KNEE_PARAM.format(i))
+        if value is None:
+            break
+        params.append(value)
+    return {"planning_run": planning_run, **_common(run), "src": tags.get(t.TAG_SRC, ""),
+            "dst": tags.get(t.TAG_DST, ""), "sampling": tags.get(t.TAG_SAMPLING, ""),
+            "clip_length": _number(tags.get(t.TAG_CLIP_LENGTH)), "lr": _number(tags.get(t.TAG_LR)),
+            **_metrics(run, TRANSITION_METRICS), "fit_params": tuple(params)}
+
+
+def _final_row(experiment: str, run: Any) -> dict[str, Any]:
+    return {"experiment": experiment, **_common(run), "plan_run": run.data.tags.get(t.TAG_PLAN_RUN, ""),
+            **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS)}
+
+
+def _baseline_row(experiment: str, run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    return {"experiment": experiment, **_common(run), "name": tags.get(t.TAG_SCHEDULE, run.info.run_name),
+            "sampling": tags.get(t.TAG_SAMPLING, ""), "clip_schedule": tags.get(t.TAG_CLIP_SCHEDULE, ""),
+            "decay": tags.get(t.TAG_DECAY, ""), "epochs": _number(tags.get(t.TAG_EPOCHS)), "clip_lengths": "",
+            **_metrics(run, EVAL_METRICS), **_metrics(run, COST_METRICS)}
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+# --- the primary planning -----------------------------------------------------------------
+
+
+def pick_primary(plannings: pd.DataFrame) -> str:
+    """The latest finished planning run, else the latest one (``plannings`` non-empty)."""
+    ordered = plannings.sort_values("start_time", kind="stable")
+    finished = ordered[ordered.status == t.STATUS_FINISHED]
+    return str((finished if not finished.empty else ordered).run_id.iloc[-1])
+
+
+def pick_final(finals: pd.DataFrame, planning_run: str) -> pd.Series | None:
+    """The final run that follows ``planning_run``: evaluated and finished runs first, then the latest."""
+    mine = finals[(finals.plan_run == planning_run) & (finals.status != t.STATUS_KILLED)]
+    if mine.empty:
+        return None
+    rank = mine.assign(_evaluated=mine[t.M_TOP1].notna(), _finished=mine.status == t.STATUS_FINISHED)
+    rank = rank.sort_values(["_evaluated", "_finished", "start_time"], kind="stable")
+    return rank.drop(columns=["_evaluated", "_finished"]).iloc[-1]
+
+
+def _read_primary(data: StoreData, reader: t.StoreReader, mine: pd.DataFrame) -> None:
+    data.primary = pick_primary(mine)
+    run = reader.get_run(data.primary)
+    data.plan_section = {k.removeprefix("plan."): _literal(v) for k, v in run.data.params.items()
+                         if k.startswith("plan.")}
+    for run_id in data.transitions.run_id[data.transitions.planning_run == data.primary]:
+        data.curves[run_id] = _histories(reader, run_id, CURVE_METRICS)
+    final = pick_final(data.finals, data.primary)
+    if final is not None:
+        history = _histories(reader, final.run_id, FINAL_SCHEDULE)
+        data.final_history = history if not history.empty else None
+
+
+def _literal(text: str) -> Any:
+    """A param as logged (``str(value)``) back to a Python value where it is a literal."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _histories(reader: t.StoreReader, run_id: str, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-step metrics of one run: index ``epoch`` (the step), one column per key."""
+    series = {key: pd.Series(dict(reader.history(run_id, key)), dtype=float) for key in keys}
+    frame = pd.DataFrame(series).sort_index()
+    frame.index.name = "epoch"
+    return frame
+
+
+def _label_clip_schedules(data: StoreData, reader: t.StoreReader) -> None:
+    """The clip lengths a baseline schedule went through, from one run's per-epoch ``clip_length``."""
+    mine = data.baselines[data.baselines.experiment == data.experiment]
+    for _, group in mine.groupby(["config_hash", "clip_schedule"], sort=False):
+        longest = group.loc[group[t.M_EPOCHS_TRAINED].fillna(-1).idxmax()]
+        history = [int(v) for _, v in reader.history(longest.run_id, t.M_CLIP_LENGTH)]
+        lengths = list(dict.fromkeys(history))
+        if lengths:
+            data.baselines.loc[group.index, "clip_lengths"] = "→".join(map(str, lengths))

@@ -1,0 +1,108 @@
+"""The report's opening paragraph and its list of what is missing. Pure text from a
+:class:`~opplan.report.compare.Comparison`; every number is one read from the store."""
+
+from __future__ import annotations
+
+from opplan import tracking as t
+from opplan.report.collect import StoreData
+from opplan.report.compare import Comparison
+from opplan.report.tables import duration, pct, points
+
+
+def path_text(cmp: Comparison) -> str:
+    """``S0 → cs/4/0.1 (5 ep) → cs/8/0.1 (3 ep)``."""
+    assert cmp.path is not None
+    return " → ".join(["S0", *(f"{s.dst} ({s.epochs} ep)" for s in cmp.path)])
+
+
+def _cost(seconds: float, epochs: float) -> str:
+    return f"{duration(seconds)}, {epochs:.0f} epochs"
+
+
+def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
+    """One paragraph: path, held-out accuracy, HS, and the cost ratio; says plainly if OP loses."""
+    if cmp is None:
+        return (f"Experiment `{experiment}` has no planning run yet: there is no chosen path to report "
+                f"(run `dvc repro plan`). Only the hand-tuned grid is shown below.")
+    parts = [_path_sentence(cmp), _evaluation_sentence(cmp), _hs_sentence(cmp), _cost_sentence(cmp)]
+    return " ".join(p for p in parts if p)
+
+
+def _path_sentence(cmp: Comparison) -> str:
+    where = f"Planning `{cmp.config_hash[:8]}` (MLflow run `{cmp.planning_run}`, experiment `{cmp.experiment}`)"
+    if cmp.path is None:
+        return (f"{where} has not finished (status {cmp.planning_status or 'unknown'}; no plan.json): "
+                f"there is no chosen path yet.")
+    score = f", planned score V = {pct(cmp.score, 2)}%" if cmp.score is not None else ""
+    return f"{where} chose the path {path_text(cmp)}: {cmp.path_epochs} epochs in total{score}."
+
+
+def _evaluation_sentence(cmp: Comparison) -> str:
+    if cmp.final_run is None:
+        return "The model has not been retrained along the path yet (no final run): no held-out accuracy."
+    e = cmp.evaluation
+    if e is None:
+        return (f"The final run `{cmp.final_run}` has not been evaluated yet: no held-out accuracy "
+                f"(run `dvc repro evaluate`).")
+    single = f" (single view top-1 {pct(e[t.M_SINGLE_VIEW_TOP1])}%)" if t.M_SINGLE_VIEW_TOP1 in e else ""
+    return (f"Retrained along it and tested on the held-out split with multi-view testing, OP reaches top-1 "
+            f"{pct(e.get(t.M_TOP1))}%, top-5 {pct(e.get(t.M_TOP5))}%, mean class accuracy "
+            f"{pct(e.get(t.M_MEAN_CLASS_ACC))}%{single}.")
+
+
+def _hs_sentence(cmp: Comparison) -> str:
+    if cmp.hs is None:
+        if cmp.grid_runs == 0:
+            return "No hand-tuned baselines are in the store (run `dvc repro baselines`): OP is not compared."
+        return f"None of the {cmp.grid_runs} hand-tuned candidates finished with an evaluation: OP is not compared."
+    hs = (f"The best hand-tuned strategy (HS) of the {cmp.grid_runs}-candidate grid is `{cmp.hs['name']}` "
+          f"with top-1 {pct(cmp.hs_top1)}%")
+    if cmp.delta is None:
+        return hs + "."
+    if cmp.delta < 0:
+        return f"{hs}: **OP loses to HS by {points(-cmp.delta).lstrip('+')} points top-1.**"
+    if cmp.delta == 0:
+        return f"{hs}: OP ties with HS on top-1."
+    return f"{hs}: OP beats HS by {points(cmp.delta).lstrip('+')} points top-1."
+
+
+def _cost_sentence(cmp: Comparison) -> str:
+    op = cmp.planning_cost
+    partial = " (partial: the planning has not finished)" if op.partial else ""
+    text = f"Planning cost {_cost(op.seconds, op.epochs)}{partial}"
+    if cmp.grid_cost is None:
+        return text + "; there is no grid to compare it with."
+    grid = cmp.grid_cost
+    text += f", the grid search {_cost(grid.seconds, grid.epochs)}"
+    if cmp.ratio_seconds is None or cmp.ratio_epochs is None:
+        return text + "."
+    ratio = f"OP : grid = 1 : {cmp.ratio_seconds:.1f} in compute time and 1 : {cmp.ratio_epochs:.1f} in epochs"
+    if cmp.ratio_seconds < 1:
+        return f"{text}: {ratio}, **planning cost more than the whole grid search**."
+    return f"{text}: {ratio} (the paper reports 7–14× cheaper)."
+
+
+def missing_notes(data: StoreData, cmp: Comparison | None) -> list[str]:
+    """What the store does not hold yet (or holds more than once), one sentence each."""
+    notes = []
+    if cmp is None:
+        notes.append(f"No planning run in experiment `{data.experiment}`.")
+        return notes
+    if cmp.path is None:
+        notes.append("The planning has not finished: no plan.json artifact, no chosen path, no graph figure.")
+    if cmp.final_run is None:
+        notes.append("No final run follows this planning (`dvc repro final`).")
+    elif cmp.evaluation is None:
+        notes.append("The final run has no evaluation metrics (`dvc repro evaluate`).")
+    if cmp.grid_runs == 0:
+        notes.append(f"No baselines in `{data.experiment}-baselines` (`dvc repro baselines`): no Table 3, "
+                     "no HS in Table 5.")
+    if cmp.other_grids:
+        notes.append(f"`{data.experiment}-baselines` holds {cmp.other_grids} older grid(s) (other config hashes); "
+                     "only the most recent grid is compared.")
+    others = data.plannings[(data.plannings.experiment == data.experiment)
+                            & (data.plannings.run_id != cmp.planning_run)]
+    if not others.empty:
+        notes.append(f"{len(others)} other planning run(s) in `{data.experiment}` appear in Table 5 only; "
+                     "this report details the latest finished one.")
+    return notes
