@@ -1,0 +1,36 @@
+# The two set-up commands of the README:
+#   make demo   venv + install, the demo dataset when data/ is absent, then `dvc repro`
+#   make test   venv + install, then the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean-demo
+
+$(BIN)/opplan: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/opplan
+
+demo: install
+	@if [ ! -d data ]; then \
+		$(BIN)/opplan data synth data && $(BIN)/dvc add --quiet data; \
+	fi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo "done: see reports/report.md; browse the runs with: $(BIN)/opplan ui"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/models.py
+	$(BIN)/python bench/planning.py
+	$(BIN)/python bench/cost.py
+
+clean-demo:
+	rm -rf shards plan.json plan.png plan_metrics.json plots final evaluation metrics.json baselines.json \
+		reports mlflow.db mlartifacts .opplan
