@@ -19,7 +19,7 @@ demo: install
 	@if [ ! -d data ]; then \
 		$(BIN)/opplan data synth data && $(BIN)/dvc add --quiet data; \
 	fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	@echo "done: see reports/report.md; browse the runs with: $(BIN)/opplan ui"
 
 test: install

@@ -1,6 +1,6 @@
 """CPU throughput of the demo's model: forward+backward clips/s, GFLOPs, seconds per epoch.
 
-    .venv/bin/python bench/models.py [--seconds 3] [--repeats 3] [--no-compile] [--models NAME ...]
+    .venv/bin/python bench/models.py [--seconds 3] [--repeats 3] [--no-compile] [--threads N] [--models NAME ...]
 
 Measures ``dg_p3d_tiny`` (the demo's model) and ``r2plus1d_18`` (torchvision) on
 batches of 8 clips of 8x32² and 16x32², eager and with ``channels_last_3d`` memory
@@ -89,7 +89,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["dg_p3d_tiny", "r2plus1d_18"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {SIZE}x{SIZE}, "
           f"load average {os.getloadavg()[0]:.2f}")

@@ -90,6 +90,8 @@ class TrainParams(_Section):
             raise ValueError(f"scale_jitter must be [low, high] with low <= high, got {list(self.scale_jitter)}")
         if low < self.crop_size:
             raise ValueError(f"scale_jitter low ({low}) must be >= crop_size ({self.crop_size})")
+        if self.eval_short_side < self.crop_size:
+            raise ValueError(f"eval_short_side ({self.eval_short_side}) must be >= crop_size ({self.crop_size})")
         return self
 
     def batch_for(self, clip_length: int) -> int:

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from opplan.planning.knee import (FUNCTIONS, KneeStopper, evaluate, fit_curve, n_params, observed_argmax, replay,
-                                  table1)
+from opplan.planning.knee import FUNCTIONS, KneeStopper, evaluate, fit_curve, n_params, observed_argmax, replay, table1
 
 # true parameters (SPEC order a1..), all satisfying the sign constraints
 TRUE = {

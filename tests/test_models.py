@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,18 @@ from opplan.models.base import bn_layers
 from opplan.models.p3d import P3DResNet
 
 NUM_CLASSES = 7
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: these small ops gain little from more, and lose several-fold
+    when other processes share the cores (OpenMP threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 REQUIRED = {
     "dg_p3d_r50", "dg_p3d_r101", "g_p3d_r50", "p3d_r50", "r3d_18", "mc3_18", "r2plus1d_18",
     "dg_p3d_tiny", "g_p3d_tiny", "p3d_tiny", "i3d_r50",

@@ -529,9 +529,9 @@ def test_best_candidate_prefers_fewer_epochs_and_skips_failed() -> None:
 
 
 def test_formatting() -> None:
+    from opplan.report.compare import Cost
     from opplan.report.render import latex_escape, md_escape
     from opplan.report.tables import cost_text, pct, points
-    from opplan.report.compare import Cost
 
     assert (pct(0.6172), pct(None), pct(float("nan"))) == ("61.7", "–", "–")
     assert (points(-0.08), points(0.016)) == ("−8.0", "+1.6")

@@ -24,7 +24,7 @@ from opplan.data.manifest import CLASSES, read_classes
 from opplan.data.prepare import VIDEO_COLUMNS, VIDEOS_CSV
 from opplan.data.shards import ShardReader
 from opplan.data.transforms import MultiCrop, eval_transform, to_video, train_transform
-from opplan.errors import DataError, ParamsError
+from opplan.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,6 @@ def _check_arguments(splits: tuple[str, ...], sampling_name: str, clip_length: i
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if clip_length < 1:
         raise ValueError(f"clip_length must be >= 1, got {clip_length}")
-    if mode != "train" and train.eval_short_side < train.crop_size:
-        raise ParamsError(f"train.eval_short_side ({train.eval_short_side}) must be >= train.crop_size "
-                          f"({train.crop_size})")
 
 
 def _check_shards(shards_dir: Path, videos: pd.DataFrame) -> None:

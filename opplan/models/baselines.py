@@ -6,7 +6,7 @@ dropout -> Linear(512, num_classes), as in our own heads.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 from torchvision.models import video

@@ -25,9 +25,9 @@ def model_info(
     """Print parameters and GFLOPs (multiply-adds) of model NAME for one clip."""
     import torch
 
+    from opplan.models.flops import count_gflops, count_params
     from opplan.models.p3d import min_clip_length
     from opplan.models.registry import REGISTRY, build_model
-    from opplan.models.flops import count_gflops, count_params
 
     if list_models:
         for spec in REGISTRY.values():

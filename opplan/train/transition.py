@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from opplan import tracking as t
 from opplan.planning.graph import State
-from opplan.planning.knee import KneeStopper
+from opplan.planning.knee import KneeDecision, KneeStopper
 from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
-from opplan.train.loop import DivergedError, predict, accuracy, train_epoch
+from opplan.train.loop import DivergedError, accuracy, predict, train_epoch
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
@@ -131,9 +130,8 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     return _finish(setup, out, decision, work_dir)
 
 
-def _epoch_metrics(out: TransitionOutcome, dst: State, decision) -> dict[str, float]:  # noqa: ANN001
-    from opplan import tracking as t
-
+def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
+    """What MLflow gets after each epoch: the curve point, and the knee fit when there is one."""
     metrics = {t.M_VAL_ACC: out.curve[-1], t.M_LR: dst.lr}
     if out.losses and len(out.curve) > 1:
         metrics[t.M_TRAIN_LOSS] = out.losses[-1]
@@ -149,7 +147,7 @@ def _epoch_metrics(out: TransitionOutcome, dst: State, decision) -> dict[str, fl
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _finish(setup: TrainSetup, out: TransitionOutcome, decision, work_dir: Path) -> TransitionOutcome:  # noqa: ANN001
+def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, work_dir: Path) -> TransitionOutcome:
     """Keep epoch ``t*``'s weights as ``model.pt``; drop the other epoch states."""
     # The kept epoch: t* (min(t*, t) when stopped by max_epochs; the best observed epoch
     # when no fit ever succeeded). Its fitted value is f at that epoch.

@@ -1,0 +1,117 @@
+"""End to end: `dvc repro` in a temporary copy of the project on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from opplan import tracking as t
+from opplan.config import load_params
+from opplan.planning.graph import graph_from_params
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ["opplan", "pipeline", "configs", ".dvc/config", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
+          "pyproject.toml"]
+
+TINY = {
+    "prepare": {"short_side": 40, "workers": 1},
+    "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
+    "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
+              "eval_batch_size": 8, "num_workers": 0},
+    "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "extended",
+             "delay": 1, "max_epochs": 2},
+    "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
+    "baselines": {"enabled": True, "schedules": ["l1-lN"], "decays": ["step"], "sampling": ["cs"], "epochs": [2]},
+    "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "e2e"},
+}
+
+
+def run(command: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with a tiny dataset, reproduced once with `dvc repro`."""
+    root = tmp_path_factory.mktemp("e2e")
+    for name in COPIED:
+        source, target = ROOT / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section] = {**params[section], **values}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run([sys.executable, "-m", "opplan.cli", "data", "synth", "data", "--classes", "4",
+         "--videos-per-class", "3", "1", "--frames", "24", "40"], root)
+    run(["dvc", "add", "-q", "data"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_plans_a_path_of_the_graph_with_a_nested_run_per_edge(project: Path) -> None:
+    params = load_params(project / "params.yaml")
+    plan = json.loads((project / "plan.json").read_text())
+    graph = graph_from_params(params.plan)
+    edges = {(a.name, b.name) for a, b in graph.edges}
+    assert all((a, b) in edges for a, b in zip(plan["path"], plan["path"][1:]))
+    assert plan["path"][0] == "S0" and plan["path"][-1] == "cs/8/0.002"
+
+    tracker = t.Tracker(f"sqlite:///{project / 'mlflow.db'}", "e2e", artifact_root=project / "mlartifacts")
+    runs = tracker.search({t.TAG_KIND: t.KIND_TRANSITION}, parent_id=plan["mlflow"]["planning_run_id"])
+    assert sorted((r.data.tags[t.TAG_SRC], r.data.tags[t.TAG_DST]) for r in runs) == sorted(edges)
+    for run_ in runs:
+        assert {t.TAG_SAMPLING, t.TAG_CLIP_LENGTH, t.TAG_LR, t.TAG_STATUS} <= set(run_.data.tags)
+        assert {t.M_VAL_ACC, t.M_SCORE, t.M_CHOSEN_EPOCH} <= set(run_.data.metrics)
+        assert tracker.client.list_artifacts(run_.info.run_id, t.ARTIFACT_CHECKPOINT_DIR)
+
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert {"top1", "top5", "mean_class_acc", "single_view_top1"} <= set(metrics)
+    final = tracker.search({t.TAG_KIND: t.KIND_FINAL})
+    assert final[-1].data.metrics["top1"] == pytest.approx(metrics["top1"], abs=1e-6)
+
+    # the report's transition table holds the very numbers MLflow holds
+    table = pd.read_csv(project / "reports" / "transitions.csv")
+    assert len(table) == len(runs)
+    by_edge = {(r.data.tags[t.TAG_SRC], r.data.tags[t.TAG_DST]): r.data.metrics for r in runs}
+    for row in table.itertuples():
+        logged = by_edge[(row.src, row.dst)]
+        assert row.V == pytest.approx(logged[t.M_SCORE])
+        assert row.epochs_trained == logged[t.M_EPOCHS_TRAINED]
+    on_path = set(zip(plan["path"], plan["path"][1:]))
+    assert {(r.src, r.dst) for r in table.itertuples() if r.on_path} == on_path
+    report = (project / "reports" / "report.md").read_text()
+    assert f"{metrics['top1'] * 100:.1f}" in report
+
+
+def test_changing_a_planning_param_reruns_plan_but_never_prepare(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["plan"]["delay"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], project)
+    changed = set(json.loads(status[status.index("{"):]))
+    assert "plan" in changed and "prepare" not in changed and "baselines" not in changed
+
+    params["report"]["figures"] = False
+    params["plan"]["delay"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], project)
+    assert set(json.loads(status[status.index("{"):])) == {"report"}
