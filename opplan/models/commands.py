@@ -52,5 +52,5 @@ def model_info(
     if as_json:
         click.echo(json.dumps(info))
     else:
-        click.echo(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs "
+        click.echo(f"{name}: {info['params'] / 1e6:.2f} M parameters, {info['gflops']:.4g} GFLOPs "
                    f"(multiply-adds) per {clip_length}x{size}x{size} clip")
