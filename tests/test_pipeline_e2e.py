@@ -29,7 +29,7 @@ TINY = {
     "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
               "eval_batch_size": 8, "num_workers": 0},
     "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "extended",
-             "delay": 1, "max_epochs": 2},
+             "delay": 1, "max_epochs": 6},
     "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
     "baselines": {"enabled": True, "schedules": ["l1-lN"], "decays": ["step"], "sampling": ["cs"], "epochs": [2]},
     "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "e2e"},

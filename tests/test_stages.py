@@ -161,3 +161,16 @@ def test_diverging_transitions_fail_and_planning_says_when_no_route_is_left(
     assert all("training loss became" in r.data.tags[t.TAG_FAILURE] for r in runs)
     assert not (tmp_path / "plan.json").exists()
     assert all(math.isfinite(v) for r in runs for v in r.data.metrics.values())
+
+
+def test_final_of_a_path_that_kept_every_starting_model_is_s0(
+        planned: tuple[Path, Params], monkeypatch: pytest.MonkeyPatch) -> None:
+    project, params = planned
+    monkeypatch.chdir(project)
+    document = json.loads((project / "plan.json").read_text())
+    for step in document["transitions"]:
+        step["chosen_epoch"] = 0
+    (project / "plan_t0.json").write_text(json.dumps(document))
+    record = run_final(params, plan_path=project / "plan_t0.json", out_dir=project / "final_t0")
+    assert record["epochs"] == 0 and record["schedule"] == []
+    assert (project / "final_t0" / "model.pt").is_file()

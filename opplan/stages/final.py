@@ -43,7 +43,8 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     plan_doc = json.loads(require_file(plan_path, "plan").read_text())
     schedule = path_schedule(plan_doc, params)
     if not schedule:
-        raise OpplanError(f"{plan_path}: the chosen path trains for 0 epochs; nothing to retrain")
+        log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
+                    "final model is S0 itself, untrained", plan_path)
     tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
     plan_run = plan_doc["mlflow"]["planning_run_id"]
     digest = plan_doc["config_hash"]
@@ -69,7 +70,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
             tracker.end_run(run_id, t.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
-        videos = len(setup.dataset("train", schedule[0].state, mode="val"))
+        videos = len(setup.dataset("train", final_state(plan_doc, params), mode="val"))
         summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * videos,
                    t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
         tracker.log_metrics(run_id, summary, step=len(schedule))
@@ -77,7 +78,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
         out_dir.mkdir(parents=True, exist_ok=True)
         outcome.checkpoint.replace(out_dir / "model.pt")
         record = {"run_id": run_id, "config_hash": digest, "planning_run_id": plan_run,
-                  "final_state": schedule[-1].state.name, "epochs": len(schedule), **summary,
+                  "final_state": plan_doc["final_state"], "epochs": len(schedule), **summary,
                   "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
                   "losses": outcome.losses}
         atomic_write_json(out_dir / "run.json", record)
@@ -90,5 +91,6 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     return record
 
 
-def final_state(record: dict[str, Any], params: Params) -> State:
-    return parse_state(record["final_state"], params.plan.clip_lengths, params.plan.lrs)
+def final_state(document: dict[str, Any], params: Params) -> State:
+    """The final state named by ``plan.json`` or ``final/run.json``."""
+    return parse_state(document["final_state"], params.plan.clip_lengths, params.plan.lrs)

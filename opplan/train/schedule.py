@@ -45,12 +45,11 @@ class ScheduleOutcome:
 def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Path, *,
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                    label: str = "") -> ScheduleOutcome:
-    """Train from S0 through ``schedule``; returns the last epoch's weights as ``model.pt``."""
-    if not schedule:
-        raise ValueError("empty schedule")
+    """Train from S0 through ``schedule``; returns the last epoch's weights as ``model.pt``
+    (S0's own weights for an empty schedule)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    model = setup.new_model(schedule[0].state.clip_length)
-    optimizer = setup.optimizer(model, schedule[0].lr)
+    model = setup.new_model(schedule[0].state.clip_length if schedule else 0)
+    optimizer = setup.optimizer(model, schedule[0].lr if schedule else 0.0)
     losses: list[float] = []
     seconds: list[float] = []
     states = sorted(work_dir.glob("epoch_*.pt"))
