@@ -46,9 +46,10 @@ PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", s
 @PARAMS_OPTION
 def plan(params_path: str) -> None:
     """Explore the transition graph and choose the path (the `plan` stage)."""
+    params = load_params(params_path)  # a bad params file fails before torch and MLflow are imported
     from opplan.stages.plan import run_plan
 
-    result = run_plan(load_params(params_path))
+    result = run_plan(params)
     click.echo(" → ".join(s.name for s in result.path))
 
 
@@ -56,9 +57,10 @@ def plan(params_path: str) -> None:
 @PARAMS_OPTION
 def final(params_path: str) -> None:
     """Retrain from S0 along the planned path (the `final` stage)."""
+    params = load_params(params_path)
     from opplan.stages.final import run_final
 
-    record = run_final(load_params(params_path))
+    record = run_final(params)
     click.echo(f"final model: {record['epochs']} epochs, MLflow run {record['run_id']}")
 
 
@@ -66,9 +68,10 @@ def final(params_path: str) -> None:
 @PARAMS_OPTION
 def evaluate(params_path: str) -> None:
     """Multi-view testing of the final model on the held-out split (the `evaluate` stage)."""
+    params = load_params(params_path)
     from opplan.stages.evaluate import run_evaluate
 
-    metrics = run_evaluate(load_params(params_path))
+    metrics = run_evaluate(params)
     click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
@@ -76,9 +79,10 @@ def evaluate(params_path: str) -> None:
 @PARAMS_OPTION
 def baselines(params_path: str) -> None:
     """Train and score the hand-tuned grid (the `baselines` stage)."""
+    params = load_params(params_path)
     from opplan.stages.baselines import run_baselines
 
-    document = run_baselines(load_params(params_path))
+    document = run_baselines(params)
     best = document["best"]
     click.echo(f"HS: {best['name']} top-1 {best['top1']:.4f}" if best else "no baseline finished")
 

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from opplan.errors import ParamsError
 
@@ -142,28 +150,36 @@ class PlanParams(_Section):
             raise ValueError(f"must be a non-empty list of distinct values from ['cs', 'us'], got {v}")
         return v
 
-    @model_validator(mode="after")
-    def _states_exist(self) -> PlanParams:
-        if self.start_lengths is not None:
-            bad = [l for l in self.start_lengths if l not in self.clip_lengths]
-            if bad or not self.start_lengths:
-                raise ValueError(
-                    f"start_lengths {self.start_lengths} must be a non-empty subset of clip_lengths {self.clip_lengths}"
-                )
-        for name in self.final_states or []:
+    # Field validators (not a model validator) so that an error names the key and its line;
+    # ``info.data`` holds the fields defined above, when they themselves were valid.
+    @field_validator("start_lengths")
+    @classmethod
+    def _start_lengths_exist(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        lengths = info.data.get("clip_lengths")
+        if v is not None and lengths is not None and (not v or any(l not in lengths for l in v)):
+            raise ValueError(f"start_lengths {v} must be a non-empty subset of clip_lengths {lengths}")
+        return v
+
+    @field_validator("final_states")
+    @classmethod
+    def _states_exist(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        samplings, lengths, lrs = (info.data.get(k) for k in ("sampling", "clip_lengths", "lrs"))
+        if samplings is None or lengths is None or lrs is None:
+            return v  # already reported
+        for name in v or []:
             try:
                 sampling, length, lr = name.split("/")
-                ok = sampling in self.sampling and int(length) in self.clip_lengths and any(
-                    math.isclose(float(lr), r, rel_tol=1e-9) for r in self.lrs
+                ok = sampling in samplings and int(length) in lengths and any(
+                    math.isclose(float(lr), r, rel_tol=1e-9) for r in lrs
                 )
             except ValueError:
                 ok = False
             if not ok:
                 raise ValueError(
                     f"final state {name!r} is not a state of the graph: write 'sampling/clip_length/lr' "
-                    f"with sampling in {self.sampling}, clip_length in {self.clip_lengths}, lr in {self.lrs}"
+                    f"with sampling in {samplings}, clip_length in {lengths}, lr in {lrs}"
                 )
-        return self
+        return v
 
 
 class EvaluateParams(_Section):

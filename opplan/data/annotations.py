@@ -3,8 +3,10 @@
 Each reader takes the files exactly as the dataset ships them and returns the
 classes, the usable videos and the problems (missing video, unknown label,
 malformed line: file, line and reason). A bad line never stops an import; only a
-structural problem (a missing annotation file, no usable video at all) raises
-:class:`AnnotationFileError`, an :class:`~opplan.errors.AnnotationError`.
+structural problem (a missing or unreadable annotation file, one that is not UTF-8, not
+CSV or not JSON, a class list that cannot be written to ``classes.txt``, no usable video
+at all) raises :class:`AnnotationFileError`, an :class:`~opplan.errors.AnnotationError`.
+Nothing else escapes, whatever the lines hold (``tests/test_fuzz.py``).
 
 Formats (``PATH`` is ``--annotations``, ``ROOT`` is ``--root``):
 
@@ -28,6 +30,7 @@ Formats (``PATH`` is ``--annotations``, ``ROOT`` is ``--root``):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opplan.data.manifest import Entry, Problem, write_dataset, write_problems
+from opplan.data.manifest import Entry, Problem, decode_text, is_file, label_problem, write_dataset, write_problems
 from opplan.errors import AnnotationError, DataError
 from opplan.fileio import atomic_open
 
@@ -72,17 +75,29 @@ class Listing:
     videos: list[tuple[Entry, Path]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     _seen: set[Path] = field(default_factory=set, repr=False)
+    _rels: set[str] = field(default_factory=set, repr=False)
 
     def add(self, root: Path, found: Path | None, label: str, split: str, where: tuple[Path, int], wanted: str) -> None:
-        """Record one annotated video, or the reason it cannot be used."""
+        """Record one annotated video, or the reason it cannot be used.
+
+        The video keeps its path relative to ``root``; one outside ``root`` (an absolute
+        path, or ``..`` in the annotation) goes to ``external/<name>``, never above ``out``.
+        """
         file, line = str(where[0]), where[1]
+        if found is not None:
+            found = Path(os.path.normpath(found))  # "a/../b" -> "b": one video, one name, no escape via ".."
+        rel = "" if found is None else (found.relative_to(root).as_posix() if found.is_relative_to(root)
+                                        else f"external/{found.name}")
         if found is None:
             self.problems.append(Problem(file, line, f"video {wanted} not found under {root}"))
         elif found in self._seen:
             self.problems.append(Problem(file, line, f"video {wanted} is listed more than once"))
+        elif rel in self._rels:
+            self.problems.append(Problem(file, line, f"video {found} would be imported as {rel}, "
+                                                     "the name of another video"))
         else:
             self._seen.add(found)
-            rel = found.relative_to(root).as_posix() if found.is_relative_to(root) else f"external/{found.name}"
+            self._rels.add(rel)
             self.videos.append((Entry(rel, label, split, line), found))
 
     def bad(self, where: tuple[Path, int], reason: str) -> None:
@@ -102,7 +117,7 @@ class _VideoIndex:
             for folder, _, names in os.walk(self.root, followlinks=True):
                 for name in names:
                     path = Path(folder, name)
-                    if path.suffix.lower() in VIDEO_EXTENSIONS:
+                    if path.suffix.lower() in VIDEO_EXTENSIONS and is_file(path):
                         self._by_stem[path.stem].append(path)
         found = sorted(self._by_stem.get(stem, []))
         if prefer_dir is not None:
@@ -118,18 +133,47 @@ def _locate(root: Path, rel: str, label: str | None = None) -> Path | None:
     """``ROOT/rel``, else ``ROOT/<label>/<basename>``, else ``ROOT/<basename>`` (flat layouts)."""
     name = Path(rel).name
     for candidate in (root / rel, *([root / label / name] if label else []), root / name):
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     return None
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank stripped lines with 1-based numbers; a missing file is structural."""
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of an annotation file; missing, unreadable or not UTF-8 is structural."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise AnnotationFileError(path, "annotation file not found") from None
+    except OSError as exc:
+        raise AnnotationFileError(path, f"cannot read the annotation file: {exc.strerror or exc}") from None
+    try:
+        return decode_text(raw)
+    except ValueError as exc:
+        raise AnnotationFileError(path, str(exc)) from None
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank stripped lines with 1-based numbers; a missing file is structural."""
+    text = _read_text(path)
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """CSV rows of ``path`` with the line each starts on; a CSV syntax error is structural."""
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    rows, line = [], 1
+    try:
+        for row in reader:
+            rows.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise AnnotationFileError(path, f"line {reader.line_num}: not valid CSV: {exc}") from None
+    return rows
+
+
+def _number(text: str) -> int | None:
+    """``text`` as a non-negative integer when it is plain ASCII digits (not "²", "1.0", "-1")."""
+    return int(text) if re.fullmatch(r"[0-9]+", text) else None
 
 
 # --- UCF101 ----------------------------------------------------------------------------
@@ -140,7 +184,7 @@ def read_ucf101(root: Path, annotations: Path, split: int = 1) -> Listing:
     listing = Listing(classes=[])
     for line, text in _lines(class_file):
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(listing.classes) + 1:
+        if len(parts) != 2 or _number(parts[0]) != len(listing.classes) + 1:
             listing.bad((class_file, line), f"expected '{len(listing.classes) + 1} ClassName', got {text!r}")
             continue
         listing.classes.append(parts[1])
@@ -152,8 +196,8 @@ def read_ucf101(root: Path, annotations: Path, split: int = 1) -> Listing:
         for line, text in _lines(list_file):
             parts = text.split()
             rel = parts[0]
-            if len(parts) == 2 and parts[1].isdigit():  # trainlist: "Class/v_X.avi N"
-                number = int(parts[1])
+            number = _number(parts[1]) if len(parts) == 2 else None
+            if number is not None:  # trainlist: "Class/v_X.avi N"
                 label = listing.classes[number - 1] if 1 <= number <= len(listing.classes) else None
                 reason = f"label {number} is not in classInd.txt (1..{len(listing.classes)})"
             elif len(parts) == 1 and "/" in rel:  # testlist: "Class/v_X.avi", the class is the folder
@@ -202,30 +246,36 @@ def read_kinetics(root: Path, annotations: Path, split: int = 1) -> Listing:
         raise AnnotationFileError(annotations, "no Kinetics CSV file (label,youtube_id,time_start,time_end,split)")
     rows: list[tuple[Path, int, dict[str, str]]] = []
     for csv_file in files:
-        with csv_file.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = [c.strip() for c in reader.fieldnames or []]
-            if "label" not in header and len(files) > 1:
-                log.info("import: skipping %s (no label column: an unlabelled test list)", csv_file)
+        table = [(line, cells) for line, cells in _csv_rows(csv_file) if any(c.strip() for c in cells)]
+        header = [c.strip() for c in table[0][1]] if table else []
+        if "label" not in header and len(files) > 1:
+            log.info("import: skipping %s (no label column: an unlabelled test list)", csv_file)
+            continue
+        missing = [c for c in KINETICS_COLUMNS if c not in header]
+        if missing:
+            raise AnnotationFileError(csv_file, f"header lacks {', '.join(missing)} (got {','.join(header)})")
+        column = {name: header.index(name) for name in KINETICS_COLUMNS}
+        for line, cells in table[1:]:
+            if len(cells) <= max(column.values()):
+                rows.append((csv_file, line, {}))  # reported below as malformed
                 continue
-            missing = [c for c in KINETICS_COLUMNS if c not in header]
-            if missing:
-                raise AnnotationFileError(csv_file, f"header lacks {', '.join(missing)} (got {','.join(header)})")
-            reader.fieldnames = header
-            rows += [(csv_file, reader.line_num, row) for row in reader]
-    labels = {(row.get("label") or "").strip() for _, _, row in rows} - {""}
-    listing = Listing(classes=sorted(labels))
+            rows.append((csv_file, line, {name: cells[i].strip() for name, i in column.items()}))
+    listing = Listing(classes=sorted({row["label"] for _, _, row in rows if row and not label_problem(row["label"])}))
     index = _VideoIndex(root)
     for csv_file, line, row in rows:
         where = (csv_file, line)
-        try:
-            label, stem = row["label"].strip(), _kinetics_stem(row)
-        except (ValueError, AttributeError, TypeError):
-            listing.bad(where, f"malformed row: {row!r}")
+        if not row:
+            listing.bad(where, f"too few columns for the header {','.join(header)}")
             continue
-        kind = (row["split"] or "").strip().lower()
-        if not label or kind not in TEST_SPLITS | {"train"}:
-            listing.bad(where, f"missing label or unknown split {row['split']!r} (train, validate, val, test)")
+        try:
+            label, stem = row["label"], _kinetics_stem(row)
+        except (ValueError, OverflowError) as exc:
+            listing.bad(where, f"malformed row ({exc}): {row!r}"[:300])
+            continue
+        kind = row["split"].lower()
+        if label_problem(label) or kind not in TEST_SPLITS | {"train"}:
+            listing.bad(where, f"{label_problem(label) or 'unknown split'} (label {label!r}, split {row['split']!r}; "
+                               "splits: train, validate, val, test)")
             continue
         listing.add(root, index.find(stem, prefer_dir=label), label, "train" if kind == "train" else "test", where,
                     f"{stem}.*")
@@ -233,9 +283,11 @@ def read_kinetics(root: Path, annotations: Path, split: int = 1) -> Listing:
 
 
 def _kinetics_stem(row: dict[str, str]) -> str:
-    """``<youtube_id>_<start:06d>_<end:06d>`` as the Kinetics downloaders name files."""
+    """``<youtube_id>_<start:06d>_<end:06d>`` as the Kinetics downloaders name files.
+
+    Raises ValueError (or OverflowError for an infinite time) on a malformed row."""
     start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-    youtube_id = row["youtube_id"].strip()
+    youtube_id = row["youtube_id"]
     if not youtube_id:
         raise ValueError("empty youtube_id")
     return f"{youtube_id}_{start:06d}_{end:06d}"
@@ -250,8 +302,8 @@ def read_ssv2(root: Path, annotations: Path, split: int = 1) -> Listing:
     if not isinstance(labels, dict) or not labels:
         raise AnnotationFileError(labels_file, 'expected {"template": "index", ...}')
     try:
-        classes = [name for name, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
-    except (TypeError, ValueError):
+        classes = [name for name, _ in sorted(labels.items(), key=lambda kv: _class_index(kv[1]))]
+    except (TypeError, ValueError, OverflowError):
         raise AnnotationFileError(labels_file, "class indices must be integers") from None
     listing = Listing(classes=classes)
     by_text = {name.lower(): name for name in classes}
@@ -277,41 +329,50 @@ def read_ssv2(root: Path, annotations: Path, split: int = 1) -> Listing:
     return listing
 
 
+def _class_index(value: object) -> int:
+    """A labels.json index: an integer or a string of digits ("12"), not a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"class index {value!r}")
+    number = value if isinstance(value, int) else _number(value.strip())
+    if number is None:
+        raise ValueError(f"class index {value!r}")
+    return number
+
+
 def _load_json(path: Path) -> object:
+    text = _read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AnnotationFileError(path, "annotation file not found") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationFileError(path, f"not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except RecursionError:
+        raise AnnotationFileError(path, "not valid JSON: nested too deeply") from None
 
 
 # --- generic CSV -----------------------------------------------------------------------
 
 
 def read_csv(root: Path, annotations: Path, split: int = 1) -> Listing:
-    try:
-        handle = annotations.open(newline="", encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise AnnotationFileError(annotations, "annotation file not found (a CSV path,label,split)") from None
-    with handle:
-        rows = list(csv.reader(handle))
-    if not rows or [c.strip() for c in rows[0]] != ["path", "label", "split"]:
-        got = ",".join(rows[0]) if rows else "(empty)"
-        raise AnnotationFileError(annotations, f"header must be path,label,split, got {got}")
-    good = [r for r in rows[1:] if len(r) == 3 and all(c.strip() for c in r)]
+    if not is_file(annotations):
+        raise AnnotationFileError(annotations, "annotation file not found (a CSV path,label,split)")
+    rows = [(line, row) for line, row in _csv_rows(annotations) if any(c.strip() for c in row)]
+    if not rows or [c.strip() for c in rows[0][1]] != ["path", "label", "split"]:
+        got = ",".join(rows[0][1]) if rows else "(empty)"
+        raise AnnotationFileError(annotations, f"header must be path,label,split, got {got!r}")
+    good = [r for _, r in rows[1:] if len(r) == 3 and all(c.strip() for c in r) and not label_problem(r[1].strip())]
     listing = Listing(classes=sorted({r[1].strip() for r in good}))
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
+    for line, row in rows[1:]:
         if len(row) != 3 or not all(c.strip() for c in row):
-            listing.bad((annotations, line), f"expected path,label,split, got {','.join(row)!r}")
+            listing.bad((annotations, line), f"expected path,label,split, got {','.join(row)!r}"[:300])
             continue
         rel, label, kind = (c.strip() for c in row)
+        if label_problem(label):
+            listing.bad((annotations, line), label_problem(label))
+            continue
         if kind.lower() not in TEST_SPLITS | {"train"}:
             listing.bad((annotations, line), f"split {kind!r} is not train or test (val/validate count as test)")
             continue
-        found = _locate(root, rel) if not Path(rel).is_absolute() else (Path(rel) if Path(rel).is_file() else None)
+        found = _locate(root, rel) if not Path(rel).is_absolute() else (Path(rel) if is_file(Path(rel)) else None)
         listing.add(root, found, label, "train" if kind.lower() == "train" else "test", (annotations, line), rel)
     return listing
 
@@ -334,6 +395,7 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
     if not root.is_dir():
         raise DataError(f"video root {root} is not a folder")
     listing = READERS[fmt](root, annotations, split)
+    _check_classes(annotations, listing.classes)
     write_problems(out / REPORT, listing.problems)
     if not listing.videos:
         first = f"; first: {listing.problems[0]}" if listing.problems else ""
@@ -352,6 +414,16 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
              len(entries), counts["train"], counts["test"], len(listing.classes), fmt, out, len(listing.problems),
              f", see {out / REPORT}" if listing.problems else "")
     return listing
+
+
+def _check_classes(annotations: Path, classes: list[str]) -> None:
+    """The class list must survive ``classes.txt`` (one name a line): named, single-line, distinct."""
+    seen: set[str] = set()
+    for name in classes:
+        problem = label_problem(name) or (f"class {name!r} is listed twice" if name in seen else None)
+        if problem:
+            raise AnnotationFileError(annotations, f"{problem}; fix the class list")
+        seen.add(name)
 
 
 def _place(source: Path, target: Path, *, link: bool) -> None:

@@ -69,13 +69,47 @@ def write_problems(path: str | Path, problems: Iterable[Problem]) -> None:
     write_csv(path, ("file", "line", "reason"), ((p.file, p.line, p.reason) for p in problems))
 
 
+def decode_text(raw: bytes) -> str:
+    """UTF-8 (a leading byte-order mark, as spreadsheets write, is dropped); ValueError names the line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"line {line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an exception) for a name too long or otherwise unusable."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a class name of ``classes.txt`` (one name a line), or None."""
+    if not label.strip():
+        return "empty label"
+    if label != label.strip() or len(label.splitlines()) != 1:
+        return f"label {label!r} has a line break or surrounding blanks"
+    return None
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return decode_text(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no {what}; {HINT}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
 def read_classes(path: str | Path) -> list[str]:
     """Class names, one a line; blank lines are ignored, duplicates are an error."""
     path = Path(path)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except FileNotFoundError:
-        raise DataError(f"{path}: no class list; {HINT}") from None
+    names = [line.strip() for line in _read(path, "class list").splitlines()]
     names = [n for n in names if n]
     if not names:
         raise DataError(f"{path}: the class list is empty")
@@ -102,15 +136,18 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> tuple[list
         raise DataError(f"{manifest}: no manifest in the dataset folder; {HINT}")
     classes = read_classes(folder / CLASSES)
     known = set(classes)
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    reader = csv.reader(io.StringIO(_read(manifest, "manifest"), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{manifest}:{reader.line_num}: not valid CSV: {exc}") from None
     if not rows or tuple(c.strip() for c in rows[0]) != MANIFEST_COLUMNS:
         got = ",".join(rows[0]) if rows else "(empty file)"
         raise DataError(f"{manifest}:1: header must be {','.join(MANIFEST_COLUMNS)}, got {got!r}")
     entries, problems, seen = [], [], set()
     for line, row in enumerate(rows[1:], start=2):
         reason = _row_problem(row, known, seen)
-        if reason is None and check_files and not (folder / row[0].strip()).is_file():
+        if reason is None and check_files and not is_file(folder / row[0].strip()):
             reason = f"video file {row[0].strip()} not found under {folder}"
         if reason is not None:
             if any(cell.strip() for cell in row):  # blank lines are not worth a report

@@ -41,8 +41,29 @@ def _load(path: Path) -> dict[str, Any]:
     except Exception as exc:  # truncated or not a torch file
         raise OpplanError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise OpplanError(f"{path}: not an opplan checkpoint (expected format {FORMAT!r})")
+        what = "a plain state_dict" if isinstance(obj, dict) and obj and all(
+            isinstance(v, torch.Tensor) for v in obj.values()) else f"a {type(obj).__name__}"
+        raise OpplanError(f"{path}: not an opplan checkpoint (expected format {FORMAT!r}, found {what})")
+    if not isinstance(obj.get("identity"), dict) or not _is_state_dict(obj.get("state_dict")):
+        raise OpplanError(f"{path}: damaged opplan checkpoint (no model identity or no state_dict of tensors)")
     return obj
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def check_state_dict(path: Path, state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Refuse weights whose names or shapes differ from ``model``'s, before any is copied:
+    ``load_state_dict`` would copy the matching tensors first and raise afterwards (half-loaded)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state_dict.items()}
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: shape {found[k]} != {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise OpplanError(f"{path}: the checkpoint's weights do not fit this model ({shown}); nothing was loaded")
 
 
 def save_model(path: Path, model: torch.nn.Module, identity: dict[str, Any], **info: Any) -> None:
@@ -53,8 +74,10 @@ def load_model(path: Path, model: torch.nn.Module, identity: dict[str, Any]) -> 
     """Load weights into ``model``; refuse a checkpoint made for another model or config."""
     obj = _load(Path(path))
     _check_identity(path, obj["identity"], identity)
+    check_state_dict(path, obj["state_dict"], model)
     model.load_state_dict(obj["state_dict"], strict=True)
-    return obj.get("info", {})
+    info = obj.get("info", {})
+    return info if isinstance(info, dict) else {}
 
 
 def _check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -97,7 +120,15 @@ def save_epoch_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
     }, Path(path))
 
 
+EPOCH_STATE_KEYS = {"optimizer": (dict, type(None)), "rng": dict, "epoch": int, "curve": list, "losses": list,
+                    "seconds": list}
+
+
 def load_epoch_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """An epoch state made for ``identity``; OpplanError when it is another model's or damaged."""
     obj = _load(Path(path))
     _check_identity(path, obj["identity"], identity)
+    bad = [k for k, kind in EPOCH_STATE_KEYS.items() if not isinstance(obj.get(k), kind)]
+    if bad or not isinstance(obj["rng"].get("torch"), torch.Tensor):
+        raise OpplanError(f"{path}: damaged epoch state ({', '.join(bad) or 'rng'} missing or of the wrong type)")
     return obj
