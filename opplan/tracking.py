@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,19 @@ class Tracker:
         mlflow_status = {STATUS_FINISHED: "FINISHED", STATUS_FAILED: "FAILED", STATUS_KILLED: "KILLED"}[status]
         self.set_tags(run_id, {TAG_STATUS: status})
         self.client.set_terminated(run_id, status=mlflow_status)
+
+    def epoch_logger(self, run_id: str, key: str) -> Callable[[int, Mapping[str, float]], None]:
+        """An ``on_epoch`` callback that logs each epoch's metrics once. A resumed run replays
+        its last saved epoch, which the run already has unless the kill came between saving
+        the epoch and logging it; ``key`` (logged every epoch) tells which epochs it has."""
+        logged = {step for step, _ in self.history(run_id, key)}
+
+        def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+            if epoch not in logged:
+                self.log_metrics(run_id, metrics, step=epoch)
+                logged.add(epoch)
+
+        return log_epoch
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """A metric's ``(step, value)`` pairs in step order (the last value per step wins)."""

@@ -152,7 +152,8 @@ def best_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
 
 def planning_cost(data: StoreData, planning: pd.Series) -> Cost:
     """The planning run's totals; for an unfinished planning, the sum over its transitions."""
-    mine = data.transitions[data.transitions.planning_run == planning.run_id]
+    mine = data.transitions[(data.transitions.planning_run == planning.run_id)
+                            & (data.transitions.status != t.STATUS_KILLED)]  # retrained in another run
     clips = _sum(mine, t.M_CLIPS_SEEN)
     seconds, epochs = planning[t.M_COMPUTE_SECONDS], planning[t.M_EPOCHS_TRAINED]
     if planning.status == t.STATUS_FINISHED and pd.notna(seconds) and pd.notna(epochs):

@@ -98,7 +98,7 @@ def run_candidate(tracker: t.Tracker, setup: TrainSetup, c: Candidate, digest: s
     schedule = build_schedule(c, setup.params)
     work = WORK_ROOT / run_id
     outcome = train_schedule(setup, schedule, work, label=f"HS {c.name}",
-                             on_epoch=lambda e, m: tracker.log_metrics(run_id, m, step=e))
+                             on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
     videos = len(setup.dataset("train", schedule[0].state, mode="val"))
     metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * videos,
                t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
@@ -132,11 +132,11 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
     shards = require_shards(params)
     config = planning_config(params, shards) | {"baselines": params.section_dict("baselines")["baselines"]}
     digest = config_hash(config)
-    tracker = t.Tracker(params.tracking.uri, f"{params.tracking.experiment}-baselines")
     setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
     grid = candidates(params)
     results = []
-    with project_lock("baselines"):
+    with project_lock("baselines"):  # before the store is opened: a second process must not create it too
+        tracker = t.Tracker(params.tracking.uri, f"{params.tracking.experiment}-baselines")
         for i, c in enumerate(grid, start=1):
             log.info("baseline %d/%d: %s", i, len(grid), c.name)
             results.append(run_candidate(tracker, setup, c, digest))

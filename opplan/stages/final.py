@@ -45,17 +45,24 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     if not schedule:
         log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
                     "final model is S0 itself, untrained", plan_path)
-    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
     plan_run = plan_doc["mlflow"]["planning_run_id"]
     digest = plan_doc["config_hash"]
-    with project_lock("final"):
+    with project_lock("final"):  # before the store is opened: a second process must not create it too
+        tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
         runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run})
                 if r.data.tags.get(t.TAG_STATUS) != t.STATUS_KILLED]
         finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED]
         run_id = (finished or runs)[-1].info.run_id if runs else None
-        if finished and (out_dir / "model.pt").is_file():
+        if finished and (out_dir / "model.pt").is_file() and (out_dir / "run.json").is_file():
             log.info("final model of planning %s already trained (MLflow run %s)", digest, run_id)
+            clear_work_dir(WORK_ROOT / "final" / run_id)  # killed after the run ended, before this
             return json.loads((out_dir / "run.json").read_text())
+        if (run_id is not None and not finished and not any((WORK_ROOT / "final" / run_id).glob("epoch_*.pt"))
+                and tracker.history(run_id, t.M_TRAIN_LOSS)):
+            log.warning("final MLflow run %s was interrupted and its work folder is gone; marking it killed and "
+                        "training again in a new run", run_id)
+            tracker.end_run(run_id, t.STATUS_KILLED)
+            run_id = None
         if run_id is None or finished:  # a finished run whose outputs are gone is retrained in a new one
             path_names = " → ".join(plan_doc["path"])
             run_id = tracker.create_run(f"final: {path_names}", {
@@ -65,7 +72,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
         setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
         work = WORK_ROOT / "final" / run_id
         outcome = train_schedule(setup, schedule, work, label="final",
-                                 on_epoch=lambda epoch, m: tracker.log_metrics(run_id, m, step=epoch))
+                                 on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
         if outcome.status != "finished":
             tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
             tracker.end_run(run_id, t.STATUS_FAILED)
@@ -73,7 +80,8 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
         videos = len(setup.dataset("train", final_state(plan_doc, params), mode="val"))
         summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * videos,
                    t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
-        tracker.log_metrics(run_id, summary, step=len(schedule))
+        if t.M_EPOCHS_TRAINED not in tracker.get_run(run_id).data.metrics:  # not yet, or killed after
+            tracker.log_metrics(run_id, summary, step=len(schedule))
         tracker.log_artifact(run_id, outcome.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
         out_dir.mkdir(parents=True, exist_ok=True)
         outcome.checkpoint.replace(out_dir / "model.pt")

@@ -62,21 +62,42 @@ class TransitionRunner:
         done = [r for r in runs if r.data.tags.get(t.TAG_STATUS) in (t.STATUS_FINISHED, t.STATUS_FAILED)]
         if done:
             log.info("%s: reusing finished MLflow run %s", transition_name(src, dst), done[-1].info.run_id)
+            self._clear(done[-1].info.run_id)  # killed after the run ended, before its folder was cleared
             return record_from_run(self.tracker, done[-1].info.run_id)
         running = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_RUNNING]
         for stale in running[:-1]:
             self.tracker.end_run(stale.info.run_id, t.STATUS_KILLED)
-        run_id = running[-1].info.run_id if running else self._start(src_name, dst)
+        run_id = running[-1].info.run_id if running else None
+        if run_id is not None and not self._resumable(run_id):
+            log.warning("%s: MLflow run %s was interrupted and its work folder %s is gone; marking it killed and "
+                        "training the transition again in a new run", transition_name(src, dst), run_id,
+                        self._work(run_id))
+            self.tracker.end_run(run_id, t.STATUS_KILLED)
+            run_id = None
+        if run_id is None:
+            run_id = self._start(src_name, dst)
+        self.tracker.log_params(run_id, {"src": src_name, "dst": dst.name, "sampling": dst.sampling,
+                                         "clip_length": dst.clip_length, "lr": dst.lr})  # same values: idempotent
         return self._train(run_id, src, dst, src_record)
+
+    def _work(self, run_id: str) -> Path:
+        return self.work_dir / "transitions" / run_id
+
+    def _clear(self, run_id: str) -> None:
+        clear_work_dir(self._work(run_id))
+
+    def _resumable(self, run_id: str) -> bool:
+        """An interrupted run continues in place only if what it logged is backed by its epoch
+        states: per-epoch metrics without the states would be logged twice (MLflow has no undo)."""
+        if any(self._work(run_id).glob("epoch_*.pt")):
+            return True
+        return not self.tracker.history(run_id, t.M_VAL_ACC)
 
     def _start(self, src_name: str, dst: State) -> str:
         tags = {t.TAG_KIND: t.KIND_TRANSITION, t.TAG_SRC: src_name, t.TAG_DST: dst.name,
                 t.TAG_SAMPLING: dst.sampling, t.TAG_CLIP_LENGTH: dst.clip_length, t.TAG_LR: f"{dst.lr:g}",
                 t.TAG_STATUS: t.STATUS_RUNNING}
-        run_id = self.tracker.create_run(f"{src_name} → {dst.name}", tags, parent_id=self.parent_id)
-        self.tracker.log_params(run_id, {"src": src_name, "dst": dst.name, "sampling": dst.sampling,
-                                         "clip_length": dst.clip_length, "lr": dst.lr})
-        return run_id
+        return self.tracker.create_run(f"{src_name} → {dst.name}", tags, parent_id=self.parent_id)
 
     def _train(self, run_id: str, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
         name = transition_name(src, dst)
@@ -84,12 +105,9 @@ class TransitionRunner:
         if src_record is not None:
             init = self.tracker.download_artifact(src_record.run_id, f"{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
                                                   self.work_dir / "sources" / src_record.run_id)
-        work = self.work_dir / "transitions" / run_id
-
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(run_id, metrics, step=epoch)
-
-        outcome = train_transition(self.setup, dst, init, work, on_epoch=log_epoch, label=name)
+        work = self._work(run_id)
+        outcome = train_transition(self.setup, dst, init, work, label=name,
+                                   on_epoch=self.tracker.epoch_logger(run_id, t.M_VAL_ACC))
         self._log_outcome(run_id, dst, outcome, work)
         clear_work_dir(work)
         return record_from_run(self.tracker, run_id)
@@ -106,8 +124,9 @@ class TransitionRunner:
             self.tracker.log_artifact(run_id, out.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
         else:
             self.tracker.set_tags(run_id, {t.TAG_FAILURE: (out.failure or "")[:4000]})
-        self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
-                                 step=out.epochs_trained)
+        if t.M_EPOCHS_TRAINED not in self.tracker.get_run(run_id).data.metrics:  # not yet, or killed after
+            self.tracker.log_metrics(run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
+                                     step=out.epochs_trained)
         plot = work / "curve.png"
         plot_transition(out, self.setup.params.plan.fit_function, plot, title=self.tracker.get_run(run_id).info.run_name)
         self.tracker.log_artifact(run_id, plot, t.ARTIFACT_PLOTS_DIR)
@@ -141,10 +160,12 @@ def find_or_start_planning(tracker: t.Tracker, config: dict[str, Any], digest: s
     """The planning run of this configuration: reused when a run was interrupted."""
     runs = tracker.search({t.TAG_KIND: t.KIND_PLANNING, t.TAG_CONFIG_HASH: digest})
     if runs:
-        return runs[-1].info.run_id
-    run_id = tracker.create_run(f"plan {digest[:8]}", {t.TAG_KIND: t.KIND_PLANNING, t.TAG_CONFIG_HASH: digest,
-                                                      t.TAG_MANIFEST_HASH: config["manifest_hash"],
-                                                      t.TAG_STATUS: t.STATUS_RUNNING})
+        run_id = runs[-1].info.run_id
+    else:
+        run_id = tracker.create_run(f"plan {digest[:8]}", {t.TAG_KIND: t.KIND_PLANNING, t.TAG_CONFIG_HASH: digest,
+                                                          t.TAG_MANIFEST_HASH: config["manifest_hash"],
+                                                          t.TAG_STATUS: t.STATUS_RUNNING})
+    # always: a kill may have come between creating the run and logging (all of) them
     tracker.log_params(run_id, {**t.flatten("", config), "config_hash": digest})
     return run_id
 
@@ -168,8 +189,8 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
     graph = graph_from_params(params.plan)
     config = planning_config(params, shards)
     digest = config_hash(config)
-    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
-    with project_lock("plan"):
+    with project_lock("plan"):  # before the store is opened: a second process must not create it too
+        tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
         parent = find_or_start_planning(tracker, config, digest)
         log.info("planning %s (MLflow run %s in %s), %d states, %d edges", digest, parent, tracker.uri,
                  len(graph.states), len(graph.edges))

@@ -55,11 +55,18 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
     states = sorted(work_dir.glob("epoch_*.pt"))
     if states:
         saved = load_epoch_state(states[-1], setup.identity)
+        losses, seconds = saved["losses"], saved["seconds"]
+        last = schedule[len(losses) - 1]
+        # The saved optimizer belongs to the last epoch's segment: its BN freeze decides which
+        # parameters the optimizer holds, so rebuild both as they were then.
+        set_bn_freeze(model, last.state.clip_length, setup.params.model.bn_freeze_min_length)
+        optimizer = setup.optimizer(model, last.lr)
         model.load_state_dict(saved["state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
-        losses, seconds = saved["losses"], saved["seconds"]
         log.info("%s resuming after epoch %d of %d", label, len(losses), len(schedule))
+        if on_epoch is not None:  # the last epoch may not have reached MLflow
+            on_epoch(len(losses), _epoch_metrics(last, losses[-1], seconds[-1]))
     for index in range(len(losses), len(schedule)):
         step = schedule[index]
         if index > 0 and step.segment != schedule[index - 1].segment:
@@ -78,11 +85,14 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
         save_epoch_state(work_dir / f"epoch_{index + 1:03d}.pt", model=model, optimizer=optimizer,
                          identity=setup.identity, epoch=index + 1, curve=[], losses=losses, seconds=seconds)
         if on_epoch is not None:
-            on_epoch(index + 1, {t.M_TRAIN_LOSS: result.loss, t.M_LR: step.lr, t.M_CLIP_LENGTH: step.state.clip_length,
-                                 t.M_SAMPLING_US: float(step.state.sampling == "us"),
-                                 t.M_EPOCH_SECONDS: result.seconds})
+            on_epoch(index + 1, _epoch_metrics(step, result.loss, result.seconds))
         log.info("%s epoch %d/%d (%s, lr %g): loss %.4f, %.1fs", label, index + 1, len(schedule),
                  step.state.name, step.lr, result.loss, result.seconds)
     checkpoint = work_dir / "model.pt"
     save_model(checkpoint, model, setup.identity, epochs=len(schedule))
     return ScheduleOutcome("finished", losses, seconds, checkpoint)
+
+
+def _epoch_metrics(step: ScheduledEpoch, loss: float, seconds: float) -> dict[str, float]:
+    return {t.M_TRAIN_LOSS: loss, t.M_LR: step.lr, t.M_CLIP_LENGTH: step.state.clip_length,
+            t.M_SAMPLING_US: float(step.state.sampling == "us"), t.M_EPOCH_SECONDS: seconds}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,14 @@ from opplan.train.checkpoint import load_model, model_identity
 log = logging.getLogger(__name__)
 
 
+def make_deterministic() -> None:
+    """Ask torch for deterministic kernels (see docs/determinism.md). Ops without one warn
+    instead of failing. cuBLAS needs its workspace size fixed before its first use."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA); data sampling is seeded per epoch by the loaders."""
     torch.manual_seed(seed)
@@ -32,6 +41,9 @@ class TrainSetup:
     shards: Path
     train_splits: tuple[str, ...] = ("train",)
     """Splits trained on: internal train while planning, train + val for the final model (SPEC §5)."""
+
+    def __post_init__(self) -> None:
+        make_deterministic()
 
     @cached_property
     def device(self) -> torch.device:
