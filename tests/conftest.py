@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,18 @@ def tiny_shards(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # --- end of data block -------------------------------------------------------------------
+
+
+# --- models: thread count (owner: models) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: small ops gain little from more, and lose several-fold when
+    other processes share the cores (OpenMP threads wait on each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

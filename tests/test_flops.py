@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,15 +13,7 @@ from torchvision.models import video
 from opplan.cli import cli
 from opplan.models import build_model, count_gflops, count_params
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these small ops gain little from more, and lose several-fold
-    when other processes share the cores (OpenMP threads wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_counts_a_hand_computed_network() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,7 @@ from opplan.models import build_model, build_model_from_params, inflate_imagenet
 NUM_CLASSES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these small ops gain little from more, and lose several-fold
-    when other processes share the cores (OpenMP threads wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save(state: dict, path: Path) -> Path:
