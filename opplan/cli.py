@@ -62,6 +62,11 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """opplan: optimization planning for 3D ConvNets on MLflow and DVC."""
+    configure_logging(verbose)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """opplan's messages on stderr with a timestamp; libraries' chatter only from warnings up."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from opplan.cli import configure_logging
 from opplan.config import Params, load_params
 from opplan.errors import OpplanError
 
 
 def run_stage(work: Callable[[Params], Any]) -> None:
     """``python pipeline/<stage>.py [PARAMS]``: validate params first, then do the work."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     try:
         work(load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
     except OpplanError as exc:

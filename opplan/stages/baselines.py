@@ -23,7 +23,7 @@ from opplan import tracking as t
 from opplan.config import Params
 from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
-from opplan.stages.common import project_lock, require_shards
+from opplan.stages.common import FULL_TRAIN, WORK_ROOT, project_lock, require_shards
 from opplan.stages.evaluate import score_model
 from opplan.stages.plan import config_hash, planning_config
 from opplan.train.schedule import ScheduledEpoch, train_schedule
@@ -32,8 +32,6 @@ from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
 
-WORK_ROOT = Path(".opplan/work/baselines")
-FULL_TRAIN = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -96,11 +94,10 @@ def run_candidate(tracker: t.Tracker, setup: TrainSetup, c: Candidate, digest: s
         t.TAG_CLIP_SCHEDULE: c.schedule, t.TAG_DECAY: c.decay, t.TAG_EPOCHS: c.epochs,
         t.TAG_STATUS: t.STATUS_RUNNING})
     schedule = build_schedule(c, setup.params)
-    work = WORK_ROOT / run_id
+    work = WORK_ROOT / "baselines" / run_id
     outcome = train_schedule(setup, schedule, work, label=f"HS {c.name}",
                              on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
-    videos = len(setup.dataset("train", schedule[0].state, mode="val"))
-    metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * videos,
+    metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
                t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
     status = t.STATUS_FAILED
     if outcome.status == "finished":

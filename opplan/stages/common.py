@@ -12,6 +12,10 @@ from opplan.config import Params
 from opplan.errors import OpplanError
 
 LOCK_DIR = Path(".opplan")
+WORK_ROOT = LOCK_DIR / "work"
+"""Resumable epoch states of unfinished runs (removed when a run ends)."""
+FULL_TRAIN = ("train", "val")
+"""The full training set (internal train + internal validation) of final and baselines (SPEC §5)."""
 
 
 def require_shards(params: Params) -> Path:

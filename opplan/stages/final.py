@@ -17,15 +17,13 @@ from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
 from opplan.planning.graph import State, parse_state
-from opplan.stages.common import project_lock, require_file, require_shards
+from opplan.stages.common import FULL_TRAIN, WORK_ROOT, project_lock, require_file, require_shards
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
 
-WORK_ROOT = Path(".opplan/work")
-FULL_TRAIN = ("train", "val")
 
 
 def path_schedule(plan_doc: dict[str, Any], params: Params) -> list[ScheduledEpoch]:
@@ -77,8 +75,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
             tracker.end_run(run_id, t.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
-        videos = len(setup.dataset("train", final_state(plan_doc, params), mode="val"))
-        summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * videos,
+        summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * setup.train_videos,
                    t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
         if t.M_EPOCHS_TRAINED not in tracker.get_run(run_id).data.metrics:  # not yet, or killed after
             tracker.log_metrics(run_id, summary, step=len(schedule))

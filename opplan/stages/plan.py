@@ -23,14 +23,13 @@ from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
 from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
 from opplan.planning.graph import Node, State, draw_graph, graph_from_params
-from opplan.stages.common import project_lock, require_shards
+from opplan.stages.common import WORK_ROOT, project_lock, require_shards
 from opplan.train.plots import plot_transition
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import TransitionOutcome, clear_work_dir, train_transition
 
 log = logging.getLogger(__name__)
 
-WORK_ROOT = Path(".opplan/work")
 PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
 
 
@@ -53,7 +52,6 @@ class TransitionRunner:
 
     def __init__(self, tracker: t.Tracker, parent_id: str, setup: TrainSetup, work_dir: Path) -> None:
         self.tracker, self.parent_id, self.setup, self.work_dir = tracker, parent_id, setup, work_dir
-        self.train_videos = len(setup.dataset("train", _any_state(setup.params), mode="val"))
 
     def __call__(self, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
         src_name = src.name
@@ -113,7 +111,7 @@ class TransitionRunner:
         return record_from_run(self.tracker, run_id)
 
     def _log_outcome(self, run_id: str, dst: State, out: TransitionOutcome, work: Path) -> None:
-        summary = {t.M_EPOCHS_TRAINED: out.epochs_trained, t.M_CLIPS_SEEN: out.epochs_trained * self.train_videos,
+        summary = {t.M_EPOCHS_TRAINED: out.epochs_trained, t.M_CLIPS_SEEN: out.epochs_trained * self.setup.train_videos,
                    t.M_COMPUTE_SECONDS: sum(out.seconds)}
         if out.status == "finished":
             score = out.fitted if self.setup.params.plan.score == "fitted" else out.observed
@@ -131,11 +129,6 @@ class TransitionRunner:
         plot_transition(out, self.setup.params.plan.fit_function, plot, title=self.tracker.get_run(run_id).info.run_name)
         self.tracker.log_artifact(run_id, plot, t.ARTIFACT_PLOTS_DIR)
         self.tracker.end_run(run_id, t.STATUS_FINISHED if out.status == "finished" else t.STATUS_FAILED)
-
-
-def _any_state(params: Params) -> State:
-    plan = params.plan
-    return State(plan.sampling[0], plan.clip_lengths[0], plan.lrs[0])
 
 
 def record_from_run(tracker: t.Tracker, run_id: str) -> TransitionRecord:

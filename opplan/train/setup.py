@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from opplan.config import Params
-from opplan.data.dataset import ClipDataset, make_loader, num_classes
+from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos
 from opplan.device import pick_device
 from opplan.models import build_model_from_params, set_bn_freeze
 from opplan.planning.graph import State
@@ -52,6 +52,12 @@ class TrainSetup:
     @cached_property
     def num_classes(self) -> int:
         return num_classes(self.shards)
+
+    @cached_property
+    def train_videos(self) -> int:
+        """Videos in the training splits: the clips one epoch sees (for ``clips_seen``)."""
+        videos = read_videos(self.shards)
+        return int(videos["split"].isin(self.train_splits).sum())
 
     @cached_property
     def identity(self) -> dict[str, Any]:
