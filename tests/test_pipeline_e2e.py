@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +22,10 @@ from opplan.planning.graph import graph_from_params
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["opplan", "pipeline", "configs", ".dvc/config", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml",
-          "pyproject.toml"]
+COPIED = ["opplan", "pipeline", "configs", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml",
+          "params.yaml", "pyproject.toml"]
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opplan e2e", "GIT_AUTHOR_EMAIL": "e2e@opplan.invalid",
+                "GIT_COMMITTER_NAME": "opplan e2e", "GIT_COMMITTER_EMAIL": "e2e@opplan.invalid"}
 
 TINY = {
     "prepare": {"short_side": 40, "workers": 1},
@@ -37,7 +41,7 @@ TINY = {
 
 
 def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
@@ -102,16 +106,65 @@ def test_repro_plans_a_path_of_the_graph_with_a_nested_run_per_edge(project: Pat
     assert f"{metrics['top1'] * 100:.1f}" in report
 
 
-def test_changing_a_planning_param_reruns_plan_but_never_prepare(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["plan"]["delay"] = 2
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "--json"], project)
-    changed = set(json.loads(status[status.index("{"):]))
-    assert "plan" in changed and "prepare" not in changed and "baselines" not in changed
+def digests(folder: Path) -> dict[str, str]:
+    """Path relative to ``folder`` -> md5 of the bytes, for every file under ``folder``."""
+    return {str(f.relative_to(folder)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
 
-    params["report"]["figures"] = False
-    params["plan"]["delay"] = 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "--json"], project)
-    assert set(json.loads(status[status.index("{"):])) == {"report"}
+
+def changed_stages(cwd: Path) -> set[str]:
+    """Names of the stages and .dvc files that `dvc status` reports as changed."""
+    status = run(["dvc", "status", "--json"], cwd)
+    return set(json.loads(status[status.index("{"):]))
+
+
+def test_a_second_machine_pulls_data_shards_and_model_from_a_dvc_remote(project: Path, tmp_path: Path) -> None:
+    # 1. first machine: git holds code, params, dvc.lock, data.dvc and the cache: false outputs;
+    #    the DVC remote (a local folder here) holds what DVC caches: data/, shards/, final/model.pt
+    remote = tmp_path / "remote"
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "reproduced"], project)
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], project)
+    run(["git", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "remote", ".dvc/config"], project)
+    assert re.search(r"\b[1-9]\d* files? pushed", run(["dvc", "push"], project))
+    assert any(f.is_file() for f in remote.rglob("*"))
+    assert "Everything is up to date" in run(["dvc", "push"], project)
+
+    # 2. second machine: a git clone has the small outputs but no data, shards, model or cache
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not any((clone / name).exists() for name in ["data", "shards", "final/model.pt", ".dvc/cache", "mlflow.db"])
+    assert (clone / "plan.json").read_bytes() == (project / "plan.json").read_bytes()
+    assert "storage" in run(["dvc", "remote", "list"], clone)
+    run(["dvc", "pull"], clone)
+    for folder in ["data", "shards"]:
+        assert digests(clone / folder) == digests(project / folder)
+    assert "videos.csv" in digests(clone / "shards")
+    assert (clone / "final/model.pt").read_bytes() == (project / "final/model.pt").read_bytes()
+    assert changed_stages(clone) == set()
+    assert "up to date" in run(["dvc", "status"], clone)
+    assert run(["git", "status", "--porcelain"], clone) == ""
+
+    # 3. a training node needs only the shards
+    node = tmp_path / "node"
+    run(["git", "clone", "-q", str(project), str(node)], tmp_path)
+    run(["dvc", "pull", "shards"], node)
+    assert digests(node / "shards") == digests(project / "shards")
+    assert not (node / "data").exists() and not (node / "final/model.pt").exists()
+
+
+def test_changing_a_planning_param_reruns_plan_but_never_prepare(project: Path) -> None:
+    original = (project / "params.yaml").read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["plan"]["delay"] = 2
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = changed_stages(project)
+        assert "plan" in changed and "prepare" not in changed and "baselines" not in changed
+
+        params["report"]["figures"] = False
+        params["plan"]["delay"] = 1
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(project) == {"report"}
+    finally:
+        (project / "params.yaml").write_text(original)
