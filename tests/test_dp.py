@@ -192,3 +192,181 @@ def test_the_planning_core_imports_neither_torch_nor_mlflow():
             "opplan.planning.commands; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- K transitions at once (plan_path_parallel) ------------------------------------------
+
+
+class TimedOracle:
+    """A thread-safe oracle with random (but per-edge fixed) scores, epochs, failures and sleeps.
+
+    ``V = V(src) + w`` on a coarse grid, so that ties (broken by path epochs, then name)
+    happen. Records what the scheduler did: calls with their start/end order, the most
+    transitions running at once.
+    """
+
+    def __init__(self, graph, seed, *, fail_rate=0.15, sleep=0.002):
+        import threading
+
+        rng = np.random.default_rng(seed)
+        self.weights = {(a.name, b.name): float(rng.integers(-2, 3)) / 4 for a, b in graph.edges}
+        self.epochs = {(a.name, b.name): int(rng.integers(0, 4)) for a, b in graph.edges}
+        self.failed = {(a.name, b.name) for a, b in graph.edges if rng.random() < fail_rate}
+        self.sleeps = {(a.name, b.name): float(rng.uniform(0, sleep)) for a, b in graph.edges}
+        self.lock = threading.Lock()
+        self.running = self.max_running = 0
+        self.calls: list[tuple[str, str, object]] = []
+        self.ended: list[tuple[str, str]] = []
+
+    def __call__(self, src, dst, src_record):
+        import time
+
+        key = (src.name, dst.name)
+        with self.lock:
+            self.calls.append((*key, src_record))
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        try:
+            time.sleep(self.sleeps[key])
+            if key in self.failed:
+                return TransitionRecord(src, dst, "failed", epochs_trained=2, run_id=f"run-{key}")
+            base = 0.0 if src_record is None else src_record.score
+            v = base + self.weights[key]
+            return TransitionRecord(src, dst, "finished", score=v, fitted=v + 0.5, observed=-v,
+                                    chosen_epoch=self.epochs[key], epochs_trained=self.epochs[key] + 1,
+                                    run_id=f"run-{key}")
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.ended.append(key)
+
+
+def run_parallel(graph, oracle, workers, *, prefer="score", call=None):
+    """``plan_path_parallel`` over a thread pool with more threads than ``workers``, so that
+    the bound on transitions at once is the scheduler's, not the pool's. ``call`` (default
+    ``oracle``) runs a transition. Returns the result and, per submission, ``(src, dst,
+    transitions ended by then)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opplan.planning.dp import plan_path_parallel
+
+    submitted: list[tuple[str, str, frozenset]] = []
+
+    def submit(src, dst, src_record):
+        with oracle.lock:
+            submitted.append((src.name, dst.name, frozenset(oracle.ended)))
+        return pool.submit(call or oracle, src, dst, src_record)
+
+    with ThreadPoolExecutor(max_workers=workers + 3) as pool:
+        return plan_path_parallel(graph, submit, workers, prefer=prefer), submitted
+
+
+def sequential_or_error(graph, oracle, prefer):
+    try:
+        return plan_path(graph, oracle, prefer=prefer)
+    except PlanningError as exc:
+        return exc
+
+
+PARALLEL_GRAPHS = {
+    "extended-3x3": GRAPHS["extended-3x3"],
+    "basic-3x3": GRAPHS["basic-3x3"],
+    "jump2-3x3": dict(sampling=["cs"], clip_lengths=[16, 32, 64], lrs=[0.01, 0.001, 0.0001], max_jump=2),
+    "jump2-basic-2x4": dict(GRAPHS["jump2-2x4"], kind="basic"),
+    "two-finals": GRAPHS["two-finals"],
+}
+
+
+@pytest.mark.parametrize("name", PARALLEL_GRAPHS)
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_parallel_plan_equals_the_sequential_one(name, workers, seed):
+    graph = build_graph(**PARALLEL_GRAPHS[name])
+    prefer = ("score", "fitted", "observed")[seed % 3]
+    expected = sequential_or_error(graph, TimedOracle(graph, seed, sleep=0), prefer)
+    oracle = TimedOracle(graph, seed)
+    if isinstance(expected, PlanningError):
+        with pytest.raises(PlanningError):
+            run_parallel(graph, oracle, workers, prefer=prefer)
+        return
+    result, submitted = run_parallel(graph, oracle, workers, prefer=prefer)
+    assert result.to_json() == expected.to_json()  # path, scores, order of the explored records
+    assert result == expected
+    # every transition the DP ran, once; each handed the source's final model
+    assert sorted((s, d) for s, d, _ in oracle.calls) == sorted((r.src, r.dst) for r in expected.records)
+    for src, dst, src_record in oracle.calls:
+        assert src_record == (None if src == "S0" else expected.best[src])
+    # nothing submitted before every transition the DP runs into its source had ended
+    skipped = set(expected.skipped)
+    for src, dst, ended in submitted:
+        node = graph.state(src)
+        assert all((p.name, src) in ended or (p.name, src) in skipped for p in graph.predecessors(node))
+    assert oracle.max_running <= workers
+
+
+def test_two_workers_really_run_two_transitions_at_once():
+    import threading
+
+    graph = build_graph(**GRAPHS["extended-3x3"])  # S0 has four edges, all ready at the start
+    oracle = TimedOracle(graph, 0, fail_rate=0, sleep=0)
+    barrier = threading.Barrier(2, timeout=10)
+    first_two = [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]
+
+    def meeting(src, dst, src_record):
+        if (src.name, dst.name) in first_two:
+            barrier.wait()  # BrokenBarrierError unless both run at the same time
+        return oracle(src, dst, src_record)
+
+    result, submitted = run_parallel(graph, oracle, 2, call=meeting)
+    assert [(s, d) for s, d, _ in submitted[:2]] == first_two
+    assert oracle.max_running == 2
+    assert result.to_json() == plan_path(graph, TimedOracle(graph, 0, fail_rate=0, sleep=0)).to_json()
+
+
+def test_a_raising_transition_stops_submitting_lets_the_running_finish_and_propagates():
+    import threading
+
+    graph = build_graph(**GRAPHS["extended-3x3"])
+    oracle = TimedOracle(graph, 1, fail_rate=0, sleep=0)
+    release = threading.Event()
+    futures = []
+
+    def flaky(src, dst, src_record):
+        if (src.name, dst.name) == ("S0", "cs/16/0.01"):
+            raise RuntimeError("disk full")
+        if (src.name, dst.name) == ("S0", "cs/32/0.01"):
+            release.wait(10)  # still running when the error comes in
+        return oracle(src, dst, src_record)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opplan.planning.dp import plan_path_parallel
+
+    def submit(src, dst, src_record):
+        futures.append(((src.name, dst.name), pool.submit(flaky, src, dst, src_record)))
+        if len(futures) == 2:
+            threading.Timer(0.2, release.set).start()
+        return futures[-1][1]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        with pytest.raises(RuntimeError, match="disk full"):
+            plan_path_parallel(graph, submit, 2)
+        assert [key for key, _ in futures] == [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]  # none after
+        assert all(f.done() for _, f in futures)  # the running one was waited for
+        assert futures[1][1].result().finished
+
+
+def test_ready_transitions_follow_the_dp():
+    from opplan.planning.dp import ready_transitions
+
+    graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic")
+    oracle = Oracle({(a.name, b.name): 0.1 for a, b in graph.edges}, failed={("S0", "cs/8/0.1")})
+    names = [(s.name, d.name, r) for s, d, r in ready_transitions(graph, {})]
+    assert names == [("S0", "cs/8/0.1", None), ("S0", "cs/16/0.1", None)]
+    done = {("S0", "cs/16/0.1"): oracle(S0, graph.state("cs/16/0.1"), None)}
+    # cs/16/0.1 waits for cs/8/0.1 -> cs/16/0.1, which waits for S0 -> cs/8/0.1
+    assert [(s.name, d.name) for s, d, _ in ready_transitions(graph, done)] == [("S0", "cs/8/0.1")]
+    done[("S0", "cs/8/0.1")] = oracle(S0, graph.state("cs/8/0.1"), None)  # failed: cs/8/0.1 has no model
+    ready = ready_transitions(graph, done)
+    assert [(s.name, d.name) for s, d, _ in ready] == [("cs/16/0.1", "cs/16/0.01")]
+    assert ready[0][2] == done[("S0", "cs/16/0.1")]

@@ -21,6 +21,11 @@ A failed transition has ``V = -inf`` and gives ``Sj`` no model; a state none of 
 transitions finished is never trained from, and its outgoing edges are *skipped*.
 Exceptions raised by ``run_transition`` propagate (the caller's runs are resumable);
 a transition that merely went wrong should come back as a ``"failed"`` record.
+
+:func:`plan_path_parallel` runs the same DP on K devices: transitions whose source's
+model is final (:func:`ready_transitions`) do not depend on each other, so up to K of
+them run at once; the choice is then made by :func:`plan_path` over the finished
+records, exactly as in sequence.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Union
 
 from opplan.errors import OpplanError
 from opplan.planning.graph import S0, Node, State, TransitionGraph
@@ -190,6 +196,52 @@ def _checked(record: object, src: Node, dst: State) -> TransitionRecord:
     return record
 
 
+@dataclass
+class _Explored:
+    """Steps 1–3 of the DP: what every state got."""
+
+    best: dict[Node, TransitionRecord] = field(default_factory=dict)
+    parent: dict[Node, Node] = field(default_factory=dict)
+    value: dict[Node, float] = field(default_factory=dict)
+    path_epochs: dict[Node, int] = field(default_factory=lambda: {S0: 0})
+    records: list[TransitionRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _explore(graph: TransitionGraph, run_transition: RunTransition, prefer: Prefer, *,
+             quiet: bool = False) -> _Explored:
+    """Steps 1–3 of the module docstring; ``quiet`` for replays (:func:`ready_transitions`)."""
+    info = log.debug if quiet else log.info
+    warn = log.debug if quiet else log.warning
+    dp = _Explored()
+    for dst in graph.states:  # 1. topological order
+        candidates: list[tuple[tuple[float, int, str], Node, TransitionRecord]] = []
+        for src in graph.predecessors(dst):
+            if src != S0 and src not in dp.best:  # 2. no model at src
+                dp.skipped.append((src.name, dst.name))
+                continue
+            record = _checked(run_transition(src, dst, dp.best.get(src)), src, dst)
+            v = record.value(prefer)
+            record = replace(record, score=v)
+            dp.records.append(record)
+            info("V(%s -> %s) = %s (%s, t* = %s)", src.name, dst.name, f"{v:.4f}", record.status,
+                 record.chosen_epoch)
+            if record.finished:
+                candidates.append(((-v, dp.path_epochs[src] + record.epochs, src.name), src, record))
+        if candidates:  # 3. best predecessor
+            _, src, record = min(candidates, key=lambda c: c[0])
+            dp.best[dst], dp.parent[dst], dp.value[dst] = record, src, record.value(prefer)
+            dp.path_epochs[dst] = dp.path_epochs[src] + record.epochs
+        else:
+            warn("no transition into %s finished: it is not trained from", dst.name)
+    return dp
+
+
+def _check_prefer(prefer: str) -> None:
+    if prefer not in ("score", "fitted", "observed"):
+        raise ValueError(f"prefer must be 'score', 'fitted' or 'observed', got {prefer!r}")
+
+
 def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: Prefer = "score") -> PlanResult:
     """Explore ``graph`` with ``run_transition`` and return the best path (see the module docstring).
 
@@ -198,54 +250,125 @@ def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: 
     ``score`` set to the ``V`` used. Raises :class:`PlanningError` when no final state
     got a model.
     """
-    if prefer not in ("score", "fitted", "observed"):
-        raise ValueError(f"prefer must be 'score', 'fitted' or 'observed', got {prefer!r}")
-    best: dict[Node, TransitionRecord] = {}
-    parent: dict[Node, Node] = {}
-    value: dict[Node, float] = {}
-    path_epochs: dict[Node, int] = {S0: 0}
-    records: list[TransitionRecord] = []
-    skipped: list[tuple[str, str]] = []
-
-    for dst in graph.states:  # 1. topological order
-        candidates: list[tuple[tuple[float, int, str], Node, TransitionRecord]] = []
-        for src in graph.predecessors(dst):
-            if src != S0 and src not in best:  # 2. no model at src
-                skipped.append((src.name, dst.name))
-                continue
-            record = _checked(run_transition(src, dst, best.get(src)), src, dst)
-            v = record.value(prefer)
-            record = replace(record, score=v)
-            records.append(record)
-            log.info("V(%s -> %s) = %s (%s, t* = %s)", src.name, dst.name, f"{v:.4f}", record.status,
-                     record.chosen_epoch)
-            if record.finished:
-                candidates.append(((-v, path_epochs[src] + record.epochs, src.name), src, record))
-        if candidates:  # 3. best predecessor
-            _, src, record = min(candidates, key=lambda c: c[0])
-            best[dst], parent[dst], value[dst] = record, src, record.value(prefer)
-            path_epochs[dst] = path_epochs[src] + record.epochs
-        else:
-            log.warning("no transition into %s finished: it is not trained from", dst.name)
-
-    reached = [f for f in graph.final_states if f in best]  # 4. best final state
+    _check_prefer(prefer)
+    dp = _explore(graph, run_transition, prefer)
+    reached = [f for f in graph.final_states if f in dp.best]  # 4. best final state
     if not reached:
-        failed = sum(not r.finished for r in records)
+        failed = sum(not r.finished for r in dp.records)
         raise PlanningError(
             f"every route to the final state(s) {', '.join(f.name for f in graph.final_states)} failed "
-            f"({failed} of {len(records)} transitions run failed, {len(skipped)} skipped); see the failed "
+            f"({failed} of {len(dp.records)} transitions run failed, {len(dp.skipped)} skipped); see the failed "
             "transitions' runs for their errors")
-    final = min(reached, key=lambda f: (-value[f], path_epochs[f], f.name))
+    final = min(reached, key=lambda f: (-dp.value[f], dp.path_epochs[f], f.name))
     path: list[Node] = [final]
     while path[-1] != S0:
-        path.append(parent[path[-1]])
+        path.append(dp.parent[path[-1]])
     path.reverse()
     return PlanResult(
         path=tuple(path),
-        transitions=tuple(best[s] for s in path[1:]),
-        records=tuple(records),
-        best={s.name: r for s, r in best.items()},
-        skipped=tuple(skipped),
-        final_scores={f.name: value[f] for f in reached},
+        transitions=tuple(dp.best[s] for s in path[1:]),
+        records=tuple(dp.records),
+        best={s.name: r for s, r in dp.best.items()},
+        skipped=tuple(dp.skipped),
+        final_scores={f.name: dp.value[f] for f in reached},
         prefer=prefer,
     )
+
+
+# --- K transitions at once ------------------------------------------------------------
+
+Ready = tuple[Node, State, Union[TransitionRecord, None]]
+"""``(src, dst, record_of_src)``: what ``run_transition`` would be called with."""
+Submit = Callable[[Node, State, Union[TransitionRecord, None]], Future]
+
+
+def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord], *,
+                      prefer: Prefer = "score") -> list[Ready]:
+    """The transitions not in ``done`` (keyed ``(src name, dst name)``) that can run now, in DP order.
+
+    A transition is ready when its source's model is final: the source is ``S0``, or
+    every transition the DP runs into it is done, so its best predecessor is known. To
+    choose it by the DP's own rule, the DP is replayed with an oracle that returns the
+    done records; a transition not done yet gets a placeholder (finished, ``V = -inf``,
+    0 epochs) and *taints* its destination, whose model is then not final. Because the
+    placeholder is finished, the replay still calls every edge downstream; the ones out
+    of a tainted state are not ready.
+    """
+    _check_prefer(prefer)
+    tainted: set[Node] = set()
+    ready: list[Ready] = []
+
+    def replay(src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
+        record = done.get((src.name, dst.name))
+        if record is not None:
+            return record
+        if src not in tainted:
+            ready.append((src, dst, src_record))
+        tainted.add(dst)
+        return TransitionRecord(src, dst, FINISHED, chosen_epoch=0)  # placeholder: V = -inf
+
+    _explore(graph, replay, prefer, quiet=True)
+    return ready
+
+
+def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
+                       prefer: Prefer = "score") -> PlanResult:
+    """:func:`plan_path` with up to ``workers`` transitions running at once.
+
+    ``submit(src, dst, record_of_src)`` starts one transition (as ``run_transition``
+    would run it) and returns its future, e.g. ``executor.submit(...)``. Ready
+    transitions (:func:`ready_transitions`) are submitted in DP order whenever fewer
+    than ``workers`` run. The result, the order of ``records`` included, is
+    :func:`plan_path`'s over the finished records: the same as in sequence.
+
+    When a transition raises, nothing more is submitted, what has not started is
+    cancelled, the running ones finish (their runs stay resumable), and the first
+    exception is raised.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    done: dict[tuple[str, str], TransitionRecord] = {}
+    running: dict[Future[TransitionRecord], tuple[Node, State]] = {}
+    error: BaseException | None = None
+    try:
+        while True:
+            if error is None:
+                _submit_ready(graph, done, running, submit, workers, prefer)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                src, dst = running.pop(future)
+                if future.cancelled():
+                    continue
+                exc = future.exception()
+                if exc is None:
+                    done[(src.name, dst.name)] = _checked(future.result(), src, dst)
+                elif error is None:
+                    log.error("%s -> %s raised %s: waiting for the %d running transition(s), starting no more",
+                              src.name, dst.name, type(exc).__name__, len(running))
+                    error = exc
+                    for other in running:
+                        other.cancel()
+                else:
+                    log.error("%s -> %s raised %s too: %s", src.name, dst.name, type(exc).__name__, exc)
+    except BaseException:
+        for future in running:
+            future.cancel()
+        raise
+    if error is not None:
+        raise error
+    return plan_path(graph, lambda s, d, r: done[(s.name, d.name)], prefer=prefer)
+
+
+def _submit_ready(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord],
+                  running: dict[Future[TransitionRecord], tuple[Node, State]], submit: Submit, workers: int,
+                  prefer: Prefer) -> None:
+    """Submit ready transitions, in DP order, until ``workers`` run."""
+    busy = {(s.name, d.name) for s, d in running.values()}
+    for src, dst, src_record in ready_transitions(graph, done, prefer=prefer):
+        if len(running) >= workers:
+            return
+        if (src.name, dst.name) not in busy:
+            log.debug("submitting %s -> %s (%d running)", src.name, dst.name, len(running))
+            running[submit(src, dst, src_record)] = (src, dst)
