@@ -6,7 +6,9 @@ Each stage command calls the same function as its ``pipeline/<stage>.py`` entry 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,6 +40,20 @@ def init_params(preset: str, out: str, force: bool) -> None:
     click.echo(f"wrote {out} from preset {preset} ({source})")
 
 
+def run_training_stage(params_path: str, stage: str) -> Any:
+    """Run ``opplan.stages.<stage>.run_<stage>`` on the params, data-parallel under ``torchrun``
+    when asked (see :mod:`opplan.distributed`); ``None`` on every process but rank 0."""
+    params = load_params(params_path)  # a bad params file fails before torch and MLflow are imported
+    import importlib
+
+    from opplan import distributed
+
+    distributed.relaunch_if_asked(params, ["-m", "opplan.cli", *sys.argv[1:]])
+    distributed.init(params)
+    work = getattr(importlib.import_module(f"opplan.stages.{stage}"), f"run_{stage}")
+    return distributed.run(lambda: work(params))
+
+
 PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", show_default=True,
                              type=click.Path(dir_okay=False), help="The params file.")
 
@@ -46,10 +62,9 @@ PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", s
 @PARAMS_OPTION
 def plan(params_path: str) -> None:
     """Explore the transition graph and choose the path (the `plan` stage)."""
-    params = load_params(params_path)  # a bad params file fails before torch and MLflow are imported
-    from opplan.stages.plan import run_plan
-
-    result = run_plan(params)
+    result = run_training_stage(params_path, "plan")
+    if result is None:  # not rank 0
+        return
     click.echo(" → ".join(s.name for s in result.path))
 
 
@@ -57,10 +72,9 @@ def plan(params_path: str) -> None:
 @PARAMS_OPTION
 def final(params_path: str) -> None:
     """Retrain from S0 along the planned path (the `final` stage)."""
-    params = load_params(params_path)
-    from opplan.stages.final import run_final
-
-    record = run_final(params)
+    record = run_training_stage(params_path, "final")
+    if record is None:  # not rank 0
+        return
     click.echo(f"final model: {record['epochs']} epochs, MLflow run {record['run_id']}")
 
 
@@ -68,10 +82,9 @@ def final(params_path: str) -> None:
 @PARAMS_OPTION
 def evaluate(params_path: str) -> None:
     """Multi-view testing of the final model on the held-out split (the `evaluate` stage)."""
-    params = load_params(params_path)
-    from opplan.stages.evaluate import run_evaluate
-
-    metrics = run_evaluate(params)
+    metrics = run_training_stage(params_path, "evaluate")
+    if metrics is None:  # not rank 0
+        return
     click.echo(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
@@ -79,10 +92,9 @@ def evaluate(params_path: str) -> None:
 @PARAMS_OPTION
 def baselines(params_path: str) -> None:
     """Train and score the hand-tuned grid (the `baselines` stage)."""
-    params = load_params(params_path)
-    from opplan.stages.baselines import run_baselines
-
-    document = run_baselines(params)
+    document = run_training_stage(params_path, "baselines")
+    if document is None:  # not rank 0
+        return
     best = document["best"]
     click.echo(f"HS: {best['name']} top-1 {best['top1']:.4f}" if best else "no baseline finished")
 

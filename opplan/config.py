@@ -90,6 +90,13 @@ class TrainParams(_Section):
     eval_batch_size: PositiveInt = 16
     num_workers: Annotated[int, Field(ge=0)] = 2
     """DataLoader worker processes."""
+    micro_batch_per_length: dict[PositiveInt, PositiveInt] = {}
+    """Most clips of a given length that one device puts through forward/backward at once.
+    A larger per-process batch is split into micro-batches whose gradients accumulate
+    before the one optimizer step (the authors' ``iter_size``); BatchNorm then sees the
+    micro-batch. Lengths not listed are not split."""
+    amp: bool = True
+    """Mixed precision (``torch.autocast`` float16 + gradient scaler) on CUDA; always off on CPU."""
 
     @model_validator(mode="after")
     def _jitter_ordered(self) -> TrainParams:
@@ -103,7 +110,11 @@ class TrainParams(_Section):
         return self
 
     def batch_for(self, clip_length: int) -> int:
+        """Clips per optimizer step over all processes (the batch size of one process when alone)."""
         return self.batch_size_per_length.get(clip_length, self.batch_size)
+
+    def micro_batch_for(self, clip_length: int) -> int | None:
+        return self.micro_batch_per_length.get(clip_length)
 
 
 class PlanParams(_Section):
@@ -128,6 +139,12 @@ class PlanParams(_Section):
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
     horizon: PositiveInt = 999
     """The knee t* is searched in [0, horizon]."""
+    workers: PositiveInt = 1
+    """Transitions trained at once, each in its own process on its own device: worker i uses
+    CUDA device i when there are GPUs (at most one worker per GPU), else the CPU, its cores
+    split between the workers. Only transitions whose source state's model is final run
+    side by side, so the plan is the same for any number of workers; this setting is not
+    part of the planning configuration, and a rerun with another number reuses the runs."""
 
     @field_validator("clip_lengths")
     @classmethod
@@ -213,6 +230,23 @@ class TrackingParams(_Section):
     """MLflow tracking URI; the ``MLFLOW_TRACKING_URI`` environment variable wins over it."""
     experiment: str = "opplan"
     """Experiment of the planning runs; baselines go to ``<experiment>-baselines``."""
+    retry_seconds: Annotated[float, Field(ge=0)] = 600.0
+    """How long one MLflow call is retried (backoff 1, 2, 4, ... 30 s, a WARNING each) while
+    the tracking server or database is unreachable, busy or failing with 5xx, before the
+    stage gives up with an error. Errors that cannot go away by waiting are raised at once."""
+
+
+class DistributedParams(_Section):
+    nproc_per_node: PositiveInt = 1
+    """Processes per node for the training stages (plan, final, evaluate, baselines). Above 1 a
+    stage started without ``torchrun`` relaunches itself under ``torchrun --standalone`` with
+    this many processes (DistributedDataParallel, one GPU each). A stage already started by
+    ``torchrun`` (e.g. multi-node) uses torchrun's world instead. ``train.batch_size`` stays the
+    batch of one optimizer step, split evenly over the processes."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """``auto``: NCCL on CUDA, gloo on CPU."""
+    timeout_minutes: PositiveInt = 30
+    """How long a process waits for the others (e.g. while rank 0 talks to MLflow) before failing."""
 
 
 class Params(_Section):
@@ -227,6 +261,7 @@ class Params(_Section):
     baselines: BaselinesParams = BaselinesParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
+    distributed: DistributedParams = DistributedParams()
 
     @model_validator(mode="after")
     def _model_fits_plan(self) -> Params:

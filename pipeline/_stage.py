@@ -11,11 +11,24 @@ from opplan.config import Params, load_params
 from opplan.errors import OpplanError
 
 
-def run_stage(work: Callable[[Params], Any]) -> None:
-    """``python pipeline/<stage>.py [PARAMS]``: validate params first, then do the work."""
+def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
+    """``python pipeline/<stage>.py [PARAMS]``: validate params first, then do the work.
+
+    A stage that ``trains`` runs data-parallel under ``torchrun`` (see
+    :mod:`opplan.distributed`), relaunching itself there when ``distributed.nproc_per_node``
+    asks for several processes.
+    """
     configure_logging()
     try:
-        work(load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
+        params = load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+        if trains:
+            from opplan import distributed
+
+            distributed.relaunch_if_asked(params, sys.argv)
+            distributed.init(params)
+            distributed.run(lambda: work(params))
+        else:
+            work(params)
     except OpplanError as exc:
         print(f"opplan: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -5,4 +5,4 @@ from _stage import run_stage
 from opplan.stages.baselines import run_baselines
 
 if __name__ == "__main__":
-    run_stage(run_baselines)
+    run_stage(run_baselines, trains=True)

@@ -5,4 +5,4 @@ from _stage import run_stage
 from opplan.stages.evaluate import run_evaluate
 
 if __name__ == "__main__":
-    run_stage(run_evaluate)
+    run_stage(run_evaluate, trains=True)

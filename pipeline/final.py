@@ -5,4 +5,4 @@ from _stage import run_stage
 from opplan.stages.final import run_final
 
 if __name__ == "__main__":
-    run_stage(run_final)
+    run_stage(run_final, trains=True)

@@ -28,7 +28,7 @@ from opplan.data.annotations import import_dataset
 from opplan.data.dataset import ClipDataset, make_loader, read_videos
 from opplan.errors import DataError, OpplanError
 from opplan.models import build_model
-from opplan.train import transition
+from opplan.train import setup as train_setup
 from opplan.train.checkpoint import (
     FORMAT,
     load_epoch_state,
@@ -191,7 +191,7 @@ def test_one_diverging_route_fails_and_the_plan_goes_on_through_the_other(
     Routes: S0 -> cs/4/0.02 -> {cs/8/0.02, cs/4/0.002} -> cs/8/0.002 and S0 -> cs/8/0.02 -> cs/8/0.002."""
     from opplan.stages.plan import run_plan
 
-    real_train_epoch = transition.train_epoch
+    real_train_epoch = train_setup.train_epoch
 
     def poisoned(model, loader, *args, **kwargs):  # noqa: ANN001, ANN202 - same signature as train_epoch
         def batches():
@@ -199,7 +199,7 @@ def test_one_diverging_route_fails_and_the_plan_goes_on_through_the_other(
                 yield (clips * float("inf") if clips.shape[2] == 4 else clips), labels
         return real_train_epoch(model, batches(), *args, **kwargs)
 
-    monkeypatch.setattr(transition, "train_epoch", poisoned)
+    monkeypatch.setattr(train_setup, "train_epoch", poisoned)
     monkeypatch.chdir(tmp_path)
     params = tiny_params(tiny_shards, tmp_path / "mlflow.db", max_epochs=1)
     result = run_plan(params)

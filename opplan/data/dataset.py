@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from opplan.config import EvaluateParams, TrainParams
 from opplan.data import sampling
@@ -144,10 +144,23 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
-                epoch: int = 0) -> DataLoader:
-    """A DataLoader whose order (``shuffle``) and clips depend only on ``seed`` and ``epoch``."""
-    generator = torch.Generator()
-    generator.manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
-    return DataLoader(dataset.reseeded(seed, epoch), batch_size=batch_size, shuffle=shuffle,
+                epoch: int = 0, rank: int = 0, replicas: int = 1) -> DataLoader:
+    """A DataLoader whose order (``shuffle``) and clips depend only on ``seed`` and ``epoch``.
+
+    With ``replicas`` processes (data-parallel training) each gets its share: when
+    shuffling, a ``DistributedSampler`` over the one permutation every process draws
+    alike (rank r takes positions r, r + replicas, ...), so the union of the ranks' k-th
+    batches is the lone process's k-th batch of ``batch_size * replicas`` clips; in order,
+    the strided share ``rank, rank + replicas, ...`` with no padding.
+    """
+    order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    sampler: Sampler[int] | range
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=order_seed)
+    else:
+        sampler = range(rank, len(dataset), replicas)
+    generator = torch.Generator()  # worker seeds
+    generator.manual_seed(order_seed)
+    return DataLoader(dataset.reseeded(seed, epoch), batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -42,7 +42,7 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
     """
     uri = t.resolve_read_uri(tracking_uri, params.tracking.uri)
     out_dir = Path(out or params.report.out)
-    data = read_store(uri, params.tracking.experiment)
+    data = read_store(uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)
     primary = compare(data, data.primary) if data.primary else None
     tables = _tables(data, primary)
     figures = _figures(data, primary, out_dir / FIGURES_DIR) if params.report.figures else []

@@ -56,13 +56,13 @@ class StoreData:
     final_history: pd.DataFrame | None = None  # the primary's final run, per epoch
 
 
-def read_store(uri: str, experiment: str) -> StoreData:
+def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RETRY_SECONDS) -> StoreData:
     """Read the store at ``uri``; the report is about ``experiment``'s latest finished planning.
 
     Raises :class:`OpplanError` when the store does not exist or holds no opplan run
     for ``experiment`` (neither a planning nor a baseline).
     """
-    readers = t.open_store(uri)
+    readers = t.open_store(uri, retry_seconds=retry_seconds)
     bases = sorted({n.removesuffix(BASELINES_SUFFIX) for n in readers})
     plannings, transitions, finals, baselines, docs = [], [], [], [], {}
     for name in bases:

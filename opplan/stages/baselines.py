@@ -133,7 +133,7 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
     grid = candidates(params)
     results = []
     with project_lock("baselines"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker(params.tracking.uri, f"{params.tracking.experiment}-baselines")
+        tracker = t.Tracker.from_params(params.tracking, suffix="-baselines")
         for i, c in enumerate(grid, start=1):
             log.info("baseline %d/%d: %s", i, len(grid), c.name)
             results.append(run_candidate(tracker, setup, c, digest))

@@ -15,23 +15,30 @@ from typing import Any
 
 import numpy as np
 
+from opplan import distributed
 from opplan import tracking as t
 from opplan.config import Params
 from opplan.fileio import atomic_savefig, atomic_write_json
 from opplan.stages.common import require_file, require_shards
 from opplan.stages.final import final_state
-from opplan.train.loop import accuracy, confusion_matrix, mean_class_accuracy, predict, topk_accuracy
+from opplan.train.loop import accuracy, confusion_matrix, mean_class_accuracy, topk_accuracy
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
 
 
+@distributed.collective
 def score_model(setup: TrainSetup, checkpoint: Path, state: Any) -> tuple[dict[str, float], np.ndarray]:
-    """Multi-view and single-view scores of a model checkpoint on the held-out split."""
+    """Multi-view and single-view scores of a model checkpoint on the held-out split.
+
+    Collective: under ``torchrun`` rank 0 loads ``checkpoint`` and every process scores
+    its share of the videos.
+    """
     model = setup.new_model(state.clip_length)
-    setup.load_weights(model, checkpoint)
-    scores, labels = predict(model, setup.loader("test", state, mode="test"), setup.device)
-    single, single_labels = predict(model, setup.loader("test", state, mode="val"), setup.device)
+    distributed.on_main(lambda: setup.load_weights(model, checkpoint))
+    distributed.sync_module(model)
+    scores, labels = setup.predict(model, "test", state, mode="test")
+    single, single_labels = setup.predict(model, "test", state, mode="val")
     metrics = {
         t.M_TOP1: accuracy(scores, labels),
         t.M_TOP5: topk_accuracy(scores, labels, 5),
@@ -74,7 +81,7 @@ def run_evaluate(params: Params, *, final_dir: Path = Path("final"), metrics_pat
     classes = (shards / "classes.txt").read_text().split("\n")[: setup.num_classes]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(matrix, classes, out_dir / "confusion.png")
-    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    tracker = t.Tracker.from_params(params.tracking)
     tracker.log_metrics(record["run_id"], metrics, step=record["epochs"])
     tracker.log_artifact(record["run_id"], out_dir / "confusion.png", t.ARTIFACT_PLOTS_DIR)
     document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record["epochs"],

@@ -46,7 +46,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     plan_run = plan_doc["mlflow"]["planning_run_id"]
     digest = plan_doc["config_hash"]
     with project_lock("final"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+        tracker = t.Tracker.from_params(params.tracking)
         runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run})
                 if r.data.tags.get(t.TAG_STATUS) != t.STATUS_KILLED]
         finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED]

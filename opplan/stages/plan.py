@@ -5,6 +5,11 @@ The DP itself (``opplan.planning.dp``) is pure; this module gives it a
 ``run_transition`` that (1) reuses a transition already finished in MLflow under the
 same planning configuration, (2) otherwise trains it (resuming a killed one from its
 last epoch) and logs it, and (3) returns the record *as read back from MLflow*.
+
+With ``plan.workers: K > 1`` the DP runs as :func:`~opplan.planning.dp.plan_path_parallel`:
+K spawned worker processes, one per device, each with its own ``TransitionRunner``,
+train the transitions that are ready at the same time. Only names, params and records
+cross the process boundary; everything else goes through MLflow, as in sequence.
 """
 
 from __future__ import annotations
@@ -13,16 +18,22 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from opplan import distributed
 from opplan import tracking as t
 from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
-from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
-from opplan.planning.graph import Node, State, draw_graph, graph_from_params
+from opplan.planning.dp import PlanResult, TransitionRecord, plan_path, plan_path_parallel
+from opplan.planning.graph import Node, State, TransitionGraph, draw_graph, graph_from_params
 from opplan.stages.common import WORK_ROOT, project_lock, require_shards
 from opplan.train.plots import plot_transition
 from opplan.train.setup import TrainSetup
@@ -34,9 +45,15 @@ PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
 
 
 def planning_config(params: Params, shards: Path) -> dict[str, Any]:
-    """Everything a transition's result depends on; its hash identifies a planning."""
+    """Everything a transition's result depends on; its hash identifies a planning.
+
+    ``plan.workers`` is left out: the plan does not depend on it, and a rerun with
+    another number of workers reuses the finished runs.
+    """
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
-    return {"seed": params.seed, **params.section_dict(*PLANNING_SECTIONS), "manifest_hash": manifest}
+    sections = params.section_dict(*PLANNING_SECTIONS)
+    sections["plan"].pop("workers", None)
+    return {"seed": params.seed, **sections, "manifest_hash": manifest}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -99,11 +116,11 @@ class TransitionRunner:
 
     def _train(self, run_id: str, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
         name = transition_name(src, dst)
-        init = None
-        if src_record is not None:
-            init = self.tracker.download_artifact(src_record.run_id, f"{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
-                                                  self.work_dir / "sources" / src_record.run_id)
         work = self._work(run_id)
+        init = None
+        if src_record is not None:  # into this run's own folder: workers may start from one source at once
+            init = self.tracker.download_artifact(src_record.run_id, f"{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
+                                                  work / "source")
         outcome = train_transition(self.setup, dst, init, work, label=name,
                                    on_epoch=self.tracker.epoch_logger(run_id, t.M_VAL_ACC))
         self._log_outcome(run_id, dst, outcome, work)
@@ -178,19 +195,25 @@ def write_curves(tracker: t.Tracker, result: PlanResult, folder: Path) -> None:
 def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Path = Path("plan.png"),
              out_metrics: Path = Path("plan_metrics.json"), out_curves: Path = Path("plots/transitions")) -> PlanResult:
     """Plan the schedule for ``params``; write ``plan.json`` and the explored-graph PNG."""
+    if params.plan.workers > 1 and distributed.world().enabled:
+        raise OpplanError(f"plan.workers is {params.plan.workers}, but this plan runs as {distributed.world().size} "
+                          "distributed processes: use either planning workers or distributed training, not both")
     shards = require_shards(params)
     graph = graph_from_params(params.plan)
     config = planning_config(params, shards)
     digest = config_hash(config)
+    devices = worker_devices(params, params.plan.workers) if params.plan.workers > 1 else []  # fail early
     with project_lock("plan"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+        tracker = t.Tracker.from_params(params.tracking)
         parent = find_or_start_planning(tracker, config, digest)
         log.info("planning %s (MLflow run %s in %s), %d states, %d edges", digest, parent, tracker.uri,
                  len(graph.states), len(graph.edges))
-        setup = TrainSetup(params, shards)
-        runner = TransitionRunner(tracker, parent, setup, WORK_ROOT / digest)
         try:
-            result = plan_path(graph, runner)
+            if params.plan.workers == 1:
+                runner = TransitionRunner(tracker, parent, TrainSetup(params, shards), WORK_ROOT / digest)
+                result = plan_path(graph, runner)
+            else:
+                result = plan_with_workers(params, devices, shards, graph, tracker.uri, parent, WORK_ROOT / digest)
         except OpplanError:
             tracker.end_run(parent, t.STATUS_FAILED)
             raise
@@ -213,3 +236,100 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
 def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:
     return {(r.src, r.dst): ("failed" if r.status != "finished" else f"{r.chosen_epoch}ep {r.score:.3f}")
             for r in result.records}
+
+
+# --- plan.workers > 1: one process per device ---------------------------------------------
+
+
+def worker_devices(params: Params, workers: int) -> list[str]:
+    """The device of each planning worker: CUDA device i for worker i, or the CPU for all."""
+    import torch
+
+    from opplan.device import pick_device
+
+    if pick_device(params.device).type != "cuda":
+        return ["cpu"] * workers
+    count = torch.cuda.device_count()
+    if workers > count:
+        raise OpplanError(f"plan.workers is {workers} but this machine has {count} CUDA device(s), and each "
+                          f"planning worker needs its own: set plan.workers to at most {count}")
+    return [f"cuda:{i}" for i in range(workers)]
+
+
+def plan_with_workers(params: Params, devices: list[str], shards: Path, graph: TransitionGraph, tracker_uri: str,
+                      parent_id: str, work_dir: Path) -> PlanResult:
+    """The DP with one transition at a time per device of ``devices`` (:func:`worker_devices`),
+    each worker a spawned process."""
+    workers = len(devices)
+    log.info("planning with %d worker processes: %s", workers,
+             ", ".join(f"w{i} on {d}" for i, d in enumerate(devices)))
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or MLflow state
+    slots = context.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+    init_args = (params, shards.resolve(), tracker_uri, parent_id, work_dir.resolve(), slots, os.getpid(),
+                 logging.getLogger().getEffectiveLevel())
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+
+            def submit(src: Node, dst: State, src_record: TransitionRecord | None) -> Future[TransitionRecord]:
+                return pool.submit(_run_in_worker, src.name, dst.name, src_record)
+
+            return plan_path_parallel(graph, submit, workers)
+    finally:
+        slots.close()  # slots of workers never started (too few transitions at once) stay unread
+
+
+# What a worker process builds once (ProcessPoolExecutor's initializer) and its tasks use.
+# Process-local: each worker process has its own, the planning process none.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str, work_dir: Path, slots: Any,
+                 parent_pid: int, log_level: int) -> None:
+    """Set up one planning worker: its slot (device), logging, threads, runner, watchdog."""
+    import torch
+
+    from opplan.cli import configure_logging
+
+    slot = slots.get()
+    configure_logging(log_level <= logging.DEBUG)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_SlotFormatter(handler.formatter or logging.Formatter(), f"[w{slot}] "))
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="opplan-watchdog", daemon=True).start()
+    setup = TrainSetup(params, shards, device_index=slot)
+    if setup.device.type == "cuda":
+        torch.cuda.set_device(setup.device)
+    else:  # the cores split between the workers; an OMP_NUM_THREADS below that still holds
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(min(torch.get_num_threads(), max(1, cores // params.plan.workers)))
+    tracker = t.Tracker(tracker_uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)
+    _WORKER.update(graph=graph_from_params(params.plan),
+                   runner=TransitionRunner(tracker, parent_id, setup, work_dir))
+    log.info("planning worker %d (pid %d) on %s, %d torch thread(s)", slot, os.getpid(), setup.device,
+             torch.get_num_threads())
+
+
+def _run_in_worker(src: str, dst: str, src_record: TransitionRecord | None) -> TransitionRecord:
+    graph: TransitionGraph = _WORKER["graph"]
+    return _WORKER["runner"](graph.state(src), graph.state(dst), src_record)
+
+
+def _exit_with_parent(parent_pid: int, every: float = 0.5) -> None:
+    """End this worker when the planning process is gone (SIGKILL leaves no one to stop it):
+    its transition's run stays ``running`` and resumes at the next ``opplan plan``."""
+    while os.getppid() == parent_pid:
+        time.sleep(every)
+    log.warning("the planning process %d is gone: stopping this worker", parent_pid)
+    os._exit(1)
+
+
+class _SlotFormatter(logging.Formatter):
+    """Prefixes every line of a worker with its slot (``[w1] ...``)."""
+
+    def __init__(self, inner: logging.Formatter, prefix: str) -> None:
+        super().__init__()
+        self.inner, self.prefix = inner, prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.prefix + self.inner.format(record)

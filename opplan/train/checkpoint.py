@@ -106,7 +106,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_epoch_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                      identity: dict[str, Any], epoch: int, curve: list[float], losses: list[float],
-                     seconds: list[float]) -> None:
+                     seconds: list[float], scaler: torch.amp.GradScaler | None = None) -> None:
+    """``scaler``: the mixed-precision loss scale, kept when it is in use."""
     _save({
         "format": FORMAT,
         "identity": identity,
@@ -117,6 +118,7 @@ def save_epoch_state(path: Path, *, model: torch.nn.Module, optimizer: torch.opt
         "curve": list(map(float, curve)),
         "losses": list(map(float, losses)),
         "seconds": list(map(float, seconds)),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }, Path(path))
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from opplan import distributed
 
 log = logging.getLogger(__name__)
 
@@ -26,30 +30,74 @@ class EpochResult:
     seconds: float
 
 
-def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                device: torch.device, *, progress: str = "") -> EpochResult:
-    """One pass over ``loader`` of ``(clips (N, 3, T, H, W), labels (N,))``.
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device, *,
+                scaler: torch.amp.GradScaler | None = None, amp: bool = False, micro_batch: int | None = None,
+                progress: str = "") -> EpochResult:
+    """One pass over ``loader`` of ``(clips (N, 3, T, H, W), labels (N,))``, one optimizer step per batch.
 
-    Raises :class:`DivergedError` as soon as a batch loss is not finite.
+    - ``micro_batch``: a batch larger than this goes through forward/backward in
+      ``ceil(N / micro_batch)`` strided parts (part m holds clips m, m + parts, ...) whose
+      gradients accumulate before the step; the loss is the batch mean either way.
+      BatchNorm's running statistics move once per step, with the first part, as they
+      would without accumulation.
+    - Distributed (``model`` wrapped by :func:`opplan.distributed.wrap`): DDP averages the
+      gradients of the processes' equal shares, and the loss and clip counts are summed
+      over processes, so every process sees the same epoch loss and the same divergence.
+      DDP keeps rank 0's BatchNorm running statistics, i.e. again those of the step's first
+      part: N processes with k parts each train exactly as one process with N * k parts
+      (up to floating-point noise and dropout).
+    - ``amp``: float16 autocast on CUDA, with ``scaler`` scaling the loss.
+
+    Raises :class:`DivergedError` when a batch loss is not finite (on every process
+    alike), before that batch's step.
     """
     model.train()
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     start = time.perf_counter()
     total, clips = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
     for clip, label in loader:
         clip = clip.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
-        loss = criterion(model(clip), label)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"{progress}training loss became {loss.item()} after {clips} clips")
+        n = label.numel()
+        parts = -(-n // micro_batch) if micro_batch else 1
+        batch_loss = torch.zeros((), device=device)
+        for m in range(parts):
+            with distributed.no_sync(model, skip=m < parts - 1), _running_stats_kept(model, m > 0):
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    loss = criterion(model(clip[m::parts]), label[m::parts])
+                scaler.scale(loss / n).backward()
+            batch_loss += loss.detach().float()
+        summed = distributed.all_reduce_sum(torch.stack([batch_loss, torch.tensor(float(n), device=device)]))
+        batch_total, batch_clips = summed.tolist()
+        if not math.isfinite(batch_total):
+            raise DivergedError(f"{progress}training loss became {batch_total / batch_clips} after {clips} clips")
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * label.numel()
-        clips += label.numel()
+        total += batch_total
+        clips += int(batch_clips)
     if clips == 0:
         raise RuntimeError("the training loader yielded no clips")
     return EpochResult(loss=total / clips, clips=clips, seconds=time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
+    """While ``keep``, training-mode BatchNorm normalises by the batch but leaves its running
+    statistics (and batch count) as they are."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    if not keep or not layers:
+        yield
+        return
+    for layer in layers:
+        layer.track_running_stats = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.track_running_stats = True
 
 
 @torch.no_grad()
@@ -71,6 +119,8 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[n
             probs = model(clip).softmax(dim=1)
         scores.append(probs.float().cpu().numpy())
         labels.append(label.numpy())
+    if not scores:  # a distributed process's share can be empty
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(scores), np.concatenate(labels)
 
 

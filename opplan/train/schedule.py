@@ -11,12 +11,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from opplan import distributed
 from opplan import tracking as t
 from opplan.models import set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
-from opplan.train.loop import DivergedError, train_epoch
+from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import epoch_seed
 
@@ -42,55 +46,92 @@ class ScheduleOutcome:
     failure: str | None = None
 
 
+@distributed.collective
 def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Path, *,
                    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                    label: str = "") -> ScheduleOutcome:
     """Train from S0 through ``schedule``; returns the last epoch's weights as ``model.pt``
-    (S0's own weights for an empty schedule)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
+    (S0's own weights for an empty schedule).
+
+    Collective (see :mod:`opplan.distributed`): under ``torchrun`` every process trains;
+    rank 0 alone reads and writes the work folder and calls ``on_epoch``.
+    """
+    world = distributed.world()
+    bn_threshold = setup.params.model.bn_freeze_min_length
     model = setup.new_model(schedule[0].state.clip_length if schedule else 0)
     optimizer = setup.optimizer(model, schedule[0].lr if schedule else 0.0)
-    losses: list[float] = []
-    seconds: list[float] = []
-    states = sorted(work_dir.glob("epoch_*.pt"))
-    if states:
-        saved = load_epoch_state(states[-1], setup.identity)
-        losses, seconds = saved["losses"], saved["seconds"]
-        last = schedule[len(losses) - 1]
+    scaler = setup.grad_scaler()
+    start = distributed.on_main(lambda: _restore(setup, schedule, work_dir, model, scaler, label, on_epoch))
+    losses, seconds = start["losses"], start["seconds"]
+    if losses:
         # The saved optimizer belongs to the last epoch's segment: its BN freeze decides which
         # parameters the optimizer holds, so rebuild both as they were then.
-        set_bn_freeze(model, last.state.clip_length, setup.params.model.bn_freeze_min_length)
+        last = schedule[len(losses) - 1]
+        set_bn_freeze(model, last.state.clip_length, bn_threshold)
         optimizer = setup.optimizer(model, last.lr)
-        model.load_state_dict(saved["state_dict"])
-        optimizer.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
-        log.info("%s resuming after epoch %d of %d", label, len(losses), len(schedule))
-        if on_epoch is not None:  # the last epoch may not have reached MLflow
-            on_epoch(len(losses), _epoch_metrics(last, losses[-1], seconds[-1]))
+        optimizer.load_state_dict(start["optimizer"])
+        if not world.is_main:
+            scaler.load_state_dict(start["scaler"])
+    net = distributed.wrap(model, setup.device)  # every process now holds rank 0's weights
     for index in range(len(losses), len(schedule)):
         step = schedule[index]
         if index > 0 and step.segment != schedule[index - 1].segment:
-            set_bn_freeze(model, step.state.clip_length, setup.params.model.bn_freeze_min_length)
+            set_bn_freeze(model, step.state.clip_length, bn_threshold)
             optimizer = setup.optimizer(model, step.lr)
+            net = distributed.wrap(model, setup.device)  # the trainable parameters changed
         for group in optimizer.param_groups:
             group["lr"] = step.lr
-        loader = setup.loader("train", step.state, mode="train", seed=epoch_seed(setup.params.seed, label, index + 1))
+        seed = epoch_seed(setup.params.seed, label, index + 1)
+        if world.enabled:  # dropout differs per process, yet is the same on every rerun
+            torch.manual_seed(epoch_seed(seed, world.rank))
         try:
-            result = train_epoch(model, loader, optimizer, setup.device, progress=f"{label} epoch {index + 1}: ")
-        except DivergedError as exc:
+            result = setup.train_epoch(net, step.state, optimizer, scaler, seed=seed,
+                                       progress=f"{label} epoch {index + 1}: ")
+        except DivergedError as exc:  # raised on every process alike
             log.warning("%s failed: %s", label, exc)
             return ScheduleOutcome("failed", losses, seconds, None, str(exc))
         losses.append(result.loss)
         seconds.append(result.seconds)
-        save_epoch_state(work_dir / f"epoch_{index + 1:03d}.pt", model=model, optimizer=optimizer,
-                         identity=setup.identity, epoch=index + 1, curve=[], losses=losses, seconds=seconds)
-        if on_epoch is not None:
-            on_epoch(index + 1, _epoch_metrics(step, result.loss, result.seconds))
-        log.info("%s epoch %d/%d (%s, lr %g): loss %.4f, %.1fs", label, index + 1, len(schedule),
-                 step.state.name, step.lr, result.loss, result.seconds)
-    checkpoint = work_dir / "model.pt"
-    save_model(checkpoint, model, setup.identity, epochs=len(schedule))
-    return ScheduleOutcome("finished", losses, seconds, checkpoint)
+
+        def record() -> None:
+            save_epoch_state(work_dir / f"epoch_{index + 1:03d}.pt", model=model, optimizer=optimizer, scaler=scaler,
+                             identity=setup.identity, epoch=index + 1, curve=[], losses=losses, seconds=seconds)
+            if on_epoch is not None:
+                on_epoch(index + 1, _epoch_metrics(step, result.loss, result.seconds))
+            log.info("%s epoch %d/%d (%s, lr %g): loss %.4f, %.1fs", label, index + 1, len(schedule),
+                     step.state.name, step.lr, result.loss, result.seconds)
+
+        distributed.on_main(record)
+
+    def finish() -> Path:
+        checkpoint = work_dir / "model.pt"
+        save_model(checkpoint, model, setup.identity, epochs=len(schedule))
+        return checkpoint
+
+    return ScheduleOutcome("finished", losses, seconds, distributed.on_main(finish))
+
+
+def _restore(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Path, model: torch.nn.Module,
+             scaler: torch.amp.GradScaler, label: str,
+             on_epoch: Callable[[int, dict[str, float]], None] | None) -> dict[str, Any]:
+    """Rank 0: load the last epoch state, if any, into ``model`` and ``scaler``; returns what
+    the caller (and the other processes) need to continue."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    states = sorted(work_dir.glob("epoch_*.pt"))
+    if not states:
+        return {"losses": [], "seconds": [], "optimizer": None, "scaler": None}
+    saved = load_epoch_state(states[-1], setup.identity)
+    losses, seconds = saved["losses"], saved["seconds"]
+    last = schedule[len(losses) - 1]
+    set_bn_freeze(model, last.state.clip_length, setup.params.model.bn_freeze_min_length)
+    model.load_state_dict(saved["state_dict"])
+    if saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    log.info("%s resuming after epoch %d of %d", label, len(losses), len(schedule))
+    if on_epoch is not None:  # the last epoch may not have reached MLflow
+        on_epoch(len(losses), _epoch_metrics(last, losses[-1], seconds[-1]))
+    return {"losses": losses, "seconds": seconds, "optimizer": saved["optimizer"], "scaler": scaler.state_dict()}
 
 
 def _epoch_metrics(step: ScheduledEpoch, loss: float, seconds: float) -> dict[str, float]:

@@ -9,15 +9,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from opplan import distributed
 from opplan.config import Params
 from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos
 from opplan.device import pick_device
 from opplan.models import build_model_from_params, set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import load_model, model_identity
+from opplan.train.loop import EpochResult, accuracy, predict, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,22 @@ class TrainSetup:
     shards: Path
     train_splits: tuple[str, ...] = ("train",)
     """Splits trained on: internal train while planning, train + val for the final model (SPEC §5)."""
+    device_index: int | None = None
+    """Which GPU, when there are several and this process is one of the planning workers
+    (``plan.workers``); a distributed process always uses the GPU of its local rank."""
 
     def __post_init__(self) -> None:
         make_deterministic()
 
-    @cached_property
+    @property
     def device(self) -> torch.device:
-        return pick_device(self.params.device)
+        world = distributed.world()
+        return pick_device(self.params.device, world.local_rank if world.enabled else self.device_index)
+
+    @property
+    def amp(self) -> bool:
+        """Mixed precision: asked for in params, and on CUDA."""
+        return self.params.train.amp and self.device.type == "cuda"
 
     @cached_property
     def num_classes(self) -> int:
@@ -85,15 +97,44 @@ class TrainSetup:
         return ClipDataset(self.shards, splits, sampling=state.sampling, clip_length=state.clip_length,
                            mode=mode, train=self.params.train, evaluate=self.params.evaluate)
 
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Scales float16 losses under mixed precision; a pass-through otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp)
+
     def loader(self, split: str, state: State, *, mode: str, seed: int | None = None) -> DataLoader:
-        """Training batches are shuffled and seeded per epoch; evaluation is in order."""
+        """Training batches are shuffled and seeded per epoch; evaluation is in order.
+
+        Distributed, each process loads its share: ``batch_size / processes`` clips of every
+        training batch, and every ``processes``-th video when evaluating.
+        """
         dataset = self.dataset(split, state, mode=mode)
         train = self.params.train
+        world = distributed.world()
         if mode == "train":
-            batch = train.batch_for(state.clip_length)
+            batch = train.batch_for(state.clip_length) // world.size  # divisible: checked by distributed.init
         elif mode == "val":
             batch = train.eval_batch_size
         else:
             batch = self.params.evaluate.batch_size
         return make_loader(dataset, batch, shuffle=mode == "train", num_workers=train.num_workers,
-                           seed=self.params.seed if seed is None else seed)
+                           seed=self.params.seed if seed is None else seed, rank=world.rank, replicas=world.size)
+
+    def train_epoch(self, model: torch.nn.Module, state: State, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, *, seed: int, progress: str = "") -> EpochResult:
+        """One epoch of ``state``'s clips (seeded by ``seed``) through ``model`` (wrapped by
+        :func:`opplan.distributed.wrap` when distributed)."""
+        loader = self.loader("train", state, mode="train", seed=seed)
+        return train_epoch(model, loader, optimizer, self.device, scaler=scaler, amp=self.amp,
+                           micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress)
+
+    def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``(videos, classes)`` and labels ``(videos,)`` of a split, in video order
+        (distributed: each process scores its share and all get the whole)."""
+        model = distributed.unwrap(model)
+        distributed.sync_module(model, buffers_only=True)
+        scores, labels = predict(model, self.loader(split, state, mode=mode), self.device)
+        return distributed.gather_strided(scores), distributed.gather_strided(labels)
+
+    def accuracy(self, model: torch.nn.Module, state: State) -> float:
+        """Planning's validation accuracy: one centre clip, centre crop per internal-validation video."""
+        return accuracy(*self.predict(model, "val", state, mode="val"))

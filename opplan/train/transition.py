@@ -18,12 +18,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from opplan import distributed
 from opplan import tracking as t
 from opplan.planning.graph import State
 from opplan.planning.knee import KneeDecision, KneeStopper
 from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
-from opplan.train.loop import DivergedError, accuracy, predict, train_epoch
+from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
@@ -65,69 +69,118 @@ def _latest_state(work_dir: Path) -> Path | None:
     return states[-1] if states else None
 
 
+@distributed.collective
 def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir: Path, *,
                      on_epoch: EpochCallback | None = None, label: str = "") -> TransitionOutcome:
-    """Run (or resume) one transition into ``dst`` from the weights at ``init`` (None: S0)."""
-    plan = setup.params.plan
-    work_dir.mkdir(parents=True, exist_ok=True)
+    """Run (or resume) one transition into ``dst`` from the weights at ``init`` (None: S0).
+
+    Collective (see :mod:`opplan.distributed`): under ``torchrun`` every process trains;
+    rank 0 alone reads ``init`` and the work folder, fits the knee, writes epoch states
+    and calls ``on_epoch``, and tells the others when to stop.
+    """
+    world = distributed.world()
     model = setup.new_model(dst.clip_length)
     optimizer = setup.optimizer(model, dst.lr)
-    stopper = KneeStopper(function=plan.fit_function, delay=plan.delay, max_epochs=plan.max_epochs,
-                          horizon=plan.horizon)
+    scaler = setup.grad_scaler()
     out = TransitionOutcome(status="running")
-    val_loader = setup.loader("val", dst, mode="val")
+    ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label) if world.is_main else None
 
-    latest = _latest_state(work_dir)
-    if latest is not None:
-        state = load_epoch_state(latest, setup.identity)
-        model.load_state_dict(state["state_dict"])
-        if state["optimizer"] is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        out.curve, out.losses, out.seconds = state["curve"], state["losses"], state["seconds"]
-        log.info("%s resuming after epoch %d (curve so far: %s)", label, state["epoch"],
-                 ", ".join(f"{y:.3f}" for y in out.curve))
-        decision = None
-        for y in out.curve:
-            decision = stopper.update(y)
-        if on_epoch is not None and out.curve:  # the last epoch may not have reached MLflow
-            on_epoch(len(out.curve) - 1, _epoch_metrics(out, dst, decision))
-    else:
-        if init is not None:
-            setup.load_weights(model, init)
-        y0 = accuracy(*predict(model, val_loader, setup.device))
-        out.curve = [y0]
-        decision = stopper.update(y0)
-        save_epoch_state(work_dir / "epoch_000.pt", model=model, optimizer=None, identity=setup.identity,
-                         epoch=0, curve=out.curve, losses=out.losses, seconds=out.seconds)
-        if on_epoch is not None:
-            on_epoch(0, _epoch_metrics(out, dst, decision))
-        log.info("%s epoch 0 (start model): val_acc %.4f", label, y0)
+    start = distributed.on_main(lambda: ledger.restore(init))
+    if not world.is_main:
+        out.curve, out.losses, out.seconds = start["curve"], start["losses"], start["seconds"]
+        if start["optimizer"] is not None:
+            optimizer.load_state_dict(start["optimizer"])
+            scaler.load_state_dict(start["scaler"])
+    net = distributed.wrap(model, setup.device)  # every process now holds rank 0's weights
 
-    while decision is None or not decision.stop:
+    stop = distributed.on_main(lambda: ledger.replay()) if out.curve else None
+    if not out.curve:
+        out.curve = [setup.accuracy(net, dst)]
+        stop = distributed.on_main(lambda: ledger.record(0))
+    while not stop:
         epoch = len(out.curve)
-        loader = setup.loader("train", dst, mode="train", seed=epoch_seed(setup.params.seed, label, epoch))
+        seed = epoch_seed(setup.params.seed, label, epoch)
+        if world.enabled:  # dropout differs per process, yet is the same on every rerun
+            torch.manual_seed(epoch_seed(seed, world.rank))
         try:
-            result = train_epoch(model, loader, optimizer, setup.device, progress=f"{label} epoch {epoch}: ")
-        except DivergedError as exc:
+            result = setup.train_epoch(net, dst, optimizer, scaler, seed=seed, progress=f"{label} epoch {epoch}: ")
+        except DivergedError as exc:  # raised on every process alike
             out.status, out.failure = "failed", str(exc)
             log.warning("%s failed: %s", label, exc)
             return out
-        y = accuracy(*predict(model, val_loader, setup.device))
-        out.curve.append(y)
+        out.curve.append(setup.accuracy(net, dst))
         out.losses.append(result.loss)
         out.seconds.append(result.seconds)
-        decision = stopper.update(y)
-        save_epoch_state(work_dir / f"epoch_{epoch:03d}.pt", model=model, optimizer=optimizer,
-                         identity=setup.identity, epoch=epoch, curve=out.curve, losses=out.losses,
-                         seconds=out.seconds)
-        if on_epoch is not None:
-            on_epoch(epoch, _epoch_metrics(out, dst, decision))
-        knee = f", knee t*={decision.t_star}" if decision.t_star is not None else ", knee: not enough evidence yet"
-        log.info("%s epoch %d: loss %.4f, val_acc %.4f, %.1fs%s", label, epoch, result.loss, y,
-                 result.seconds, knee)
+        stop = distributed.on_main(lambda: ledger.record(epoch))
+    return distributed.on_main(lambda: ledger.finish())
 
-    return _finish(setup, out, decision, work_dir)
+
+class _Ledger:
+    """Rank 0's side of a transition: the work folder's epoch states, the knee, ``on_epoch``."""
+
+    def __init__(self, setup: TrainSetup, dst: State, work_dir: Path, out: TransitionOutcome,
+                 model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 on_epoch: EpochCallback | None, label: str) -> None:
+        plan = setup.params.plan
+        self.setup, self.dst, self.work_dir, self.out = setup, dst, work_dir, out
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.on_epoch, self.label = on_epoch, label
+        self.stopper = KneeStopper(function=plan.fit_function, delay=plan.delay, max_epochs=plan.max_epochs,
+                                   horizon=plan.horizon)
+        self.decision: KneeDecision | None = None
+
+    def restore(self, init: Path | None) -> dict[str, Any]:
+        """Load the last epoch state (a resumed transition) or ``init``'s weights; returns what
+        the other processes need besides the weights."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        latest = _latest_state(self.work_dir)
+        if latest is None:
+            if init is not None:
+                self.setup.load_weights(self.model, init)
+            return {"curve": [], "losses": [], "seconds": [], "optimizer": None, "scaler": None}
+        state = load_epoch_state(latest, self.setup.identity)
+        self.model.load_state_dict(state["state_dict"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.out.curve, self.out.losses, self.out.seconds = state["curve"], state["losses"], state["seconds"]
+        log.info("%s resuming after epoch %d (curve so far: %s)", self.label, state["epoch"],
+                 ", ".join(f"{y:.3f}" for y in self.out.curve))
+        return {"curve": list(self.out.curve), "losses": list(self.out.losses), "seconds": list(self.out.seconds),
+                "optimizer": state["optimizer"], "scaler": self.scaler.state_dict()}
+
+    def replay(self) -> bool:
+        """Feed a resumed curve to the knee again; returns whether it already says stop."""
+        for y in self.out.curve:
+            self.decision = self.stopper.update(y)
+        if self.on_epoch is not None:  # the last epoch may not have reached MLflow
+            self.on_epoch(len(self.out.curve) - 1, _epoch_metrics(self.out, self.dst, self.decision))
+        return self.decision.stop
+
+    def record(self, epoch: int) -> bool:
+        """Epoch ``epoch`` is done (0: the starting model evaluated): refit the knee, save the
+        epoch state, report it; returns whether to stop."""
+        out = self.out
+        self.decision = self.stopper.update(out.curve[-1])
+        save_epoch_state(self.work_dir / f"epoch_{epoch:03d}.pt", model=self.model,
+                         optimizer=self.optimizer if epoch else None, scaler=self.scaler,
+                         identity=self.setup.identity, epoch=epoch, curve=out.curve, losses=out.losses,
+                         seconds=out.seconds)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, _epoch_metrics(out, self.dst, self.decision))
+        if epoch == 0:
+            log.info("%s epoch 0 (start model): val_acc %.4f", self.label, out.curve[0])
+        else:
+            t_star = self.decision.t_star
+            knee = f", knee t*={t_star}" if t_star is not None else ", knee: not enough evidence yet"
+            log.info("%s epoch %d: loss %.4f, val_acc %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
+                     out.curve[-1], out.seconds[-1], knee)
+        return self.decision.stop
+
+    def finish(self) -> TransitionOutcome:
+        return _finish(self.setup, self.out, self.decision, self.work_dir)
 
 
 def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
