@@ -14,6 +14,7 @@ cross the process boundary; everything else goes through MLflow, as in sequence.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -215,7 +216,11 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
             else:
                 result = plan_with_workers(params, devices, shards, graph, tracker.uri, parent, WORK_ROOT / digest)
         except OpplanError:
-            tracker.end_run(parent, t.STATUS_FAILED)
+            # The error may be the store itself, already waited on for tracking.retry_seconds:
+            # try briefly to mark the planning failed, and report the original error either way.
+            tracker.retry_seconds = min(tracker.retry_seconds, 10.0)
+            with contextlib.suppress(OpplanError):
+                tracker.end_run(parent, t.STATUS_FAILED)
             raise
         document = {"config_hash": digest, "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
                                                       "planning_run_id": parent}, **result.to_json()}
