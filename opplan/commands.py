@@ -48,10 +48,10 @@ def run_training_stage(params_path: str, stage: str) -> Any:
 
     from opplan import distributed
 
-    distributed.relaunch_if_asked(params, ["-m", "opplan.cli", *sys.argv[1:]])
-    distributed.init(params)
-    work = getattr(importlib.import_module(f"opplan.stages.{stage}"), f"run_{stage}")
-    return distributed.run(lambda: work(params))
+    def work() -> Any:  # imported here, after a relaunch: the stage modules import torch and MLflow
+        return getattr(importlib.import_module(f"opplan.stages.{stage}"), f"run_{stage}")(params)
+
+    return distributed.launch(params, ["-m", "opplan.cli", *sys.argv[1:]], work)
 
 
 PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", show_default=True,

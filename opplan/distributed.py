@@ -130,6 +130,14 @@ def relaunch_if_asked(params: Params, target: Sequence[str]) -> None:
     os.execv(sys.executable, command)
 
 
+def launch(params: Params, target: Sequence[str], work: Callable[[], T]) -> T | None:
+    """A training stage's entry: relaunch under torchrun when params ask for it (``target`` as
+    in :func:`relaunch_if_asked`), join the process group, and :func:`run` ``work``."""
+    relaunch_if_asked(params, target)
+    init(params)
+    return run(work)
+
+
 # --- rank 0 leads, the others follow ------------------------------------------------
 
 
@@ -223,11 +231,6 @@ def gather_strided(part: np.ndarray) -> np.ndarray:
         if len(p):
             out[rank::_world.size] = p
     return out
-
-
-def shard(indices: Sequence[int]) -> list[int]:
-    """This rank's strided share of ``indices`` (all of them when alone)."""
-    return list(indices)[_world.rank::_world.size]
 
 
 def sync_module(module: nn.Module, *, buffers_only: bool = False) -> None:

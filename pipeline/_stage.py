@@ -24,9 +24,7 @@ def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
         if trains:
             from opplan import distributed
 
-            distributed.relaunch_if_asked(params, sys.argv)
-            distributed.init(params)
-            distributed.run(lambda: work(params))
+            distributed.launch(params, sys.argv, lambda: work(params))
         else:
             work(params)
     except OpplanError as exc:

@@ -87,10 +87,10 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
 def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
     """While ``keep``, training-mode BatchNorm normalises by the batch but leaves its running
     statistics (and batch count) as they are."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    if not keep or not layers:
+    if not keep:  # the common case, once per batch: no walk over the modules
         yield
         return
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for layer in layers:
         layer.track_running_stats = False
     try:
