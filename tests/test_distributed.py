@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_stages import tiny_config
 from torch import nn
 
 from opplan import distributed
@@ -29,18 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(shards: Path, **train: object) -> dict:
-    return {
-        "seed": 0, "device": "cpu",
-        "prepare": {"out": str(shards), "short_side": 40},
-        "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.0, "bn_freeze_min_length": 8},
-        "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-                  "eval_batch_size": 3, "num_workers": 0, **train},
-        "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02], "graph": "basic", "delay": 2,
-                 "max_epochs": 4},
-        "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
-        "baselines": {"schedules": ["l1-lN"], "decays": ["step"], "sampling": ["cs"], "epochs": [3]},
-        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "ddp"},
-    }
+    """test_stages.py's tiny configuration without dropout, BatchNorm frozen at length 8, one rate."""
+    return tiny_config(shards, model={"dropout": 0.0, "bn_freeze_min_length": 8},
+                       train={"eval_batch_size": 3, **train}, plan={"lrs": [0.02], "delay": 2, "max_epochs": 4},
+                       baselines={"decays": ["step"], "epochs": [3]}, tracking={"experiment": "ddp"})
 
 
 def write_project(folder: Path, params: dict) -> Path:

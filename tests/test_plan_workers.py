@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_stages import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params
@@ -26,16 +27,8 @@ RECORD_KEYS = ("src", "dst", "status", "score", "fitted", "observed", "chosen_ep
 def tiny_params(shards: Path, *, workers: int) -> Params:
     """test_stages.py's tiny configuration on the extended graph: after S0's two edges,
     cs/4/0.02 has two out-edges that run side by side."""
-    return Params.model_validate({
-        "seed": 0, "device": "cpu",
-        "prepare": {"out": str(shards), "short_side": 40},
-        "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
-        "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-                  "eval_batch_size": 8, "num_workers": 0},
-        "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "extended",
-                 "delay": 1, "max_epochs": 2, "workers": workers},
-        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "workers"},
-    })
+    return Params.model_validate(tiny_config(shards, plan={"graph": "extended", "workers": workers},
+                                             tracking={"experiment": "workers"}))
 
 
 def test_workers_are_not_part_of_the_planning_configuration(tmp_path: Path) -> None:

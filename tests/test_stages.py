@@ -21,8 +21,10 @@ from opplan.stages.plan import run_plan
 pytestmark = pytest.mark.slow
 
 
-def tiny_params(shards: Path, store: Path, **plan: object) -> Params:
-    return Params.model_validate({
+def tiny_config(shards: Path, **sections: dict) -> dict:
+    """The tiny configuration as plain data; each keyword updates the keys of one section
+    (``plan={"graph": "extended"}``). Other test modules build on it."""
+    config = {
         "seed": 0,
         "device": "cpu",
         "prepare": {"out": str(shards), "short_side": 40},
@@ -30,11 +32,18 @@ def tiny_params(shards: Path, store: Path, **plan: object) -> Params:
         "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
                   "eval_batch_size": 8, "num_workers": 0},
         "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "basic",
-                 "delay": 1, "max_epochs": 2, **plan},
+                 "delay": 1, "max_epochs": 2},
         "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
         "baselines": {"schedules": ["l1-lN"], "decays": ["step", "cosine"], "sampling": ["cs"], "epochs": [2]},
-        "tracking": {"uri": f"sqlite:///{store}", "experiment": "tiny"},
-    })
+        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "tiny"},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+def tiny_params(shards: Path, store: Path, **plan: object) -> Params:
+    return Params.model_validate(tiny_config(shards, plan=plan, tracking={"uri": f"sqlite:///{store}"}))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from test_stages import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params
@@ -133,16 +134,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def tiny_project(root: Path, shards: Path, experiment: str) -> tuple[Path, Params]:
     """A project folder with a tiny params file. Its tracking.uri must lose to MLFLOW_TRACKING_URI."""
-    data = {
-        "seed": 0, "device": "cpu",
-        "prepare": {"out": str(shards), "short_side": 40},
-        "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
-        "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-                  "eval_batch_size": 8, "num_workers": 0},
-        "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "basic",
-                 "delay": 1, "max_epochs": 2},
-        "tracking": {"uri": "sqlite:///not-this.db", "experiment": experiment},
-    }
+    data = tiny_config(shards, tracking={"uri": "sqlite:///not-this.db", "experiment": experiment})
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return root, Params.model_validate(data)
