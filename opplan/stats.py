@@ -1,0 +1,200 @@
+"""Noise of accuracies measured on a few hundred videos: standard errors, intervals, paired
+tests and the verdict "better / worse / within noise" (docs/design.md, "Noise").
+
+Pure numpy/scipy, no torch and no MLflow: planning (the SE of every transition's score and
+the noise-aware DP), the report (OP against HS) and ``bench/study.py`` share it.
+
+Per-video values are what every estimate starts from: ``per_video_scores`` turns a
+``(videos, classes)`` score matrix into one number per video for a metric, and the metric of
+a split is their mean, so the standard error of the mean over videos is the noise of the
+split's score (videos are the sampling unit; classes and clips are not independent draws).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as sps
+
+Metric = Literal["top1", "top135", "prob"]
+METRICS: tuple[str, ...] = ("top1", "top135", "prob")
+Verdict = Literal["better", "worse", "within noise"]
+
+
+def per_video_scores(scores: np.ndarray, labels: np.ndarray, metric: Metric = "top1") -> np.ndarray:
+    """One value in [0, 1] per video, whose mean is the split's ``metric``.
+
+    - ``top1``: 1 when the top-scored class is the label (the paper's validation accuracy);
+    - ``top135``: the mean of the top-1, top-3 and top-5 hits (the authors' planning metric,
+      ``train_3d_op.py``); with fewer than 5 classes, top-k is capped at the class count;
+    - ``prob``: the score of the true class (a softmax probability when ``scores`` are
+      probabilities), which moves with every video's confidence, not only at the argmax.
+
+    ``scores`` is ``(videos, classes)``, ``labels`` is ``(videos,)`` of class indices.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} do not match")
+    if metric == "top1":
+        return (scores.argmax(axis=1) == labels).astype(np.float64)
+    if metric == "prob":
+        return scores[np.arange(len(labels)), labels]
+    if metric == "top135":
+        # rank of the true class: how many classes score strictly higher (ties count for it)
+        true = scores[np.arange(len(labels)), labels]
+        rank = (scores > true[:, None]).sum(axis=1)
+        classes = scores.shape[1]
+        return np.mean([(rank < min(k, classes)).astype(np.float64) for k in (1, 3, 5)], axis=0)
+    raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of a proportion ``p`` measured on ``n`` independent videos."""
+    if n <= 0:
+        return math.nan
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
+
+
+def mean_se(values: Sequence[float] | np.ndarray) -> float:
+    """Standard error of the mean of per-video values (sample SD / sqrt(n)).
+
+    For 0/1 values this is the binomial SE with the ``n - 1`` correction.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return math.nan
+    return float(x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def bootstrap_se(values: Sequence[float] | np.ndarray, *, reps: int = 2000, seed: int = 0) -> float:
+    """Bootstrap standard error of the mean over videos (resampling videos with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(axis=1)
+    return float(means.std(ddof=1))
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: sane at 0 and 1 and on small ``n``."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    z = sps.norm.ppf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its spread: over videos (one run) or over seeds (several runs)."""
+
+    mean: float
+    se: float
+    low: float
+    high: float
+    n: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "se": self.se, "low": self.low, "high": self.high, "n": self.n}
+
+
+def seed_estimate(values: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean over repeated runs (seeds) with a Student-t interval; one run gives no interval."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    mean = float(x.mean()) if n else math.nan
+    if n < 2:
+        return Estimate(mean, math.nan, math.nan, math.nan, n)
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * se
+    return Estimate(mean, se, mean - half, mean + half, n)
+
+
+def video_estimate(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Estimate:
+    """Mean over videos with a normal interval from the SE of the mean (0/1 values: top-1)."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean()) if len(x) else math.nan
+    se = mean_se(x)
+    half = float(sps.norm.ppf(0.5 + level / 2)) * se
+    return Estimate(mean, se, mean - half, mean + half, len(x))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A against B on the same videos: difference of means, its interval and two p-values."""
+
+    diff: float
+    low: float
+    high: float
+    p_bootstrap: float
+    p_mcnemar: float | None  # only for 0/1 values (top-1 correctness)
+    n: int
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, float | int | str | None]:
+        return {"diff": self.diff, "low": self.low, "high": self.high, "p_bootstrap": self.p_bootstrap,
+                "p_mcnemar": self.p_mcnemar, "n": self.n, "verdict": self.verdict}
+
+
+def mcnemar_p(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
+    """Exact two-sided McNemar test: the videos only A gets right against those only B does."""
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    only_a = int((a & ~b).sum())
+    only_b = int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, level: float = 0.95,
+                   reps: int = 5000, seed: int = 0) -> PairedComparison:
+    """Paired bootstrap over videos of ``mean(a) - mean(b)`` (same videos, same order).
+
+    The interval is the percentile interval of the resampled differences; the verdict is
+    "better" / "worse" when it excludes 0, "within noise" otherwise. For 0/1 values the exact
+    McNemar p-value is given too.
+    """
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"paired values must be two equal, non-empty 1-D arrays (got {x.shape} and {y.shape})")
+    d = x - y
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(reps, len(d)))].mean(axis=1)
+    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    # two-sided bootstrap p-value: how often the resampled difference lies on the other side of 0
+    p = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))) if d.any() else 1.0
+    binary = bool(np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all())
+    return PairedComparison(float(d.mean()), float(low), float(high), p,
+                            mcnemar_p(x, y) if binary else None, len(d), verdict_of(float(low), float(high)))
+
+
+def verdict_of(low: float, high: float) -> Verdict:
+    """"better" when an interval of A - B lies above 0, "worse" below, else "within noise"."""
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "within noise"
+
+
+def margin_in_se(best: float, runner_up: float, se_best: float, se_runner_up: float) -> float:
+    """The gap between two independently measured scores in standard errors of their difference.
+
+    ``inf`` when there is no runner-up; ``nan`` when the SEs are unknown.
+    """
+    if not math.isfinite(runner_up):
+        return math.inf
+    se = math.hypot(se_best, se_runner_up)
+    if not math.isfinite(se) or se == 0.0:
+        return math.nan if not math.isfinite(se) else math.copysign(math.inf, best - runner_up)
+    return (best - runner_up) / se

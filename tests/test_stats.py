@@ -1,0 +1,97 @@
+"""opplan.stats: the noise estimates against cases whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from opplan import stats
+
+
+def test_binomial_se_known_cases() -> None:
+    assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert stats.binomial_se(0.2, 400) == pytest.approx(0.02)
+    assert stats.binomial_se(0.0, 50) == 0.0
+    assert math.isnan(stats.binomial_se(0.5, 0))
+
+
+def test_mean_se_of_zero_one_values_is_the_binomial_se_with_bessel() -> None:
+    values = np.array([1] * 30 + [0] * 70, dtype=float)
+    p, n = 0.3, 100
+    assert stats.mean_se(values) == pytest.approx(math.sqrt(p * (1 - p) / n) * math.sqrt(n / (n - 1)))
+
+
+def test_bootstrap_se_agrees_with_the_analytic_se() -> None:
+    values = np.random.default_rng(1).random(300) < 0.4
+    assert stats.bootstrap_se(values, reps=4000, seed=3) == pytest.approx(stats.mean_se(values), rel=0.06)
+
+
+def test_wilson_interval_known_values() -> None:
+    # Wilson 95% interval for 8 of 10 (textbook value 0.490 .. 0.943)
+    low, high = stats.wilson_interval(8, 10)
+    assert_allclose([low, high], [0.4902, 0.9433], atol=1e-3)
+    assert stats.wilson_interval(0, 20)[0] == 0.0
+
+
+def test_per_video_scores_for_each_metric() -> None:
+    scores = np.array([[0.6, 0.3, 0.1, 0.0, 0.0, 0.0],   # label 0: rank 0
+                       [0.5, 0.2, 0.1, 0.1, 0.05, 0.05],  # label 2: rank 2 (ties count for it)
+                       [0.5, 0.2, 0.1, 0.1, 0.06, 0.04]])  # label 5: rank 5
+    labels = np.array([0, 2, 5])
+    assert_allclose(stats.per_video_scores(scores, labels, "top1"), [1, 0, 0])
+    assert_allclose(stats.per_video_scores(scores, labels, "top135"), [1, 2 / 3, 0])
+    assert_allclose(stats.per_video_scores(scores, labels, "prob"), [0.6, 0.1, 0.04])
+    with pytest.raises(ValueError, match="unknown metric"):
+        stats.per_video_scores(scores, labels, "top7")  # type: ignore[arg-type]
+
+
+def test_top135_caps_k_at_the_class_count() -> None:
+    scores = np.array([[0.2, 0.8], [0.9, 0.1]])
+    assert_allclose(stats.per_video_scores(scores, np.array([0, 0]), "top135"), [2 / 3, 1.0])
+
+
+def test_seed_estimate_uses_student_t() -> None:
+    est = stats.seed_estimate([0.40, 0.44, 0.42])
+    assert est.mean == pytest.approx(0.42)
+    assert est.se == pytest.approx(0.02 / math.sqrt(3))
+    assert est.high - est.mean == pytest.approx(4.302653 * est.se, rel=1e-5)  # t(0.975, 2)
+    assert math.isnan(stats.seed_estimate([0.5]).low)
+
+
+def test_paired_compare_detects_a_real_difference_and_calls_noise_noise() -> None:
+    rng = np.random.default_rng(0)
+    b = (rng.random(400) < 0.5).astype(float)
+    better = b.copy()
+    better[np.flatnonzero(b == 0)[:60]] = 1.0  # A right on 60 more videos, never worse
+    result = stats.paired_compare(better, b)
+    assert result.verdict == "better" and result.diff == pytest.approx(0.15)
+    assert result.p_mcnemar is not None and result.p_mcnemar < 1e-10
+    assert stats.paired_compare(b, better).verdict == "worse"
+    # the same videos flipped both ways: no difference on average
+    same = b.copy()
+    same[np.flatnonzero(b == 0)[:5]] = 1.0
+    same[np.flatnonzero(b == 1)[:5]] = 0.0
+    noise = stats.paired_compare(same, b)
+    assert noise.verdict == "within noise" and noise.diff == 0.0
+    assert noise.p_mcnemar == pytest.approx(1.0)
+
+
+def test_paired_compare_refuses_unpaired_values() -> None:
+    with pytest.raises(ValueError, match="paired"):
+        stats.paired_compare([1.0, 0.0], [1.0])
+
+
+def test_mcnemar_exact_value() -> None:
+    # 10 discordant pairs, 9 of them for A: two-sided exact binomial p = 22/1024
+    a = np.array([1] * 9 + [0] + [1] * 5, dtype=bool)
+    b = np.array([0] * 9 + [1] + [1] * 5, dtype=bool)
+    assert stats.mcnemar_p(a, b) == pytest.approx(22 / 1024)
+
+
+def test_margin_in_se() -> None:
+    assert stats.margin_in_se(0.6, 0.5, 0.03, 0.04) == pytest.approx(2.0)
+    assert stats.margin_in_se(0.6, -math.inf, 0.03, 0.04) == math.inf
+    assert math.isnan(stats.margin_in_se(0.6, 0.5, math.nan, 0.04))
