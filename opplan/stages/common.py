@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
 from opplan.errors import OpplanError
+from opplan.planning.graph import State, parse_state
 
 LOCK_DIR = Path(".opplan")
 WORK_ROOT = LOCK_DIR / "work"
@@ -27,6 +29,11 @@ def require_shards(params: Params) -> Path:
             f"Run `dvc repro prepare` (or `python pipeline/prepare.py`) first."
         )
     return shards
+
+
+def final_state(document: dict[str, Any], params: Params) -> State:
+    """The final state named by ``plan.json`` or ``final/run.json``."""
+    return parse_state(document["final_state"], params.plan.clip_lengths, params.plan.lrs)
 
 
 def require_file(path: Path, made_by: str) -> Path:
