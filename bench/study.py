@@ -178,7 +178,8 @@ def markdown(doc: dict[str, Any]) -> str:
         + (f", McNemar p = {paired['p_mcnemar']:.2f}" if paired.get("p_mcnemar") is not None else ""))
     ratio = doc["ratio_seconds"]
     lines += ["", f"Grid : OP compute = {ratio:.1f} : 1 (time)" if ratio else "Grid : OP compute = –",
-              f"Verdict: {verdict}.", f"OP's path: S0 → {' → '.join(doc['path'])}; planned V {_pct(doc['planned_V'])}%, "
+              f"Verdict: {verdict}.",
+              f"OP's path: S0 → {' → '.join(doc['path'])}; planned V {_pct(doc['planned_V'])}%, "
               f"final single-view {_pct(doc['final_single_view'])}%."]
     return "\n".join(lines) + "\n"
 
