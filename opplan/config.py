@@ -213,7 +213,7 @@ class FinalParams(_Section):
     """Keep each planned segment's number of optimizer steps: the final stage trains on internal
     train + validation, so an epoch has more steps than it had during planning; with this on,
     each segment's epochs are scaled by train / (train + validation) videos, rounded to the
-    nearest whole epoch, at least one (docs/design.md, "Final retrain")."""
+    nearest whole epoch, at least one (docs/design.md §5)."""
     seeds: PositiveInt = 1
     """Retrains of OP's path and of the validation-selected HS, with seeds ``seed``, ``seed + 1``,
     ...: the report shows their mean and spread and a paired test over the held-out videos.

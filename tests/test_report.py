@@ -500,6 +500,10 @@ def test_comparison_selects_hs_on_validation_and_pairs_the_seeds(store: dict[str
     assert f"Verdict: **{word}**" in summary and f"paired over {VIDEOS} videos" in summary
     assert "Against HS chosen on internal validation (`cs/l1-lN/cosine/2`" in summary
     assert "over 2 seeds" in summary
+    row = _csv(reports["hmdb"], "table5").set_index("experiment").loc["hmdb"]
+    assert row.hs_selected_name == "cs/l1-lN/cosine/2" and row.hs_selected_top1 == pytest.approx(0.51)
+    assert row.op_seeds == row.hs_seeds == 2 and row.verdict == test.verdict
+    assert row.paired_diff == pytest.approx(test.diff)
 
 
 @SLOW
