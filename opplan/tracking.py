@@ -342,6 +342,7 @@ ARTIFACT_PLAN_JSON = "plan.json"  # the planning run's plan document
 KIND_HS_RETRAIN = "hs_retrain"  # the validation-selected HS, retrained on the full training set, per seed
 KIND_OP_RETRAIN = "op_retrain"  # OP's path retrained with a further seed (final.seeds > 1)
 TAG_SEED = "opplan.seed"  # op_retrain / hs_retrain: the training seed of a repeated retrain
+TAG_MATCH_STEPS = "opplan.match_steps"  # final / op_retrain: "True" when trained with final.match_steps
 M_VAL_TOP1 = "val_top1"  # baseline candidate: top-1 on the internal validation split (HS selection)
 M_PLANNED_STEPS = "planned_steps"  # final: optimizer steps the path had during planning
 M_STEPS = "optimizer_steps"  # final / hs_retrain: optimizer steps taken

@@ -128,7 +128,8 @@ def _summary(c: Candidate, run_id: str, status: str, metrics: dict[str, float]) 
 def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict[str, Any]:
     """Train and score the grid; ``baselines.json`` holds every candidate, HS and the grid's cost."""
     if not params.baselines.enabled:
-        document = {"enabled": False, "candidates": [], "best": None, "grid": None}
+        document = {"enabled": False, "candidates": [], "selected": None, "retrains": [], "oracle": None,
+                    "grid": None}
         atomic_write_json(out, document)
         log.info("baselines switched off in params (baselines.enabled: false)")
         return document

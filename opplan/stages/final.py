@@ -68,13 +68,15 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     digest = plan_doc["config_hash"]
     with project_lock("final"):  # before the store is opened: a second process must not create it too
         tracker = t.Tracker.from_params(params.tracking)
-        runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run})
+        runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run,
+                                           t.TAG_MATCH_STEPS: str(params.final.match_steps)})
                 if r.data.tags.get(t.TAG_STATUS) != t.STATUS_KILLED]
         finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED]
         run_id = (finished or runs)[-1].info.run_id if runs else None
         if finished and (out_dir / "model.pt").is_file() and (out_dir / "run.json").is_file():
             log.info("final model of planning %s already trained (MLflow run %s)", digest, run_id)
             clear_work_dir(WORK_ROOT / "final" / run_id)  # killed after the run ended, before this
+            _further_seeds(tracker, params, shards, schedule, plan_doc)
             return json.loads((out_dir / "run.json").read_text())
         if (run_id is not None and not finished and not any((WORK_ROOT / "final" / run_id).glob("epoch_*.pt"))
                 and tracker.history(run_id, t.M_TRAIN_LOSS)):
@@ -86,7 +88,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             path_names = " → ".join(plan_doc["path"])
             run_id = tracker.create_run(f"final: {path_names}", {
                 t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run, t.TAG_CONFIG_HASH: digest,
-                t.TAG_STATUS: t.STATUS_RUNNING})
+                t.TAG_MATCH_STEPS: str(params.final.match_steps), t.TAG_STATUS: t.STATUS_RUNNING})
             tracker.log_params(run_id, {"path": path_names, "epochs": len(schedule)})
         setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
         work = WORK_ROOT / "final" / run_id
@@ -124,6 +126,7 @@ def _further_seeds(tracker: t.Tracker, params: Params, shards: Path, schedule: l
                    plan_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """``final.seeds`` > 1: the path retrained and scored with each further seed (issue 12)."""
     state = final_state(plan_doc, params)
-    tags = {t.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], t.TAG_CONFIG_HASH: plan_doc["config_hash"]}
+    tags = {t.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], t.TAG_CONFIG_HASH: plan_doc["config_hash"],
+            t.TAG_MATCH_STEPS: str(params.final.match_steps)}
     return [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed, kind=t.KIND_OP_RETRAIN,
                               name="OP", tags=tags) for seed in seeds(params)[1:]]
