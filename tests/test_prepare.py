@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -231,3 +232,52 @@ def test_tiny_shards_split(tiny_shards: Path) -> None:
     for label in {r["label"] for r in rows}:
         splits = sorted(r["split"] for r in rows if r["label"] == label)
         assert splits == ["test", "train", "train", "val"]  # val size = test size, one per class
+
+
+# --- shard checksums ---------------------------------------------------------------------
+
+
+def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planning_hash(
+        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.1: zeroing 40 % of a shard's bytes is caught before training (exit 2, one line
+    naming the shard), never trained on; frames that really changed give another config hash."""
+    from click.testing import CliRunner
+    from test_stages import tiny_config
+
+    from opplan.cli import cli
+    from opplan.config import Params
+    from opplan.data.shards import CHECKSUMS, verify_shards, write_checksums
+    from opplan.stages.plan import config_hash, planning_config
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for path in tiny_shards.iterdir():
+        (shards / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_config(shards)))
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate(tiny_config(shards))
+    before = config_hash(planning_config(params, shards))
+    [shard] = sorted(shards.glob("frames-*.npy"))
+    good = shard.read_bytes()
+    start, length = len(good) // 3, int(0.4 * len(good))
+    shard.write_bytes(good[:start] + bytes(length) + good[start + length:])
+    for args in (["data", "verify"], ["data", "verify", "--quick"], ["plan"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"{shard}: frame shard differs from what `prepare` wrote (content changed)" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not Path("mlflow.db").exists() and not Path(".opplan/work").exists()  # nothing trained
+    shard.write_bytes(good[:-1])
+    with pytest.raises(DataError, match="size changed"):
+        verify_shards(shards)
+    shard.write_bytes(good)  # restored: the same planning, its runs reused
+    assert CliRunner().invoke(cli, ["data", "verify"]).exit_code == 0
+    assert config_hash(planning_config(params, shards)) == before
+    changed = bytearray(good)
+    changed[-1] ^= 0xFF  # a re-prepare that gives other frames writes other checksums
+    shard.write_bytes(bytes(changed))
+    write_checksums(shards, {shard.name: hashlib.sha256(changed).hexdigest()})
+    assert config_hash(planning_config(params, shards)) != before
+    (shards / CHECKSUMS).unlink()
+    with pytest.raises(DataError, match="checksums.json not found: these shards predate"):
+        planning_config(params, shards)

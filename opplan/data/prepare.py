@@ -8,7 +8,8 @@
 3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
 4. Split the original training set into internal train / val (SPEC §5), stratified
    and seeded.
-5. Write ``videos.csv``, ``classes.txt``, ``bad_videos.csv``, ``prepare.json``.
+5. Write ``checksums.json`` (see :mod:`opplan.data.shards`), ``videos.csv``, ``classes.txt``,
+   ``bad_videos.csv``, ``prepare.json``.
 
 ``videos.csv`` is removed first and written last, so an interrupted run never leaves
 an index that points into half-written shards.
@@ -148,6 +149,7 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     writer = ShardWriter(out, cfg.shard_mb * 2**20)
     rows, bad = _decode_into(writer, entries, root, cfg, classes)
     writer.flush()
+    writer.write_checksums()
     bad = [(f"{p.file}:{p.line}", p.reason) for p in problems] + bad
     write_csv(out / BAD_VIDEOS_CSV, ("path", "reason"), bad)
     _check_losses(len(bad), len(entries) + len(problems), cfg.max_bad_fraction, out, bad)
