@@ -116,7 +116,6 @@ def report(params_path: str, tracking_uri: str | None, out: str | None) -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(params_path: str, port: int) -> None:
     """Start the MLflow UI on 127.0.0.1 over the project's store."""
-    import os
     import subprocess
 
     from opplan.tracking import resolve_uri
@@ -124,5 +123,7 @@ def ui(params_path: str, port: int) -> None:
     params = load_params(params_path)
     uri = resolve_uri(params.tracking.uri)
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    raise SystemExit(subprocess.call(command, env=os.environ.copy()))
+    # opplan's own interpreter: `mlflow` need not be on PATH (e.g. `.venv/bin/opplan ui` without activating it)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    raise SystemExit(subprocess.call(command))

@@ -167,3 +167,21 @@ def test_a_huge_bad_value_is_shown_as_a_short_excerpt(tmp_path: Path) -> None:
 
 def test_an_anchor_without_alias_and_the_shipped_files_still_load(tmp_path: Path) -> None:
     assert load_params(write(tmp_path, "plan: &p\n  delay: 2\n")).plan.delay == 2
+
+
+def test_ui_starts_mlflow_from_opplans_own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.17: `.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH)."""
+    import subprocess
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, **kwargs: started.append(command) or 0)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find there
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["ui", "--params", str(ROOT / "params.yaml"), "--port", "5123"])
+    assert result.exit_code == 0, result.output
+    [command] = started
+    assert command[:4] == [sys.executable, "-m", "mlflow", "ui"] and command[-2:] == ["--port", "5123"]
+    check = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('mlflow.__main__') "
+                                                  "is not None)"], capture_output=True, text=True, check=True)
+    assert check.stdout.strip() == "True"  # `python -m mlflow` runs in this interpreter
