@@ -27,7 +27,8 @@ def check_params(params_path: str) -> None:
 
 
 @click.command("init-params")
-@click.option("--preset", required=True, help="A shipped preset by name: ucf101, hmdb51, activitynet, ssv2, kinetics400, demo.")
+@click.option("--preset", required=True,
+              help="A shipped preset by name: ucf101, hmdb51, activitynet, ssv2, kinetics400, demo.")
 @click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_params(preset: str, out: str, force: bool) -> None:
