@@ -39,7 +39,6 @@ Epochs = Annotated[int, Field(gt=0, le=100_000)]
 Workers = Annotated[int, Field(gt=0, le=256)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 PathSetting = Annotated[str, Field(min_length=1, max_length=4096)]
-LearningRate = Annotated[float, Field(gt=0, le=10)]
 
 
 class _Section(BaseModel):
@@ -140,7 +139,7 @@ class PlanParams(_Section):
     """Sampling strategies to plan over; the result is the best of their final states."""
     clip_lengths: list[ClipLength] = [16, 32, 64]
     """Candidate clip lengths l1 < l2 < ... (SPEC §2)."""
-    lrs: list[LearningRate] = [0.01, 0.001, 0.0001]
+    lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
     """Candidate learning rates r1 > r2 > ... (SPEC §2)."""
     graph: Literal["basic", "extended"] = "extended"
     max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
