@@ -2,8 +2,9 @@
 
 Subcommands live beside the code they drive (``opplan/<area>/commands.py``) and are
 imported only when called, so ``opplan check-params`` does not pay for importing
-torch. Every :class:`~opplan.errors.OpplanError` becomes a one-paragraph message on
-stderr and exit status 2, never a traceback.
+torch. Every :class:`~opplan.errors.OpplanError`, and a disk that is full or read-only
+(:func:`~opplan.errors.user_message`), becomes a one-paragraph message on stderr and
+exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import click
 
-from opplan.errors import OpplanError
+from opplan.errors import user_message
 
 # name -> ("module:attribute" of a click command or group, one-line help)
 COMMANDS = {
@@ -54,8 +55,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
-        except OpplanError as exc:
-            click.echo(f"opplan: error: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
+            message = user_message(exc)
+            if message is None:
+                raise
+            click.echo(f"opplan: error: {message}", err=True)
             ctx.exit(2)
 
 @click.group(cls=LazyGroup)

@@ -27,70 +27,87 @@ from pydantic import (
 from opplan.errors import ParamsError
 
 Sampling = Literal["cs", "us"]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Every number is bounded by what the program can take (issue 16.12): past these, a setting
+# only overflows (seeds), exhausts memory (sizes, shards) or never ends (epochs, horizons).
+PositiveInt = Annotated[int, Field(gt=0, le=10**6)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Pixels = Annotated[int, Field(gt=0, le=1024)]
+"""A frame side or crop: decoding and resizing beyond 1024 pixels exhausts memory (paper: 256)."""
+ClipLength = Annotated[int, Field(gt=0, le=1024)]
+Epochs = Annotated[int, Field(gt=0, le=100_000)]
+Workers = Annotated[int, Field(gt=0, le=256)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+PathSetting = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan=False: ``.inf`` and ``.nan`` are refused for every float setting
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_blank_text(cls, v: Any) -> Any:
+        if isinstance(v, str) and (v != v.strip() or "\0" in v):
+            raise ValueError("must not have surrounding blanks or a NUL character")
+        return v
 
 
 class DataParams(_Section):
-    root: str = "data"
+    root: PathSetting = "data"
     """Dataset folder holding ``manifest.csv`` (from ``opplan data synth`` or ``opplan data import``)."""
 
 
 class PrepareParams(_Section):
-    out: str = "shards"
+    out: PathSetting = "shards"
     """Folder the frame shards, frame counts, splits and the bad-video report go to."""
-    short_side: PositiveInt = 256
+    short_side: Pixels = 256
     """Frames are resized so that their shorter side has this many pixels."""
-    max_frames: PositiveInt | None = None
+    max_frames: Annotated[int, Field(gt=0, le=100_000)] | None = None
     """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
     val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = None
     """Internal validation size: a count, a fraction of the training set, or null for
     the size of the original validation split (SPEC §5)."""
     max_bad_fraction: Fraction = 0.05
     """Fail when more than this fraction of the videos cannot be decoded."""
-    shard_mb: PositiveInt = 256
-    """Target size of one frame shard file in MiB."""
-    workers: PositiveInt = 2
+    shard_mb: Annotated[int, Field(gt=0, le=4096)] = 256
+    """Target size of one frame shard file in MiB (held in memory while it is written)."""
+    workers: Workers = 2
     """Decoding processes."""
 
 
 class ModelParams(_Section):
-    name: str = "dg_p3d_tiny"
+    name: Name = "dg_p3d_tiny"
     """Registered model name (``opplan model-info --list``)."""
     dropout: Fraction = 0.5
-    width: PositiveInt | None = None
+    width: Annotated[int, Field(gt=0, le=4096)] | None = None
     """Channels of the stem; null takes the registered model's own (ResNet bodies: 64,
     the ``*_tiny`` CPU models: 16). torchvision's models accept only null or 64."""
     depth: Literal[10, 14, 18, 26, 50, 101] | None = None
     """ResNet depth of the P3D body; null takes the registered model's own (``*_tiny``: 14,
     one bottleneck block per stage). 10 and 18 use basic blocks, the others bottlenecks."""
-    init: str | None = None
+    init: PathSetting | None = None
     """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file."""
-    bn_freeze_min_length: PositiveInt = 64
+    bn_freeze_min_length: ClipLength = 64
     """With clips at least this long, every BatchNorm but the first is frozen (SPEC §7)."""
 
 
 class TrainParams(_Section):
-    crop_size: PositiveInt = 224
-    scale_jitter: tuple[PositiveInt, PositiveInt] = (256, 340)
+    crop_size: Pixels = 224
+    scale_jitter: tuple[Annotated[int, Field(gt=0, le=2048)], Annotated[int, Field(gt=0, le=2048)]] = (256, 340)
     """Training frames are resized to a random short side in this range, then cropped."""
-    eval_short_side: PositiveInt = 256
+    eval_short_side: Annotated[int, Field(gt=0, le=2048)] = 256
     flip: bool = True
     """Random horizontal flip; switch off for direction-sensitive datasets (SSv2)."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
     batch_size: PositiveInt = 8
-    batch_size_per_length: dict[PositiveInt, PositiveInt] = {}
+    batch_size_per_length: dict[ClipLength, PositiveInt] = {}
     """Batch size for a given clip length, overriding ``batch_size`` (long clips need smaller ones)."""
     eval_batch_size: PositiveInt = 16
-    num_workers: Annotated[int, Field(ge=0)] = 2
+    num_workers: Annotated[int, Field(ge=0, le=256)] = 2
     """DataLoader worker processes."""
-    micro_batch_per_length: dict[PositiveInt, PositiveInt] = {}
+    micro_batch_per_length: dict[ClipLength, PositiveInt] = {}
     """Most clips of a given length that one device puts through forward/backward at once.
     A larger per-process batch is split into micro-batches whose gradients accumulate
     before the one optimizer step (the authors' ``iter_size``); BatchNorm then sees the
@@ -120,26 +137,26 @@ class TrainParams(_Section):
 class PlanParams(_Section):
     sampling: list[Sampling] = ["cs", "us"]
     """Sampling strategies to plan over; the result is the best of their final states."""
-    clip_lengths: list[PositiveInt] = [16, 32, 64]
+    clip_lengths: list[ClipLength] = [16, 32, 64]
     """Candidate clip lengths l1 < l2 < ... (SPEC §2)."""
     lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
     """Candidate learning rates r1 > r2 > ... (SPEC §2)."""
     graph: Literal["basic", "extended"] = "extended"
-    max_jump: PositiveInt = 1
-    start_lengths: list[PositiveInt] | None = None
+    max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
+    start_lengths: list[ClipLength] | None = None
     """Clip lengths S0 may go to; null means the two shortest."""
     final_states: list[str] | None = None
     """Final states written ``cs/64/0.0001``; null means (s, l_max, r_min) per sampling."""
-    delay: PositiveInt = 10
+    delay: Epochs = 10
     """Knee-stopping delay T (SPEC §4; paper: 10)."""
-    max_epochs: PositiveInt = 100
+    max_epochs: Epochs = 100
     """Hard cap on the epochs of one transition."""
     fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
     score: Literal["fitted", "observed"] = "fitted"
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
-    horizon: PositiveInt = 999
+    horizon: Epochs = 999
     """The knee t* is searched in [0, horizon]."""
-    workers: PositiveInt = 1
+    workers: Workers = 1
     """Transitions trained at once, each in its own process on its own device: worker i uses
     CUDA device i when there are GPUs (at most one worker per GPU), else the CPU, its cores
     split between the workers. Only transitions whose source state's model is final run
@@ -200,7 +217,7 @@ class PlanParams(_Section):
 
 
 class EvaluateParams(_Section):
-    clips: PositiveInt = 10
+    clips: Annotated[int, Field(gt=0, le=1000)] = 10
     """Uniformly spaced clips per video in final testing."""
     crops: Literal[1, 3] = 3
     """Spatial crops per clip: 1 (centre) or 3 (left/centre/right or top/centre/bottom)."""
@@ -216,28 +233,28 @@ class BaselinesParams(_Section):
     decays: list[Literal["step", "cosine"]] = ["step", "cosine"]
     """Learning-rate decay: 3-step (the plan's rates in equal thirds) or cosine from r1."""
     sampling: list[Sampling] = ["cs", "us"]
-    epochs: list[PositiveInt] = [128, 192, 256]
+    epochs: list[Epochs] = [128, 192, 256]
     """Total-epoch grid."""
 
 
 class ReportParams(_Section):
-    out: str = "reports"
+    out: PathSetting = "reports"
     figures: bool = True
 
 
 class TrackingParams(_Section):
-    uri: str = "sqlite:///mlflow.db"
+    uri: PathSetting = "sqlite:///mlflow.db"
     """MLflow tracking URI; the ``MLFLOW_TRACKING_URI`` environment variable wins over it."""
-    experiment: str = "opplan"
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "opplan"
     """Experiment of the planning runs; baselines go to ``<experiment>-baselines``."""
-    retry_seconds: Annotated[float, Field(ge=0)] = 600.0
+    retry_seconds: Annotated[float, Field(ge=0, le=86_400)] = 600.0
     """How long one MLflow call is retried (backoff 1, 2, 4, ... 30 s, a WARNING each) while
     the tracking server or database is unreachable, busy or failing with 5xx, before the
     stage gives up with an error. Errors that cannot go away by waiting are raised at once."""
 
 
 class DistributedParams(_Section):
-    nproc_per_node: PositiveInt = 1
+    nproc_per_node: Workers = 1
     """Processes per node for the training stages (plan, final, evaluate, baselines). Above 1 a
     stage started without ``torchrun`` relaunches itself under ``torchrun --standalone`` with
     this many processes (DistributedDataParallel, one GPU each). A stage already started by
@@ -245,12 +262,13 @@ class DistributedParams(_Section):
     batch of one optimizer step, split evenly over the processes."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """``auto``: NCCL on CUDA, gloo on CPU."""
-    timeout_minutes: PositiveInt = 30
+    timeout_minutes: Annotated[int, Field(gt=0, le=10_080)] = 30
     """How long a process waits for the others (e.g. while rank 0 talks to MLflow) before failing."""
 
 
 class Params(_Section):
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Seeds numpy, torch and the split; numpy's legacy seeding takes 32 bits."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
@@ -306,10 +324,19 @@ def _describe(error: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"unknown key '{key}'", loc
-    msg = error["msg"].removeprefix("Value error, ")
+    msg = _excerpt(error["msg"].removeprefix("Value error, "), 300)
     value = error.get("input")
-    shown = "" if kind == "missing" or isinstance(value, dict) or "got" in msg else f" (got {value!r})"
+    shown = "" if kind == "missing" or isinstance(value, dict) or "got" in msg else f" (got {_excerpt(repr(value))})"
     return f"'{key}': {msg}{shown}", loc
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """``text``, or its start and its length when longer than ``limit`` (a bad value may be huge)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+MAX_ERRORS = 10
+"""Errors listed from one params file; the rest are counted."""
 
 
 def parse_params(data: Any, *, source: str = "<params>", root: yaml.Node | None = None) -> Params:
@@ -321,12 +348,14 @@ def parse_params(data: Any, *, source: str = "<params>", root: yaml.Node | None 
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
+        lines, errors = [], exc.errors()
+        for error in errors[:MAX_ERRORS]:
             text, loc = _describe(error)
             line = _line_of(root, loc) if root is not None else None
             where = f"{source}:{line}" if line else source
             lines.append(f"{where}: {text}")
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"{source}: ... and {len(errors) - MAX_ERRORS} more errors")
         allowed = _allowed_hint(exc)
         raise ParamsError("\n".join(lines) + allowed) from None
 
@@ -348,22 +377,72 @@ def _allowed_hint(exc: ValidationError) -> str:
     return ("\n" + "\n".join(dict.fromkeys(hints))) if hints else ""
 
 
+MAX_PARAMS_BYTES = 1 << 20
+"""A params file is a page of settings; anything larger is not one."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``: an alias bomb expands exponentially, and
+    params need none) and keys written twice in one mapping (the later one would silently win)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Refused(mark.line, "aliases (*name) are not allowed in params; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are reported by the schema
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise _Refused(line - 1, f"key {_excerpt(str(key))!r} is written twice (lines {first[key]} and "
+                                         f"{line}); keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, yaml.Mark("", 0, line, 0, None, None)
+
+
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    loader = _ParamsLoader(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file. Raises :class:`ParamsError` with file, line and key."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: {path.stat().st_size} bytes is too large for a params file "
+                              f"(at most {MAX_PARAMS_BYTES}); is it the right file?")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ParamsError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        what = "" if isinstance(exc, _Refused) else "not valid YAML: "
+        raise ParamsError(f"{where}: {what}{_excerpt(str(getattr(exc, 'problem', exc)), 300)}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid params: nested too deeply") from None
     return parse_params(data, source=str(path), root=root)
 
 
@@ -376,9 +455,9 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def preset_path(name: str) -> Path:
-    """Path of a shipped preset (``configs/<name>.yaml``)."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ParamsError(f"unknown preset {name!r}; shipped presets: {', '.join(known) or 'none'}")
-    return path
+    """Path of a shipped preset (``configs/<name>.yaml``), by name only: never a path elsewhere."""
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    if name not in known:
+        raise ParamsError(f"unknown preset {_excerpt(repr(name))}; shipped presets: {', '.join(known) or 'none'} "
+                          "(a name, not a path; to start from another file, copy it)")
+    return PRESETS_DIR / f"{name}.yaml"

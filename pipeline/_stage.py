@@ -8,7 +8,7 @@ from typing import Any
 
 from opplan.cli import configure_logging
 from opplan.config import Params, load_params
-from opplan.errors import OpplanError
+from opplan.errors import user_message
 
 
 def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
@@ -27,6 +27,9 @@ def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
             distributed.launch(params, sys.argv, lambda: work(params))
         else:
             work(params)
-    except OpplanError as exc:
-        print(f"opplan: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"opplan: error: {message}", file=sys.stderr)
         sys.exit(2)

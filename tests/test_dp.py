@@ -324,36 +324,53 @@ def test_two_workers_really_run_two_transitions_at_once():
 
 
 def test_a_raising_transition_stops_submitting_lets_the_running_finish_and_propagates():
+    """No timing: the raising transition waits until the other one has started, and the other
+    one is released only when the scheduler reports the error (so it is running then)."""
+    import logging
     import threading
 
     graph = build_graph(**GRAPHS["extended-3x3"])
     oracle = TimedOracle(graph, 1, fail_rate=0, sleep=0)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     futures = []
+    seen_at_error = []
 
     def flaky(src, dst, src_record):
         if (src.name, dst.name) == ("S0", "cs/16/0.01"):
+            assert started.wait(30)
             raise RuntimeError("disk full")
         if (src.name, dst.name) == ("S0", "cs/32/0.01"):
-            release.wait(10)  # still running when the error comes in
+            started.set()
+            assert release.wait(30)  # still running when the error comes in
         return oracle(src, dst, src_record)
+
+    class ReleaseOnError(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "starting no more" in record.getMessage():
+                seen_at_error.append(futures[1][1].running())
+                release.set()
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from opplan.planning.dp import plan_path_parallel
+    from opplan.planning.dp import log, plan_path_parallel
 
     def submit(src, dst, src_record):
         futures.append(((src.name, dst.name), pool.submit(flaky, src, dst, src_record)))
-        if len(futures) == 2:
-            threading.Timer(0.2, release.set).start()
         return futures[-1][1]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        with pytest.raises(RuntimeError, match="disk full"):
-            plan_path_parallel(graph, submit, 2)
-        assert [key for key, _ in futures] == [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]  # none after
-        assert all(f.done() for _, f in futures)  # the running one was waited for
-        assert futures[1][1].result().finished
+    handler = ReleaseOnError(level=logging.ERROR)
+    log.addHandler(handler)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            with pytest.raises(RuntimeError, match="disk full"):
+                plan_path_parallel(graph, submit, 2)
+            assert [key for key, _ in futures] == [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]  # none after
+            assert seen_at_error == [True]  # the other one was running when the error came in
+            assert all(f.done() for _, f in futures)  # and it was waited for
+            assert futures[1][1].result().finished
+    finally:
+        log.removeHandler(handler)
+        release.set()
 
 
 def test_ready_transitions_follow_the_dp():

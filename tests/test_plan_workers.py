@@ -16,6 +16,7 @@ from test_stages import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params
+from opplan.data.shards import write_checksums
 from opplan.planning.graph import graph_from_params
 from opplan.stages.plan import config_hash, planning_config, run_plan
 
@@ -33,6 +34,7 @@ def tiny_params(shards: Path, *, workers: int) -> Params:
 
 def test_workers_are_not_part_of_the_planning_configuration(tmp_path: Path) -> None:
     (tmp_path / "videos.csv").write_text("index,path\n0,a.avi\n")
+    write_checksums(tmp_path, {})
     one, two = (tiny_params(tmp_path, workers=k) for k in (1, 2))
     assert one.plan.workers == 1 and two.plan.workers == 2
     assert planning_config(one, tmp_path) == planning_config(two, tmp_path)

@@ -8,7 +8,8 @@
 3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
 4. Split the original training set into internal train / val (SPEC §5), stratified
    and seeded.
-5. Write ``videos.csv``, ``classes.txt``, ``bad_videos.csv``, ``prepare.json``.
+5. Write ``checksums.json`` (see :mod:`opplan.data.shards`), ``videos.csv``, ``classes.txt``,
+   ``bad_videos.csv``, ``prepare.json``.
 
 ``videos.csv`` is removed first and written last, so an interrupted run never leaves
 an index that points into half-written shards.
@@ -32,7 +33,7 @@ import numpy as np
 from opplan.config import Params, PrepareParams
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
 from opplan.data.shards import ShardWriter
-from opplan.data.splits import stratified_split, validation_count
+from opplan.data.splits import check_classes, stratified_split, validation_count
 from opplan.errors import DataError
 from opplan.fileio import atomic_write_json, atomic_write_text
 
@@ -141,6 +142,7 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     or more than ``cfg.max_bad_fraction`` of its videos are unusable."""
     root, out = Path(root), Path(out)
     entries, classes, problems = read_manifest(root)
+    check_classes(*_labels(entries), warn=False)  # before decoding: a one-class dataset fails fast
     out.mkdir(parents=True, exist_ok=True)
     (out / VIDEOS_CSV).unlink(missing_ok=True)
     log.info("prepare: %d videos of %d classes in %s -> %s (short side %d, %d worker(s))",
@@ -148,9 +150,11 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     writer = ShardWriter(out, cfg.shard_mb * 2**20)
     rows, bad = _decode_into(writer, entries, root, cfg, classes)
     writer.flush()
+    writer.write_checksums()
     bad = [(f"{p.file}:{p.line}", p.reason) for p in problems] + bad
     write_csv(out / BAD_VIDEOS_CSV, ("path", "reason"), bad)
     _check_losses(len(bad), len(entries) + len(problems), cfg.max_bad_fraction, out, bad)
+    check_classes(*_labels(rows))  # bad videos may have taken a class's last ones
     _assign_splits(rows, cfg, seed)
     atomic_write_text(out / CLASSES, "".join(f"{c}\n" for c in classes))
     write_csv(out / VIDEOS_CSV, VIDEO_COLUMNS, ([i, *(r[c] for c in VIDEO_COLUMNS[1:])] for i, r in enumerate(rows)))
@@ -182,6 +186,12 @@ def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: Pre
     if truncated:
         log.warning("prepare: %d video(s) decoded fewer frames than their headers claim (kept what decoded)", truncated)
     return rows, bad
+
+
+def _labels(rows: list) -> tuple[list[str], list[str]]:
+    """Labels of the train and of the test rows (``Entry`` objects or row dicts)."""
+    pairs = [(r.label, r.split) if isinstance(r, Entry) else (r["label"], r["split"]) for r in rows]
+    return [label for label, split in pairs if split == "train"], [label for label, split in pairs if split == "test"]
 
 
 def _check_losses(num_bad: int, total: int, max_fraction: float, out: Path, bad: list[tuple[str, str]]) -> None:

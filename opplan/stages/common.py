@@ -9,6 +9,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
+from opplan.data.shards import verify_shards
 from opplan.errors import OpplanError
 
 LOCK_DIR = Path(".opplan")
@@ -26,6 +27,7 @@ def require_shards(params: Params) -> Path:
             f"{shards}/videos.csv not found: the dataset has not been prepared. "
             f"Run `dvc repro prepare` (or `python pipeline/prepare.py`) first."
         )
+    verify_shards(shards)  # size + sampled content of every shard, before any training
     return shards
 
 

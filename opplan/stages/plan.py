@@ -31,6 +31,7 @@ from typing import Any
 from opplan import distributed
 from opplan import tracking as t
 from opplan.config import Params
+from opplan.data.shards import shards_fingerprint
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
 from opplan.planning.dp import PlanResult, TransitionRecord, plan_path, plan_path_parallel
@@ -54,7 +55,7 @@ def planning_config(params: Params, shards: Path) -> dict[str, Any]:
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
     sections = params.section_dict(*PLANNING_SECTIONS)
     sections["plan"].pop("workers", None)
-    return {"seed": params.seed, **sections, "manifest_hash": manifest}
+    return {"seed": params.seed, **sections, "manifest_hash": manifest, "shards_hash": shards_fingerprint(shards)}
 
 
 def config_hash(config: dict[str, Any]) -> str:
