@@ -190,7 +190,7 @@ def test_the_planning_core_imports_neither_torch_nor_mlflow():
     import sys
 
     code = ("import sys, opplan.planning.dp, opplan.planning.knee, opplan.planning.graph, opplan.planning.drawing, "
-            "opplan.planning.commands; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+            "opplan.planning.commands, opplan.planning.diagnosis; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -315,6 +315,23 @@ def test_margins_in_standard_errors_reach_plan_json():
     assert choice.margin_se == pytest.approx(-1.0) and "within noise" in choice.describe()
     assert plan_path(tie_graph(), NoisyOracle(weights, epochs, ses), rule=Rule("within_se", 0.9)) \
         .choices["cs/16/0.1"].chosen == "cs/8/0.1"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_parallel_within_se_plan_equals_the_sequential_one(workers, seed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opplan.planning.dp import plan_path_parallel
+
+    graph = build_graph(**GRAPHS["extended-3x3"])
+    weights, epochs, ses = random_oracle(graph, seed, se_scale=0.3)
+    rule = Rule("within_se", 1.0)
+    expected = plan_path(graph, NoisyOracle(weights, epochs, ses), rule=rule)
+    oracle = NoisyOracle(weights, epochs, ses)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        result = plan_path_parallel(graph, lambda s, d, r: pool.submit(oracle, s, d, r), workers, rule=rule)
+    assert result.to_json() == expected.to_json()
 
 
 def test_rule_and_record_validation():
