@@ -154,6 +154,23 @@ class PlanParams(_Section):
     fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
     score: Literal["fitted", "observed"] = "fitted"
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
+    metric: Literal["top1", "top135", "prob"] = "top1"
+    """The planning signal measured on internal validation after every epoch: top-1 (the
+    paper), the mean of top-1/3/5 (the authors' code) or the mean true-class probability
+    (ours: moves with every video's confidence, so less noisy on few videos)."""
+    val_clips: PositiveInt = 1
+    """Uniformly spaced validation clips per video during planning, softmax scores averaged
+    (1: the centre clip, as the paper). More clips, less noise, more validation time."""
+    decision: Literal["argmax", "within_se"] = "argmax"
+    """How the DP chooses a state's predecessor and the final state: the highest V (the
+    paper), or any V within plan.tie_se standard errors of the highest counts as a tie,
+    broken toward fewer epochs along the path (docs/design.md, "Noise")."""
+    tie_se: Annotated[float, Field(ge=0)] = 1.0
+    """decision: within_se counts scores within this many SEs of the best as ties."""
+    keep_start_se: Annotated[float, Field(ge=0)] | None = 1.0
+    """A transition whose knee says t* = 0 keeps its start model only when the start is better
+    than its best later epoch by more than this many SEs; else that epoch is kept. null: keep
+    what the knee says (the paper)."""
     horizon: Epochs = 999
     """The knee t* is searched in [0, horizon]."""
     workers: Workers = 1

@@ -52,6 +52,12 @@ TAG_STATUS = "opplan.status"  # running | finished | failed | killed
 TAG_FAILURE = "opplan.failure"
 TAG_SCHEDULE = "opplan.schedule"  # baselines: sampling/schedule/decay/epochs
 TAG_PLAN_RUN = "opplan.plan_run"  # final/evaluate: the planning run they follow
+TAG_KEEP = "opplan.keep"  # transition: knee | start | best_later (plan.keep_start_se)
+TAG_CAPPED = "opplan.capped"  # transition: "true" when stopped by plan.max_epochs while still rising
+TAG_DP_RUNNER_UP = "opplan.dp_runner_up"  # transition chosen into its state: the runner-up source
+TAG_DP_TIE = "opplan.dp_tie"  # "true": chosen within the noise for fewer epochs (plan.decision: within_se)
+TAG_FINAL_RUNNER_UP = "opplan.final_runner_up"  # planning: the runner-up final state
+TAG_DIAGNOSIS = "opplan.diagnosis"  # planning: ok | at_chance,short_path (opplan.planning.diagnosis)
 TAG_CREATE_TOKEN = "opplan.create_token"  # client-made id of a run: makes create_run safe to retry
 
 KIND_PLANNING = "planning"
@@ -65,7 +71,8 @@ STATUS_FAILED = "failed"
 STATUS_KILLED = "killed"
 
 # --- metrics ----------------------------------------------------------------------
-M_VAL_ACC = "val_acc"
+M_VAL_ACC = "val_acc"  # the planning signal (plan.metric) after each epoch, despite the name
+M_VAL_SE = "val_se"  # its standard error over the validation videos
 M_TRAIN_LOSS = "train_loss"
 M_LR = "lr"
 M_EPOCH_SECONDS = "epoch_seconds"
@@ -78,6 +85,13 @@ M_KNEE_R2 = "knee_r2"
 M_KNEE_PARAM = "knee_a{}"  # knee_a1, knee_a2, ... the fit parameters after each epoch
 M_CHOSEN_EPOCH = "chosen_epoch"
 M_SCORE = "V"
+M_SCORE_SE = "V_se"  # the SE of V: that of the kept epoch's validation score
+M_CAPPED = "capped"  # 1: stopped by plan.max_epochs while the curve still rose
+M_START_MARGIN_SE = "start_margin_se"  # knee said t* = 0: the start's lead over the best later epoch, in SEs
+M_DP_MARGIN = "dp_margin"  # on a state's chosen incoming transition: V - runner-up's V
+M_DP_MARGIN_SE = "dp_margin_se"  # ... that margin in SEs of the difference
+M_PATH_MIN_MARGIN_SE = "path_min_margin_se"  # planning run: the smallest margin in SEs along the path
+M_FINAL_MARGIN_SE = "final_margin_se"  # planning run: the final state's margin over the runner-up final state
 M_FITTED = "fitted_value"
 M_OBSERVED = "observed_value"
 M_EPOCHS_TRAINED = "epochs_trained"

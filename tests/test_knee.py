@@ -236,3 +236,42 @@ def test_random_curves_never_raise_and_do_bounded_work(curve, function, delay):
         assert 0 <= fit.t_star <= 999 and math.isfinite(fit.value) and math.isfinite(fit.rmse)
     if curve:
         assert 0 <= result.chosen_epoch < len(curve)
+
+
+# --- issue 12: capped transitions and the keep-start rule ---------------------------------
+
+
+def test_a_transition_stopped_by_max_epochs_while_rising_is_capped():
+    rising = 0.8 - 0.6 * np.exp(-0.05 * np.arange(30))  # far from its plateau at epoch 6
+    stopper = KneeStopper("exponential", delay=3, max_epochs=6)
+    decisions = [stopper.update(y) for y in rising[:7]]
+    assert decisions[-1].stop and decisions[-1].reason == "max_epochs" and decisions[-1].capped
+    assert not any(d.capped for d in decisions[:-1])
+    peaked = evaluate("exponential", TRUE["exponential"], np.arange(80))  # knee well before the cap
+    stopper = KneeStopper("exponential", delay=3, max_epochs=int(true_maximiser("exponential")) + 2)
+    last = next(d for d in (stopper.update(y) for y in peaked) if d.stop)
+    assert not last.capped
+    stopper = KneeStopper("exponential", delay=10, max_epochs=3)  # no fit at all: capped when the last is best
+    assert [stopper.update(y) for y in (0.1, 0.2, 0.3, 0.4)][-1].capped
+    stopper = KneeStopper("exponential", delay=10, max_epochs=3)
+    assert not [stopper.update(y) for y in (0.1, 0.5, 0.3, 0.4)][-1].capped
+
+
+def test_keep_start_rule():
+    from opplan.planning.knee import keep_start_rule
+
+    curve, se = [0.30, 0.20, 0.26, 0.22], [0.05, 0.05, 0.05, 0.05]
+    # the knee says 0, but 0.30 - 0.26 = 0.04 is 0.57 SE of the difference: keep the best later epoch
+    kept = keep_start_rule(curve, se, 0, 1.0)
+    assert (kept.epoch, kept.reason) == (2, "best_later")
+    assert kept.margin_se == pytest.approx(0.04 / math.hypot(0.05, 0.05))
+    # better by more than the noise: the start is kept
+    kept = keep_start_rule([0.60, 0.20, 0.26, 0.22], se, 0, 1.0)
+    assert (kept.epoch, kept.reason) == (0, "start") and kept.margin_se > 1.0
+    # rule off (the paper), a knee after 0, or nothing trained: the knee's epoch stands
+    assert keep_start_rule(curve, se, 0, None).epoch == 0
+    assert keep_start_rule(curve, se, 3, 1.0) == keep_start_rule(curve, se, 3, 1.0).__class__(3, "knee")
+    assert keep_start_rule([0.3], [0.05], 0, 1.0).epoch == 0
+    # unknown SEs count as none: the start must be strictly better; equal is not enough
+    assert keep_start_rule([0.3, 0.3, 0.1], None, 0, 1.0).epoch == 1
+    assert keep_start_rule([0.3, 0.2, math.nan], [math.nan] * 3, 0, 0.0).epoch == 0

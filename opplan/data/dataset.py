@@ -55,14 +55,15 @@ class ClipDataset(Dataset):
 
     ``__getitem__(i)`` returns ``(clip, label)``:
     - ``mode="train"``: float32 (3, T, S, S), a random clip (``sampling``) with augmentation;
-    - ``mode="val"``: (3, T, S, S), the centre clip, centre crop;
+    - ``mode="val"``: (3, T, S, S), the centre clip, centre crop; with ``clips = K > 1``,
+      (K, 3, T, S, S): K uniformly spaced clips (planning's ``plan.val_clips``);
     - ``mode="test"``: (V, 3, T, S, S), ``V = evaluate.clips * evaluate.crops`` views,
       clip-major (all crops of clip 0, then clip 1, ...).
     with T = ``clip_length`` and S = ``train.crop_size``.
     """
 
     def __init__(self, shards_dir: str | Path, splits: str | Sequence[str], *, sampling: str, clip_length: int,
-                 mode: str, train: TrainParams, evaluate: EvaluateParams | None = None) -> None:
+                 mode: str, train: TrainParams, evaluate: EvaluateParams | None = None, clips: int = 1) -> None:
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         _check_arguments(splits, sampling, clip_length, mode, train)
         self.shards_dir = Path(shards_dir)
@@ -82,6 +83,7 @@ class ClipDataset(Dataset):
         self._transform = {"train": train_transform(train), "val": eval_transform(train),
                            "test": MultiCrop(train, self.evaluate.crops)}[mode]
         self.seed, self.epoch = 0, 0
+        self.val_clips = int(clips)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,11 +105,14 @@ class ClipDataset(Dataset):
                 torch.default_generator.manual_seed(int(seeds.generate_state(1)[0]))
                 clip = self._transform(to_video(frames))
             return clip.permute(1, 0, 2, 3).contiguous(), label
-        clips = self.evaluate.clips if self.mode == "test" else 1
+        clips = self.evaluate.clips if self.mode == "test" else self.val_clips
         indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips)  # (K, T)
         frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices.reshape(-1))
-        if self.mode == "val":
+        if self.mode == "val" and clips == 1:
             return self._transform(to_video(frames)).permute(1, 0, 2, 3).contiguous(), label
+        if self.mode == "val":  # (K*T, 3, S, S) -> (K, 3, T, S, S)
+            views = self._transform(to_video(frames)).unflatten(0, (clips, self.clip_length))
+            return views.permute(0, 2, 1, 3, 4).contiguous(), label
         views = self._transform(to_video(frames))  # (crops, K*T, 3, S, S)
         views = views.unflatten(1, (clips, self.clip_length)).transpose(0, 1).flatten(0, 1)  # (K*crops, T, 3, S, S)
         return views.permute(0, 2, 1, 3, 4).contiguous(), label

@@ -34,7 +34,8 @@ from opplan.config import Params
 from opplan.data.shards import shards_fingerprint
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
-from opplan.planning.dp import PlanResult, TransitionRecord, plan_path, plan_path_parallel
+from opplan.planning.diagnosis import Finding, diagnose, diagnosis_json, diagnosis_tag
+from opplan.planning.dp import FINAL, PlanResult, Rule, TransitionRecord, plan_path, plan_path_parallel
 from opplan.planning.graph import Node, State, TransitionGraph, draw_graph, graph_from_params
 from opplan.stages.common import WORK_ROOT, project_lock, require_shards
 from opplan.train.plots import plot_transition
@@ -135,7 +136,13 @@ class TransitionRunner:
         if out.status == "finished":
             score = out.fitted if self.setup.params.plan.score == "fitted" else out.observed
             summary |= {t.M_CHOSEN_EPOCH: out.t_star, t.M_FITTED: out.fitted, t.M_OBSERVED: out.observed,
-                        t.M_SCORE: score}
+                        t.M_SCORE: score, t.M_SCORE_SE: out.se, t.M_CAPPED: float(out.capped),
+                        t.M_START_MARGIN_SE: out.start_margin_se}
+            self.tracker.set_tags(run_id, {t.TAG_KEEP: out.keep or "knee", t.TAG_CAPPED: str(out.capped).lower()})
+            if out.capped:
+                log.warning("%s: stopped by plan.max_epochs = %d while its curve still rose (capped); a larger "
+                            "plan.max_epochs lets the knee decide", self.tracker.get_run(run_id).info.run_name,
+                            self.setup.params.plan.max_epochs)
             if out.rmse is not None:
                 summary |= {t.M_KNEE_RMSE: out.rmse, t.M_KNEE_R2: out.r2}
             self.tracker.log_artifact(run_id, out.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
@@ -165,6 +172,8 @@ def record_from_run(tracker: t.Tracker, run_id: str) -> TransitionRecord:
         seconds=metrics.get(t.M_COMPUTE_SECONDS, 0.0),
         run_id=run_id,
         checkpoint=None if failed else f"runs:/{run_id}/{t.ARTIFACT_CHECKPOINT_DIR}/model.pt",
+        se=metrics.get(t.M_SCORE_SE),
+        capped=bool(metrics.get(t.M_CAPPED, 0.0)),
     )
 
 
@@ -213,7 +222,7 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
         try:
             if params.plan.workers == 1:
                 runner = TransitionRunner(tracker, parent, TrainSetup(params, shards), WORK_ROOT / digest)
-                result = plan_path(graph, runner)
+                result = plan_path(graph, runner, rule=decision_rule(params))
             else:
                 result = plan_with_workers(params, devices, shards, graph, tracker.uri, parent, WORK_ROOT / digest)
         except OpplanError:
@@ -223,8 +232,11 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
             with contextlib.suppress(OpplanError):
                 tracker.end_run(parent, t.STATUS_FAILED)
             raise
+        findings = diagnose_planning(params, shards, result)
+        log_decisions(tracker, parent, result, findings)
         document = {"config_hash": digest, "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                                                      "planning_run_id": parent}, **result.to_json()}
+                                                      "planning_run_id": parent}, **result.to_json(),
+                    "diagnosis": diagnosis_json(findings)}
         atomic_write_json(out_json, document)
         atomic_write_json(out_metrics, {"plan_score": result.score, "plan_epochs": result.total_epochs_trained,
                                         "path_epochs": result.path_epochs, "plan_compute_seconds": result.total_seconds})
@@ -237,6 +249,51 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
         tracker.end_run(parent, t.STATUS_FINISHED)
     log.info("chosen path: %s (V=%.4f)", " → ".join(s.name for s in result.path), result.score)
     return result
+
+
+def decision_rule(params: Params) -> Rule:
+    """The DP's decision rule of ``plan.decision`` and ``plan.tie_se``."""
+    return Rule(params.plan.decision, params.plan.tie_se)
+
+
+def diagnose_planning(params: Params, shards: Path, result: PlanResult) -> list[Finding]:
+    """The no-learning diagnosis (:mod:`opplan.planning.diagnosis`), one WARNING per finding.
+
+    Chance is that of ``plan.metric`` on the internal-validation labels."""
+    from opplan.data.dataset import num_classes, read_videos
+    from opplan.stats import chance_level
+
+    videos = read_videos(shards)
+    labels = videos.loc[videos["split"] == "val", "label_index"].to_numpy()
+    chance = chance_level(labels, num_classes(shards), params.plan.metric)
+    findings = diagnose(result, chance=chance, delay=params.plan.delay, metric=params.plan.metric)
+    for finding in findings:
+        log.warning("planning diagnosis %s: %s. What to change: %s", finding.code, finding.seen, finding.change)
+    return findings
+
+
+def log_decisions(tracker: t.Tracker, parent: str, result: PlanResult, findings: list[Finding]) -> None:
+    """Each DP choice's runner-up and margin on the chosen transition's run; the path's smallest
+    margin, the final choice and the diagnosis on the planning run."""
+    for state, choice in result.choices.items():
+        record = result.best.get(state)
+        if record is None or record.run_id is None:
+            continue
+        tracker.log_metrics(record.run_id, {k: v for k, v in {t.M_DP_MARGIN: choice.margin,
+                                                               t.M_DP_MARGIN_SE: choice.margin_se}.items()
+                                            if v is not None and math.isfinite(v)})
+        tracker.set_tags(record.run_id, {t.TAG_DP_RUNNER_UP: choice.runner_up or "none",
+                                         t.TAG_DP_TIE: str(choice.tie).lower()})
+    margins = [c.margin_se for c in result.path_choices if c.margin_se is not None and c.runner_up is not None]
+    final = result.choices[FINAL]
+    metrics = {t.M_PATH_MIN_MARGIN_SE: min(margins, default=math.inf), t.M_FINAL_MARGIN_SE: final.margin_se}
+    tracker.log_metrics(parent, {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+    tracker.set_tags(parent, {t.TAG_FINAL_RUNNER_UP: final.runner_up or "none",
+                              t.TAG_DIAGNOSIS: diagnosis_tag(findings)})
+    coin_flips = [c for c in result.path_choices if c.margin_se is not None and abs(c.margin_se) < 1.0]
+    if coin_flips:
+        log.info("%d of the path's %d decisions were within 1 SE of their runner-up: %s", len(coin_flips),
+                 len(result.path_choices), "; ".join(c.describe() for c in coin_flips))
 
 
 def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:
@@ -281,7 +338,7 @@ def plan_with_workers(params: Params, devices: list[str], shards: Path, graph: T
             def submit(src: Node, dst: State, src_record: TransitionRecord | None) -> Future[TransitionRecord]:
                 return pool.submit(_run_in_worker, src.name, dst.name, src_record)
 
-            return plan_path_parallel(graph, submit, workers)
+            return plan_path_parallel(graph, submit, workers, rule=decision_rule(params))
     finally:
         slots.close()  # slots of workers never started (too few transitions at once) stay unread
 

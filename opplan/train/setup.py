@@ -92,22 +92,22 @@ class TrainSetup:
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
-    def dataset(self, split: str, state: State, *, mode: str) -> ClipDataset:
+    def dataset(self, split: str, state: State, *, mode: str, clips: int = 1) -> ClipDataset:
         splits = self.train_splits if split == "train" else (split,)
         return ClipDataset(self.shards, splits, sampling=state.sampling, clip_length=state.clip_length,
-                           mode=mode, train=self.params.train, evaluate=self.params.evaluate)
+                           mode=mode, train=self.params.train, evaluate=self.params.evaluate, clips=clips)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Scales float16 losses under mixed precision; a pass-through otherwise."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp)
 
-    def loader(self, split: str, state: State, *, mode: str, seed: int | None = None) -> DataLoader:
+    def loader(self, split: str, state: State, *, mode: str, seed: int | None = None, clips: int = 1) -> DataLoader:
         """Training batches are shuffled and seeded per epoch; evaluation is in order.
 
         Distributed, each process loads its share: ``batch_size / processes`` clips of every
         training batch, and every ``processes``-th video when evaluating.
         """
-        dataset = self.dataset(split, state, mode=mode)
+        dataset = self.dataset(split, state, mode=mode, clips=clips)
         train = self.params.train
         world = distributed.world()
         if mode == "train":
@@ -127,12 +127,14 @@ class TrainSetup:
         return train_epoch(model, loader, optimizer, self.device, scaler=scaler, amp=self.amp,
                            micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress)
 
-    def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str,
+                clips: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(videos, classes)`` and labels ``(videos,)`` of a split, in video order
-        (distributed: each process scores its share and all get the whole)."""
+        (distributed: each process scores its share and all get the whole). ``clips``: the
+        uniformly spaced clips per video in ``mode="val"``, softmax scores averaged."""
         model = distributed.unwrap(model)
         distributed.sync_module(model, buffers_only=True)
-        scores, labels = predict(model, self.loader(split, state, mode=mode), self.device)
+        scores, labels = predict(model, self.loader(split, state, mode=mode, clips=clips), self.device)
         return distributed.gather_strided(scores), distributed.gather_strided(labels)
 
     def accuracy(self, model: torch.nn.Module, state: State) -> float:
