@@ -96,8 +96,14 @@ def baselines(params_path: str) -> None:
     document = run_training_stage(params_path, "baselines")
     if document is None:  # not rank 0
         return
-    best = document["best"]
-    click.echo(f"HS: {best['name']} top-1 {best['top1']:.4f}" if best else "no baseline finished")
+    hs, retrains = document["selected"], document["retrains"]
+    if hs is None:
+        click.echo("no baseline finished")
+        return
+    tested = [r["top1"] for r in retrains if r["top1"] is not None]
+    mean = f"{sum(tested) / len(tested):.4f} over {len(tested)} seed(s)" if tested else "none (retrain failed)"
+    click.echo(f"HS (chosen on validation): {hs['name']} val top-1 {hs['val_top1']:.4f}; retrained, held-out "
+               f"top-1 {mean}")
 
 
 @click.command()

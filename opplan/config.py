@@ -242,6 +242,18 @@ class EvaluateParams(_Section):
     """Videos per evaluation batch (each brings clips x crops views)."""
 
 
+class FinalParams(_Section):
+    match_steps: bool = False
+    """Keep each planned segment's number of optimizer steps: the final stage trains on internal
+    train + validation, so an epoch has more steps than it had during planning; with this on,
+    each segment's epochs are scaled by train / (train + validation) videos, rounded to the
+    nearest whole epoch, at least one (docs/design.md §5)."""
+    seeds: PositiveInt = 1
+    """Retrains of OP's path and of the validation-selected HS, with seeds ``seed``, ``seed + 1``,
+    ...: the report shows their mean and spread and a paired test over the held-out videos.
+    The first seed's model is the stage's output; each further seed costs one more retrain."""
+
+
 class BaselinesParams(_Section):
     enabled: bool = True
     """Run the hand-tuned grid (SPEC §6); switch off when only the plan is wanted."""
@@ -293,6 +305,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     plan: PlanParams = PlanParams()
     evaluate: EvaluateParams = EvaluateParams()
+    final: FinalParams = FinalParams()
     baselines: BaselinesParams = BaselinesParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()

@@ -352,6 +352,15 @@ TAG_DECAY = "opplan.decay"  # baselines: step | cosine
 TAG_EPOCHS = "opplan.epochs"  # baselines: total epochs of the candidate
 ARTIFACT_PLAN_JSON = "plan.json"  # the planning run's plan document
 
+# --- the honest comparison (issue 12: seeds, HS selected on validation, paired tests) ---
+KIND_HS_RETRAIN = "hs_retrain"  # the validation-selected HS, retrained on the full training set, per seed
+KIND_OP_RETRAIN = "op_retrain"  # OP's path retrained with a further seed (final.seeds > 1)
+TAG_SEED = "opplan.seed"  # op_retrain / hs_retrain: the training seed of a repeated retrain
+M_VAL_TOP1 = "val_top1"  # baseline candidate: top-1 on the internal validation split (HS selection)
+M_PLANNED_STEPS = "planned_steps"  # final: optimizer steps the path had during planning
+M_STEPS = "optimizer_steps"  # final / hs_retrain: optimizer steps taken
+ARTIFACT_PREDICTIONS = "predictions.json"  # per-video held-out correctness (opplan.predictions)
+
 
 def resolve_read_uri(explicit: str | None, params_uri: str) -> str:
     """An explicit URI (``--tracking-uri``) wins over ``MLFLOW_TRACKING_URI`` and params."""

@@ -7,7 +7,10 @@ One module-scoped SQLite store (creating it costs MLflow a few seconds) holds:
   :class:`KneeStopper`), one failed transition, ``plan.json``; a final run with its
   evaluation; a baseline grid (one candidate failed, one cell all failed, a tie) and an
   older grid that must be ignored. OP beats HS here.
-- ``hmdb``: the same on a smaller graph, a 2-candidate grid; OP loses to HS.
+- ``hmdb``: the same on a smaller graph, a 2-candidate grid; OP loses to the oracle HS.
+  This grid is scored as ``opplan baselines`` scores it now (issue 12): ``val_top1`` on
+  every candidate, the validation-selected one retrained with two seeds, OP's path
+  retrained with a second seed, per-video predictions on every retrain.
 - ``bare``: an unfinished planning with two transitions, nothing else.
 - ``solo``: a baseline grid without any planning.
 
@@ -37,7 +40,9 @@ from opplan.errors import OpplanError
 from opplan.planning import knee
 from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
 from opplan.planning.graph import graph_from_params
+from opplan.predictions import log_predictions, mean_over_runs, predictions_json
 from opplan.report import run_report
+from opplan.stats import paired_compare, video_estimate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLOW = pytest.mark.slow  # the module's MLflow store takes MLflow 10-20 s to create and fill
@@ -62,6 +67,7 @@ class Planned:
     final_run: str | None = None
     evaluation: dict[str, float] = field(default_factory=dict)
     baselines: list[dict[str, Any]] = field(default_factory=list)
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def _curve(src: str, dst: str, y0: float) -> np.ndarray:
@@ -182,8 +188,34 @@ def _final(tracker: t.Tracker, ledger: Planned, evaluation: dict[str, float]) ->
     ledger.final_run, ledger.evaluation = run_id, evaluation
 
 
+VIDEOS = 100
+CLASSES = 5
+
+
+def _predictions(top1: float, seed: int) -> dict[str, Any]:
+    """A predictions document of ``VIDEOS`` videos, ``top1`` of them right (random ones)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(VIDEOS) % CLASSES
+    right = np.zeros(VIDEOS, dtype=bool)
+    right[rng.permutation(VIDEOS)[: round(top1 * VIDEOS)]] = True
+    guess = np.where(right, labels, (labels + 1) % CLASSES)
+    return predictions_json(np.eye(CLASSES)[guess] * 0.8 + 0.04, labels)
+
+
+def _retrain(tracker: t.Tracker, kind: str, tags: dict[str, str], seed: int, top1: float) -> dict[str, Any]:
+    """As ``repeats.retrain_and_score``: a seeded retrain with its predictions."""
+    run_id = tracker.create_run(f"{kind} {seed}", {t.TAG_KIND: kind, **tags, t.TAG_SEED: seed,
+                                                   t.TAG_STATUS: t.STATUS_RUNNING})
+    doc = _predictions(top1, seed + zlib.crc32(kind.encode()))
+    tracker.log_metrics(run_id, {t.M_TOP1: top1, t.M_SINGLE_VIEW_TOP1: top1 - 0.02, t.M_EPOCHS_TRAINED: 4,
+                                 t.M_COMPUTE_SECONDS: 40.0}, step=4)
+    log_predictions(tracker, run_id, doc)
+    tracker.end_run(run_id, t.STATUS_FINISHED)
+    return doc
+
+
 def _baseline(tracker: t.Tracker, digest: str, sampling: str, schedule: str, decay: str, epochs: int,
-              lengths: list[int], top1: float | None) -> dict[str, Any]:
+              lengths: list[int], top1: float | None, val_top1: float | None = None) -> dict[str, Any]:
     """As ``run_candidate``: per-epoch schedule metrics, then compute and scores; top1 None: failed."""
     name = f"{sampling}/{schedule}/{decay}/{epochs}"
     run_id = tracker.create_run(f"HS {name}", {
@@ -201,6 +233,8 @@ def _baseline(tracker: t.Tracker, digest: str, sampling: str, schedule: str, dec
     if top1 is not None:
         metrics |= {t.M_TOP1: top1, t.M_TOP5: min(1.0, top1 + 0.3), t.M_MEAN_CLASS_ACC: top1 - 0.01,
                     t.M_SINGLE_VIEW_TOP1: top1 - 0.05}
+        if val_top1 is not None:
+            metrics[t.M_VAL_TOP1] = val_top1
     else:
         tracker.set_tags(run_id, {t.TAG_FAILURE: "loss is NaN"})
     tracker.log_metrics(run_id, metrics, step=trained)
@@ -266,8 +300,16 @@ def _fill_store(uri: str, tmp: Path) -> dict[str, Any]:
         ledger["hmdb"] = _plan(hmdb, _params(uri, "hmdb", tmp, HMDB_PLAN), "b" * 16, tmp, set())
         _final(hmdb, ledger["hmdb"], {t.M_TOP1: 0.62, t.M_TOP5: 0.9, t.M_MEAN_CLASS_ACC: 0.6,
                                       t.M_SINGLE_VIEW_TOP1: 0.58})
-        ledger["hmdb"].baselines = [_baseline(hmdb_b, "g", "cs", "l1-lN", d, 2, [4, 8], v)
-                                    for d, v in (("step", 0.70), ("cosine", 0.66))]
+        ledger["hmdb"].baselines = [_baseline(hmdb_b, "g", "cs", "l1-lN", d, 2, [4, 8], v, val)
+                                    for d, v, val in (("step", 0.70, 0.55), ("cosine", 0.66, 0.60))]
+        op_docs = [_predictions(0.62, 0)]
+        log_predictions(hmdb, ledger["hmdb"].final_run, op_docs[0])
+        op_docs.append(_retrain(hmdb, t.KIND_OP_RETRAIN, {t.TAG_PLAN_RUN: ledger["hmdb"].run_id,
+                                                          t.TAG_CONFIG_HASH: "b" * 16}, 1, 0.60))
+        hs_docs = [_retrain(hmdb_b, t.KIND_HS_RETRAIN, {t.TAG_SCHEDULE: "cs/l1-lN/cosine/2", t.TAG_CONFIG_HASH: "g"},
+                            seed, top1) for seed, top1 in ((0, 0.50), (1, 0.52))]
+        _retrain(hmdb_b, t.KIND_HS_RETRAIN, {t.TAG_SCHEDULE: "cs/l1-lN/step/2", t.TAG_CONFIG_HASH: "g"}, 0, 0.9)
+        ledger["hmdb"].predictions = {"op": op_docs, "hs": hs_docs}
 
         bare = t.Tracker(uri, "bare", artifact_root=art)
         parent = _start_planning(bare, _params(uri, "bare", tmp, HMDB_PLAN), "c" * 16)
@@ -305,10 +347,10 @@ def _csv(report: Path, name: str) -> pd.DataFrame:
 def test_report_files(reports: dict[str, Path]) -> None:
     report = reports["ucf"]
     assert report == report.parent / "report.md" and report.is_file()
-    for name in ("table1", "table3", "table5", "transitions"):
+    for name in ("table1", "table3", "table5", "transitions", "comparison"):
         assert (report.parent / f"{name}.csv").is_file()
     tex = (report.parent / "tables.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 4 and tex.count(r"\end{table}") == 4
+    assert tex.count(r"\begin{tabular}") == 5 and tex.count(r"\end{table}") == 5
     assert "cs/4/0.1" in tex and r"$\rightarrow$" in tex
 
 
@@ -432,6 +474,43 @@ def test_summary_says_when_op_loses(reports: dict[str, Path]) -> None:
     assert "**planning cost more than the whole grid search**" in summary  # 2 grid runs: cheaper than planning
     text = reports["hmdb"].read_text()
     assert "report.figures: false" in text and not (reports["hmdb"].parent / "figures").exists()
+
+
+@SLOW
+def test_comparison_selects_hs_on_validation_and_pairs_the_seeds(store: dict[str, Any],
+                                                                 reports: dict[str, Path]) -> None:
+    ledger = store["ledger"]["hmdb"]
+    table = _csv(reports["hmdb"], "comparison").set_index("row")
+    op, hs = ledger.predictions["op"], ledger.predictions["hs"]
+    op_row = table.loc["OP: planned path, retrained"]
+    expected = video_estimate(mean_over_runs(op))
+    assert op_row.top1 == pytest.approx(0.61) and op_row.seeds == 2
+    assert op_row.seed_sd == pytest.approx(np.std([0.62, 0.60], ddof=1))
+    assert (op_row.low, op_row.high) == (pytest.approx(expected.low), pytest.approx(expected.high))
+    hs_row = table.loc["HS: chosen on validation, retrained"]
+    assert hs_row["name"] == "cs/l1-lN/cosine/2"  # best on validation, not the oracle's step schedule
+    assert hs_row.top1 == pytest.approx(0.51) and hs_row.seeds == 2  # the other schedule's retrain is not mixed in
+    oracle = table.loc["HS oracle: best on the test split (paper's view)"]
+    assert oracle["name"] == "cs/l1-lN/step/2" and oracle.top1 == pytest.approx(0.70)
+    assert table.loc["HS grid: mean of the candidates"].top1 == pytest.approx(0.68)
+    assert table.loc["HS grid: median of the candidates"].top1 == pytest.approx(0.68)
+    test = paired_compare(mean_over_runs(op), mean_over_runs(hs))
+    word = {"better": "OP better", "worse": "OP worse", "within noise": "within noise"}[test.verdict]
+    summary = reports["hmdb"].read_text().split("## Summary")[1].split("##")[0]
+    assert f"Verdict: **{word}**" in summary and f"paired over {VIDEOS} videos" in summary
+    assert "Against HS chosen on internal validation (`cs/l1-lN/cosine/2`" in summary
+    assert "over 2 seeds" in summary
+    row = _csv(reports["hmdb"], "table5").set_index("experiment").loc["hmdb"]
+    assert row.hs_selected_name == "cs/l1-lN/cosine/2" and row.hs_selected_top1 == pytest.approx(0.51)
+    assert row.op_seeds == row.hs_seeds == 2 and row.verdict == test.verdict
+    assert row.paired_diff == pytest.approx(test.diff)
+
+
+@SLOW
+def test_an_old_grid_without_validation_scores_gives_no_verdict(reports: dict[str, Path]) -> None:
+    text = reports["ucf"].read_text()
+    assert "No verdict: the grid was scored without internal validation" in text
+    assert "the paper's oracle view" in text
 
 
 @SLOW

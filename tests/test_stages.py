@@ -158,7 +158,10 @@ def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch:
 
     document = run_baselines(params)
     assert [c["name"] for c in document["candidates"]] == ["cs/l1-lN/step/2", "cs/l1-lN/cosine/2"]
-    assert document["best"]["top1"] == max(c["top1"] for c in document["candidates"])
+    assert document["oracle"]["top1"] == max(c["top1"] for c in document["candidates"])
+    assert document["selected"]["val_top1"] == max(c["val_top1"] for c in document["candidates"])
+    [retrain] = document["retrains"]  # final.seeds: 1
+    assert retrain["seed"] == params.seed and 0.0 <= retrain["top1"] <= 1.0
     assert document["grid"]["epochs"] == 4
     again = run_baselines(params)  # finished candidates are reused, not retrained
     assert [c["run_id"] for c in again["candidates"]] == [c["run_id"] for c in document["candidates"]]

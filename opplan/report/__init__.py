@@ -2,7 +2,8 @@
 
 - :mod:`opplan.report.collect`: the store -> DataFrames (planning, transition, final,
   baseline runs; curves; ``plan.json``);
-- :mod:`opplan.report.compare`: OP against the best hand-tuned strategy, accuracy and cost;
+- :mod:`opplan.report.compare`: OP against HS (chosen on validation, and the oracle), accuracy,
+  seeds, the paired test and cost;
 - :mod:`opplan.report.tables`: Tables 1, 3, 5 and the transitions (pure);
 - :mod:`opplan.report.summary`: the opening paragraph and the list of missing pieces;
 - :mod:`opplan.report.figures`: graph with the chosen path, curves with fits, final schedule;
@@ -21,7 +22,8 @@ from opplan.report.collect import StoreData, read_store
 from opplan.report.compare import Comparison, compare, compare_all, current_grid
 from opplan.report.render import write_markdown, write_tables
 from opplan.report.summary import missing_notes, summary_paragraph
-from opplan.report.tables import Table, finished_curves, table1, table3, table5, transitions_table
+from opplan.report.tables import (Table, comparison_table, finished_curves, table1, table3, table5,
+                                   transitions_table)
 
 __all__ = ["run_report"]
 
@@ -64,6 +66,8 @@ def _tables(data: StoreData, primary: Comparison | None) -> list[Table]:
         tables.append(table5(compare_all(data)))
     if not current_grid(data.baselines, data.experiment)[0].empty:
         tables.append(table3(data.baselines, primary, data.experiment))
+    if primary is not None and primary.noise is not None and primary.grid_runs:
+        tables.append(comparison_table(primary))
     if primary is not None:
         tables.append(transitions_table(data.transitions, primary))
         curves = finished_curves(data.transitions, data.curves, primary.planning_run)

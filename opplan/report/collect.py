@@ -8,10 +8,13 @@ side:
 - ``transitions``: one row per nested transition run of any planning;
 - ``finals``: one row per final run, with the evaluation metrics logged on it;
 - ``baselines``: one row per hand-tuned candidate of ``<experiment>-baselines``
-  (column ``experiment`` is the planning experiment ``<experiment>``).
+  (column ``experiment`` is the planning experiment ``<experiment>``);
+- ``retrains``: the seeded retrains on the full training set of OP's path (``op_retrain``,
+  further seeds beside the final run) and of the validation-selected HS (``hs_retrain``).
 
-Per-epoch curves, the final run's schedule and ``plan.json`` are read for the planning
-the report is about (the *primary* one) only. Nothing here comes from params or files.
+Per-epoch curves, the final run's schedule, ``plan.json`` and the per-video predictions
+(``predictions.json``: the paired test) are read for the planning the report is about (the
+*primary* one) only. Nothing here comes from params or files.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ log = logging.getLogger(__name__)
 BASELINES_SUFFIX = "-baselines"
 EVAL_METRICS = (t.M_TOP1, t.M_TOP5, t.M_MEAN_CLASS_ACC, t.M_SINGLE_VIEW_TOP1)
 COST_METRICS = (t.M_EPOCHS_TRAINED, t.M_CLIPS_SEEN, t.M_COMPUTE_SECONDS)
+# The planning-noise metrics (V's SE, the DP margin in SEs, the knee cap) are read when logged.
+NOISE_METRICS = ("V_se", "dp_margin_se", "capped")
 TRANSITION_METRICS = (t.M_CHOSEN_EPOCH, t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_KNEE_RMSE, t.M_KNEE_R2,
-                      *COST_METRICS)
+                      *COST_METRICS, *NOISE_METRICS)
+STEP_METRICS = (t.M_PLANNED_STEPS, t.M_STEPS)
 FINAL_SCHEDULE = (t.M_CLIP_LENGTH, t.M_LR, t.M_SAMPLING_US, t.M_TRAIN_LOSS, t.M_EPOCH_SECONDS)
 CURVE_METRICS = (t.M_VAL_ACC, t.M_TRAIN_LOSS)
 MAX_FIT_PARAMS = 7  # the multi-power / multi-exponential families (SPEC §4)
@@ -49,7 +55,9 @@ class StoreData:
     transitions: pd.DataFrame
     finals: pd.DataFrame
     baselines: pd.DataFrame
+    retrains: pd.DataFrame = field(default_factory=lambda: _frame([], _RETRAIN_COLUMNS))
     plan_docs: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # planning run -> plan.json
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> predictions.json (primary's)
     primary: str | None = None  # run id of the planning the report is about
     plan_section: dict[str, Any] = field(default_factory=dict)  # primary's plan.* params as logged
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # transition run -> per-epoch metrics
@@ -64,7 +72,7 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
     """
     readers = t.open_store(uri, retry_seconds=retry_seconds)
     bases = sorted({n.removesuffix(BASELINES_SUFFIX) for n in readers})
-    plannings, transitions, finals, baselines, docs = [], [], [], [], {}
+    plannings, transitions, finals, baselines, retrains, docs = [], [], [], [], [], {}
     for name in bases:
         reader = readers.get(name)
         rows = [_planning_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_PLANNING})] if reader else []
@@ -75,11 +83,14 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
             docs[row["run_id"]] = reader.read_json_artifact(row["run_id"], t.ARTIFACT_PLAN_JSON)
         if reader is not None:
             finals += [_final_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_FINAL})]
+            retrains += [_retrain_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_OP_RETRAIN})]
         if name + BASELINES_SUFFIX in readers:
-            baselines += [_baseline_row(name, run)
-                          for run in readers[name + BASELINES_SUFFIX].search({t.TAG_KIND: t.KIND_BASELINE})]
+            grid = readers[name + BASELINES_SUFFIX]
+            baselines += [_baseline_row(name, run) for run in grid.search({t.TAG_KIND: t.KIND_BASELINE})]
+            retrains += [_retrain_row(name, run) for run in grid.search({t.TAG_KIND: t.KIND_HS_RETRAIN})]
     data = StoreData(uri, experiment, _frame(plannings, _PLANNING_COLUMNS), _frame(transitions, _TRANSITION_COLUMNS),
-                     _frame(finals, _FINAL_COLUMNS), _frame(baselines, _BASELINE_COLUMNS), docs)
+                     _frame(finals, _FINAL_COLUMNS), _frame(baselines, _BASELINE_COLUMNS),
+                     _frame(retrains, _RETRAIN_COLUMNS), docs)
     mine = data.plannings[data.plannings.experiment == experiment]
     if mine.empty and (data.baselines.experiment == experiment).sum() == 0:
         known = ", ".join(sorted(set(data.plannings.experiment))) or "none"
@@ -90,6 +101,7 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
         _read_primary(data, readers[experiment], mine)
     if experiment + BASELINES_SUFFIX in readers:
         _label_clip_schedules(data, readers[experiment + BASELINES_SUFFIX])
+    _read_predictions(data, readers)
     return data
 
 
@@ -99,9 +111,11 @@ _PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "s
 _TRANSITION_COLUMNS = ["planning_run", "run_id", "name", "src", "dst", "sampling", "clip_length", "lr", "status",
                        "start_time", *TRANSITION_METRICS, "fit_params"]
 _FINAL_COLUMNS = ["experiment", "run_id", "plan_run", "config_hash", "status", "start_time", *COST_METRICS,
-                  *EVAL_METRICS]
+                  *EVAL_METRICS, *STEP_METRICS]
 _BASELINE_COLUMNS = ["experiment", "run_id", "name", "sampling", "clip_schedule", "decay", "epochs", "config_hash",
-                     "status", "start_time", "clip_lengths", *EVAL_METRICS, *COST_METRICS]
+                     "status", "start_time", "clip_lengths", *EVAL_METRICS, t.M_VAL_TOP1, *COST_METRICS]
+_RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "status",
+                    "start_time", *EVAL_METRICS, *COST_METRICS, t.M_STEPS]
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -139,7 +153,15 @@ def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
 
 def _final_row(experiment: str, run: Any) -> dict[str, Any]:
     return {"experiment": experiment, **_common(run), "plan_run": run.data.tags.get(t.TAG_PLAN_RUN, ""),
-            **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS)}
+            **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS), **_metrics(run, STEP_METRICS)}
+
+
+def _retrain_row(experiment: str, run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    return {"experiment": experiment, "kind": tags.get(t.TAG_KIND, ""), **_common(run),
+            "plan_run": tags.get(t.TAG_PLAN_RUN, ""), "schedule": tags.get(t.TAG_SCHEDULE, ""),
+            "seed": _number(tags.get(t.TAG_SEED)), **_metrics(run, EVAL_METRICS), **_metrics(run, COST_METRICS),
+            t.M_STEPS: run.data.metrics.get(t.M_STEPS, math.nan)}
 
 
 def _baseline_row(experiment: str, run: Any) -> dict[str, Any]:
@@ -147,7 +169,8 @@ def _baseline_row(experiment: str, run: Any) -> dict[str, Any]:
     return {"experiment": experiment, **_common(run), "name": tags.get(t.TAG_SCHEDULE, run.info.run_name),
             "sampling": tags.get(t.TAG_SAMPLING, ""), "clip_schedule": tags.get(t.TAG_CLIP_SCHEDULE, ""),
             "decay": tags.get(t.TAG_DECAY, ""), "epochs": _number(tags.get(t.TAG_EPOCHS)), "clip_lengths": "",
-            **_metrics(run, EVAL_METRICS), **_metrics(run, COST_METRICS)}
+            **_metrics(run, EVAL_METRICS), t.M_VAL_TOP1: run.data.metrics.get(t.M_VAL_TOP1, math.nan),
+            **_metrics(run, COST_METRICS)}
 
 
 def _number(text: str | None) -> float:
@@ -215,3 +238,22 @@ def _label_clip_schedules(data: StoreData, reader: t.StoreReader) -> None:
         lengths = list(dict.fromkeys(history))
         if lengths:
             data.baselines.loc[group.index, "clip_lengths"] = "→".join(map(str, lengths))
+
+
+def _read_predictions(data: StoreData, readers: dict[str, t.StoreReader]) -> None:
+    """``predictions.json`` of the runs the primary comparison pairs: the primary's final run,
+    its further OP seeds and every HS retrain of the experiment (finished runs only)."""
+    wanted: list[tuple[str, str]] = []
+    if data.primary is not None:
+        final = pick_final(data.finals, data.primary)
+        if final is not None:
+            wanted.append((data.experiment, final.run_id))
+        ops = data.retrains[(data.retrains.kind == t.KIND_OP_RETRAIN) & (data.retrains.plan_run == data.primary)]
+        wanted += [(data.experiment, r) for r in ops.run_id[ops.status == t.STATUS_FINISHED]]
+    hs = data.retrains[(data.retrains.kind == t.KIND_HS_RETRAIN) & (data.retrains.experiment == data.experiment)]
+    wanted += [(data.experiment + BASELINES_SUFFIX, r) for r in hs.run_id[hs.status == t.STATUS_FINISHED]]
+    for name, run_id in wanted:
+        if name in readers:
+            doc = readers[name].read_json_artifact(run_id, t.ARTIFACT_PREDICTIONS)
+            if doc is not None:
+                data.predictions[run_id] = doc

@@ -5,9 +5,15 @@ Pure: DataFrames from :mod:`opplan.report.collect` in, :class:`Comparison` out.
 - OP's accuracy is the held-out evaluation logged on the final run that follows a
   planning (tag ``opplan.plan_run``); its cost is the planning's compute (every
   explored transition, paper Table 5), with the final retrain reported beside it.
-- HS is the best finished candidate of the experiment's baseline grid by top-1, ties
-  toward fewer epochs (as ``opplan baselines`` picks it); the grid's cost is the sum
-  over all its candidates, failed ones included (they were paid for).
+- HS is chosen as a user would (issue 12): the candidate with the best top-1 on the
+  internal validation split (``val_top1``), retrained on the full training set per seed
+  (``hs_retrain`` runs) and tested once each. The paper's view, the best candidate on the
+  held-out split itself, is the *oracle* HS (``hs``), shown beside it with the grid's mean
+  and median. The grid's cost is the sum over all its candidates, failed ones included
+  (they were paid for).
+- OP's held-out top-1 is the mean over its seeds (the final run and any ``op_retrain``
+  runs); its interval and the paired test against the selected HS come from the per-video
+  predictions (:mod:`opplan.stats`, :mod:`opplan.predictions`).
 - Baselines carry no planning id. When ``<experiment>-baselines`` holds several grids
   (``opplan.config_hash``), the most recently started one is compared.
 """
@@ -18,10 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from opplan import tracking as t
+from opplan.predictions import mean_over_runs, paired
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
+from opplan.stats import Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -67,6 +76,7 @@ class Comparison:
     grid_cost: Cost | None
     grid_runs: int
     other_grids: int  # further grids in the baselines experiment, not compared
+    noise: Noise | None = None  # seeds, intervals, the selected HS and the paired test (None: no data)
 
     @property
     def op_top1(self) -> float | None:
@@ -95,6 +105,47 @@ class Comparison:
     @property
     def ratio_epochs(self) -> float | None:
         return _ratio(self.grid_cost.epochs if self.grid_cost else None, self.planning_cost.epochs)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of the comparison retrained over seeds: per-seed held-out top-1 and the interval
+    over the held-out videos of its seed-averaged per-video correctness."""
+
+    runs: tuple[str, ...]
+    top1: tuple[float, ...]  # per seed
+    single_view: tuple[float, ...]
+    videos: Estimate | None  # from the predictions; None when none were logged
+    seeds: Estimate  # spread over seeds (an interval from 2 seeds on)
+
+    @property
+    def mean(self) -> float:
+        return self.seeds.mean
+
+    @property
+    def spread(self) -> float:
+        """The sample SD of top-1 over the seeds (NaN with one seed)."""
+        return float(np.std(self.top1, ddof=1)) if len(self.top1) > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What issue 12 asks the report to state: OP and the validation-selected HS over seeds,
+    the paired test and its verdict, the oracle and the grid's mean and median."""
+
+    op: Arm | None
+    hs: Arm | None
+    selected: dict[str, Any] | None  # the candidate chosen on internal validation
+    paired: PairedComparison | None  # OP - HS over the held-out videos
+    grid_mean: float | None
+    grid_median: float | None
+    planned_steps: float | None  # the path's optimizer steps during planning
+    final_steps: float | None  # ... and in the final retrain
+    diagnosis: dict[str, Any] | None  # plan.json's no-learning diagnosis, when planning wrote one
+
+    @property
+    def verdict(self) -> str | None:
+        return None if self.paired is None else self.paired.verdict
 
 
 def _ratio(num: float | None, den: float) -> float | None:
@@ -177,12 +228,80 @@ def compare(data: StoreData, planning_run: str) -> Comparison:
     grid_cost = None if grid.empty else Cost(_sum(grid, t.M_COMPUTE_SECONDS), _sum(grid, t.M_EPOCHS_TRAINED),
                                             _sum(grid, t.M_CLIPS_SEEN))
     score = planning[t.M_SCORE]
+    noise = noise_of(data, planning_run, final, grid)
     return Comparison(
         experiment=planning.experiment, planning_run=planning_run, config_hash=planning.config_hash,
         planning_status=planning.status, path=path_steps(data.plan_docs.get(planning_run)),
         score=float(score) if pd.notna(score) else None, planning_cost=planning_cost(data, planning),
         final_run=None if final is None else final.run_id, final_cost=final_cost, evaluation=evaluation,
-        hs=best_candidate(grid), grid_cost=grid_cost, grid_runs=len(grid), other_grids=others)
+        hs=best_candidate(grid), grid_cost=grid_cost, grid_runs=len(grid), other_grids=others, noise=noise)
+
+
+def selected_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
+    """HS as a user picks it: the best ``val_top1`` among finished candidates, ties toward
+    fewer epochs; None for a grid scored without validation (before issue 12)."""
+    if t.M_VAL_TOP1 not in grid:
+        return None
+    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_VAL_TOP1].notna()]
+    if scored.empty:
+        return None
+    ranked = scored.assign(_neg_epochs=-scored.epochs.fillna(0)).sort_values(
+        [t.M_VAL_TOP1, "_neg_epochs"], ascending=False, kind="stable")
+    return ranked.drop(columns="_neg_epochs").iloc[0].to_dict()
+
+
+def arm(data: StoreData, runs: pd.DataFrame) -> Arm | None:
+    """Finished, evaluated runs of one side (one per seed) as an :class:`Arm`."""
+    done = runs[(runs.status == t.STATUS_FINISHED) & runs[t.M_TOP1].notna()]
+    if done.empty:
+        return None
+    ids = tuple(str(r) for r in done.run_id)
+    docs = [data.predictions[r] for r in ids if r in data.predictions]
+    videos = None
+    if len(docs) == len(ids) and paired(docs):
+        videos = video_estimate(mean_over_runs(docs))
+    return Arm(ids, tuple(float(v) for v in done[t.M_TOP1]), tuple(float(v) for v in done[t.M_SINGLE_VIEW_TOP1]),
+               videos, seed_estimate(list(done[t.M_TOP1])))
+
+
+def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: pd.DataFrame) -> Noise | None:
+    """The seeds, intervals and paired test of one planning against its grid's selected HS."""
+    ops = data.retrains[(data.retrains.kind == t.KIND_OP_RETRAIN) & (data.retrains.plan_run == planning_run)]
+    op_runs = ops if final is None else pd.concat([final.to_frame().T, ops], ignore_index=True)
+    op = arm(data, op_runs) if not op_runs.empty else None
+    selected = selected_candidate(grid)
+    hs = None
+    if selected is not None:
+        mine = data.retrains[(data.retrains.kind == t.KIND_HS_RETRAIN) & (data.retrains.schedule == selected["name"])
+                             & (data.retrains.config_hash == selected["config_hash"])]
+        hs = arm(data, mine)
+    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_TOP1].notna()][t.M_TOP1] if not grid.empty else []
+    steps = (final.get(t.M_PLANNED_STEPS), final.get(t.M_STEPS)) if final is not None else (None, None)
+    doc = data.plan_docs.get(planning_run) or {}
+    if op is None and hs is None and selected is None and not doc.get("diagnosis"):
+        return None
+    return Noise(op, hs, selected, _paired(data, op, hs),
+                 float(np.mean(scored)) if len(scored) else None, float(np.median(scored)) if len(scored) else None,
+                 _finite(steps[0]), _finite(steps[1]), doc.get("diagnosis"))
+
+
+def _paired(data: StoreData, op: Arm | None, hs: Arm | None) -> PairedComparison | None:
+    """OP - HS over the held-out videos, each side's per-video correctness averaged over its seeds."""
+    if op is None or hs is None:
+        return None
+    docs = [data.predictions.get(r) for r in (*op.runs, *hs.runs)]
+    if any(d is None for d in docs) or not paired(docs):
+        return None
+    return paired_compare(mean_over_runs([data.predictions[r] for r in op.runs]),
+                          mean_over_runs([data.predictions[r] for r in hs.runs]))
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def compare_all(data: StoreData) -> list[Comparison]:

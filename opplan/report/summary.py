@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from opplan import tracking as t
 from opplan.report.collect import StoreData
-from opplan.report.compare import Comparison
-from opplan.report.tables import duration, pct, points
+from opplan.report.compare import Arm, Comparison
+from opplan.report.tables import duration, interval, pct, points, verdict_text
 
 
 def path_text(cmp: Comparison) -> str:
@@ -24,8 +24,49 @@ def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
     if cmp is None:
         return (f"Experiment `{experiment}` has no planning run yet: there is no chosen path to report "
                 f"(run `dvc repro plan`). Only the hand-tuned grid is shown below.")
-    parts = [_path_sentence(cmp), _evaluation_sentence(cmp), _hs_sentence(cmp), _cost_sentence(cmp)]
+    parts = [_path_sentence(cmp), _diagnosis_sentence(cmp), _evaluation_sentence(cmp), _fidelity_sentence(cmp),
+             _selected_sentence(cmp), _hs_sentence(cmp), _cost_sentence(cmp)]
     return " ".join(p for p in parts if p)
+
+
+def _diagnosis_sentence(cmp: Comparison) -> str:
+    """plan.json's no-learning diagnosis (issue 12, item 8), when planning found a problem."""
+    diagnosis = cmp.noise.diagnosis if cmp.noise else None
+    if not isinstance(diagnosis, dict) or diagnosis.get("ok", True):
+        return ""
+    findings = diagnosis.get("findings") or []
+    said = "; ".join(str(f.get("message") or f.get("code") or f) if isinstance(f, dict) else str(f)
+                     for f in findings)
+    return f"**Planning diagnosis: {said or 'not ok'}.**"
+
+
+def _fidelity_sentence(cmp: Comparison) -> str:
+    """The planned V beside what the final model reaches with the same single-view protocol."""
+    if cmp.score is None or cmp.evaluation is None or t.M_SINGLE_VIEW_TOP1 not in cmp.evaluation:
+        return ""
+    text = (f"Planned V {pct(cmp.score, 1)}% (internal validation) against {pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}% "
+            f"single-view on the held-out split for the final model")
+    noise = cmp.noise
+    if noise is not None and noise.planned_steps and noise.final_steps:
+        text += (f"; the path took {noise.planned_steps:.0f} optimizer steps while planning and "
+                 f"{noise.final_steps:.0f} in the final retrain")
+    return text + "."
+
+
+def _selected_sentence(cmp: Comparison) -> str:
+    """OP against HS chosen on validation, over seeds, with the paired verdict."""
+    noise = cmp.noise
+    if noise is None or noise.hs is None or noise.op is None:
+        return ""
+    op, hs = noise.op, noise.hs
+    return (f"Against HS chosen on internal validation (`{noise.selected['name']}`, retrained like OP), OP reaches "
+            f"{_arm_text(op)} and HS {_arm_text(hs)}. {verdict_text(cmp)}")
+
+
+def _arm_text(arm: Arm) -> str:
+    seeds = f" over {len(arm.top1)} seeds (SD {pct(arm.spread)})" if len(arm.top1) > 1 else ""
+    where = f" {interval(arm.videos.low, arm.videos.high)}" if arm.videos else ""
+    return f"top-1 {pct(arm.mean)}%{where}{seeds}"
 
 
 def _path_sentence(cmp: Comparison) -> str:
@@ -55,8 +96,8 @@ def _hs_sentence(cmp: Comparison) -> str:
         if cmp.grid_runs == 0:
             return "No hand-tuned baselines are in the store (run `dvc repro baselines`): OP is not compared."
         return f"None of the {cmp.grid_runs} hand-tuned candidates finished with an evaluation: OP is not compared."
-    hs = (f"The best hand-tuned strategy (HS) of the {cmp.grid_runs}-candidate grid is `{cmp.hs['name']}` "
-          f"with top-1 {pct(cmp.hs_top1)}%")
+    hs = (f"The best hand-tuned strategy (HS) of the {cmp.grid_runs}-candidate grid on the test split itself "
+          f"(the paper's oracle view) is `{cmp.hs['name']}` with top-1 {pct(cmp.hs_top1)}%")
     if cmp.delta is None:
         return hs + "."
     if cmp.delta < 0:
@@ -97,6 +138,11 @@ def missing_notes(data: StoreData, cmp: Comparison | None) -> list[str]:
     if cmp.grid_runs == 0:
         notes.append(f"No baselines in `{data.experiment}-baselines` (`dvc repro baselines`): no Table 3, "
                      "no HS in Table 5.")
+    capped = data.transitions[(data.transitions.planning_run == cmp.planning_run)
+                              & (data.transitions.get("capped", 0).fillna(0) > 0)] if "capped" in data.transitions else []
+    if len(capped):
+        names = ", ".join(f"{s} → {d}" for s, d in zip(capped.src, capped.dst))
+        notes.append(f"{len(capped)} transition(s) stopped at plan.max_epochs while still rising: {names}.")
     if cmp.other_grids:
         notes.append(f"`{data.experiment}-baselines` holds {cmp.other_grids} older grid(s) (other config hashes); "
                      "only the most recent grid is compared.")

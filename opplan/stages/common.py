@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
 from opplan.data.shards import verify_shards
 from opplan.errors import OpplanError
+from opplan.planning.graph import State, parse_state
 
 LOCK_DIR = Path(".opplan")
 WORK_ROOT = LOCK_DIR / "work"
@@ -29,6 +31,11 @@ def require_shards(params: Params) -> Path:
         )
     verify_shards(shards)  # size + sampled content of every shard, before any training
     return shards
+
+
+def final_state(document: dict[str, Any], params: Params) -> State:
+    """The final state named by ``plan.json`` or ``final/run.json``."""
+    return parse_state(document["final_state"], params.plan.clip_lengths, params.plan.lrs)
 
 
 def require_file(path: Path, made_by: str) -> Path:

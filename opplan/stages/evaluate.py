@@ -19,8 +19,8 @@ from opplan import distributed
 from opplan import tracking as t
 from opplan.config import Params
 from opplan.fileio import atomic_savefig, atomic_write_json
-from opplan.stages.common import require_file, require_shards
-from opplan.stages.final import final_state
+from opplan.predictions import log_predictions, predictions_json
+from opplan.stages.common import final_state, require_file, require_shards
 from opplan.train.loop import accuracy, confusion_matrix, mean_class_accuracy, topk_accuracy
 from opplan.train.setup import TrainSetup
 
@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 
 
 @distributed.collective
-def score_model(setup: TrainSetup, checkpoint: Path, state: Any) -> tuple[dict[str, float], np.ndarray]:
-    """Multi-view and single-view scores of a model checkpoint on the held-out split.
+def score_model(setup: TrainSetup, checkpoint: Path, state: Any, *, val: bool = False
+                ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
+    """Multi-view and single-view scores of a model checkpoint on the held-out split, its
+    confusion matrix and its per-video results (:func:`opplan.predictions.predictions_json`).
+    ``val``: also the multi-view top-1 on the internal validation split (``val_top1``: how a
+    user picks a hand-tuned candidate without looking at the test split).
 
     Collective: under ``torchrun`` rank 0 loads ``checkpoint`` and every process scores
     its share of the videos.
@@ -39,13 +43,15 @@ def score_model(setup: TrainSetup, checkpoint: Path, state: Any) -> tuple[dict[s
     distributed.sync_module(model)
     scores, labels = setup.predict(model, "test", state, mode="test")
     single, single_labels = setup.predict(model, "test", state, mode="val")
+    extra = {t.M_VAL_TOP1: accuracy(*setup.predict(model, "val", state, mode="test"))} if val else {}
     metrics = {
         t.M_TOP1: accuracy(scores, labels),
         t.M_TOP5: topk_accuracy(scores, labels, 5),
         t.M_MEAN_CLASS_ACC: mean_class_accuracy(scores, labels),
         t.M_SINGLE_VIEW_TOP1: accuracy(single, single_labels),
+        **extra,
     }
-    return metrics, confusion_matrix(scores, labels, setup.num_classes)
+    return metrics, confusion_matrix(scores, labels, setup.num_classes), predictions_json(scores, labels)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
@@ -77,13 +83,14 @@ def run_evaluate(params: Params, *, final_dir: Path = Path("final"), metrics_pat
     record = json.loads(require_file(final_dir / "run.json", "final").read_text())
     setup = TrainSetup(params, shards)
     state = final_state(record, params)
-    metrics, matrix = score_model(setup, require_file(final_dir / "model.pt", "final"), state)
+    metrics, matrix, predictions = score_model(setup, require_file(final_dir / "model.pt", "final"), state)
     classes = (shards / "classes.txt").read_text().split("\n")[: setup.num_classes]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(matrix, classes, out_dir / "confusion.png")
     tracker = t.Tracker.from_params(params.tracking)
     tracker.log_metrics(record["run_id"], metrics, step=record["epochs"])
     tracker.log_artifact(record["run_id"], out_dir / "confusion.png", t.ARTIFACT_PLOTS_DIR)
+    log_predictions(tracker, record["run_id"], predictions)
     document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record["epochs"],
                 "compute_seconds": round(record[t.M_COMPUTE_SECONDS], 2), "final_state": record["final_state"]}
     atomic_write_json(metrics_path, document)

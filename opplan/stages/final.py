@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from opplan import tracking as t
 from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
-from opplan.planning.graph import State, parse_state
-from opplan.stages.common import FULL_TRAIN, WORK_ROOT, project_lock, require_file, require_shards
+from opplan.planning.graph import parse_state
+from opplan.stages.common import FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_file, require_shards
+from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import clear_work_dir
@@ -26,20 +28,39 @@ log = logging.getLogger(__name__)
 
 
 
-def path_schedule(plan_doc: dict[str, Any], params: Params) -> list[ScheduledEpoch]:
-    """The planned path as one epoch-by-epoch schedule; transitions with t* = 0 add nothing."""
+def path_schedule(plan_doc: dict[str, Any], params: Params, scale: float = 1.0) -> list[ScheduledEpoch]:
+    """The planned path as one epoch-by-epoch schedule; transitions with t* = 0 add nothing.
+
+    ``scale`` multiplies each segment's epochs (``final.match_steps``: planning videos over
+    final videos), rounded to the nearest whole epoch and at least one where t* > 0.
+    """
     schedule: list[ScheduledEpoch] = []
     for segment, step in enumerate(plan_doc["transitions"]):
         state = parse_state(step["dst"], params.plan.clip_lengths, params.plan.lrs)
-        schedule += [ScheduledEpoch(state, state.lr, segment)] * int(step["chosen_epoch"])
+        planned = int(step["chosen_epoch"])
+        epochs = max(1, round(planned * scale)) if planned and scale != 1.0 else planned
+        schedule += [ScheduledEpoch(state, state.lr, segment)] * epochs
     return schedule
+
+
+def planned_steps(plan_doc: dict[str, Any], params: Params, planning_videos: int) -> int:
+    """Optimizer steps the path's kept epochs took during planning (on internal train only)."""
+    planned = path_schedule(plan_doc, params)
+    return sum(math.ceil(planning_videos / params.train.batch_for(e.state.clip_length)) for e in planned)
+
+
+def step_scale(params: Params, shards: Path) -> float:
+    """``final.match_steps``: internal-train videos over train + validation videos; else 1."""
+    if not params.final.match_steps:
+        return 1.0
+    return TrainSetup(params, shards).train_videos / TrainSetup(params, shards, train_splits=FULL_TRAIN).train_videos
 
 
 def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: Path = Path("final")) -> dict[str, Any]:
     """Retrain along ``plan.json``'s path; write ``final/model.pt`` and ``final/run.json``."""
     shards = require_shards(params)
     plan_doc = json.loads(require_file(plan_path, "plan").read_text())
-    schedule = path_schedule(plan_doc, params)
+    schedule = path_schedule(plan_doc, params, step_scale(params, shards))
     if not schedule:
         log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
                     "final model is S0 itself, untrained", plan_path)
@@ -76,7 +97,8 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             tracker.end_run(run_id, t.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
         summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * setup.train_videos,
-                   t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
+                   t.M_COMPUTE_SECONDS: sum(outcome.seconds), t.M_STEPS: optimizer_steps(setup, schedule),
+                   t.M_PLANNED_STEPS: planned_steps(plan_doc, params, TrainSetup(params, shards).train_videos)}
         if t.M_EPOCHS_TRAINED not in tracker.get_run(run_id).data.metrics:  # not yet, or killed after
             tracker.log_metrics(run_id, summary, step=len(schedule))
         tracker.log_artifact(run_id, outcome.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
@@ -93,9 +115,15 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
         atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")
         tracker.end_run(run_id, t.STATUS_FINISHED)
         clear_work_dir(work)
+        record["seeds"] = _further_seeds(tracker, params, shards, schedule, plan_doc)
+        atomic_write_json(out_dir / "run.json", record)
     return record
 
 
-def final_state(document: dict[str, Any], params: Params) -> State:
-    """The final state named by ``plan.json`` or ``final/run.json``."""
-    return parse_state(document["final_state"], params.plan.clip_lengths, params.plan.lrs)
+def _further_seeds(tracker: t.Tracker, params: Params, shards: Path, schedule: list[ScheduledEpoch],
+                   plan_doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``final.seeds`` > 1: the path retrained and scored with each further seed (issue 12)."""
+    state = final_state(plan_doc, params)
+    tags = {t.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], t.TAG_CONFIG_HASH: plan_doc["config_hash"]}
+    return [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed, kind=t.KIND_OP_RETRAIN,
+                              name="OP", tags=tags) for seed in seeds(params)[1:]]
