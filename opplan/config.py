@@ -105,15 +105,54 @@ class TrainParams(_Section):
     batch_size_per_length: dict[ClipLength, PositiveInt] = {}
     """Batch size for a given clip length, overriding ``batch_size`` (long clips need smaller ones)."""
     eval_batch_size: PositiveInt = 16
-    num_workers: Annotated[int, Field(ge=0, le=256)] = 2
-    """DataLoader worker processes."""
+    num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
+    """DataLoader worker processes per training process. ``auto``: on CUDA, the CPU cores
+    this process may use, shared by the processes on its node, less one for the main
+    process, at most 8 (docs/gpu.md: more workers were slower on one H200 node); on CPU, a
+    quarter of the cores, at most 4, since the model itself computes on the CPU. Workers
+    persist across the epochs of a transition or schedule segment (reseeded per epoch) and
+    run one torch thread each."""
+    prefetch_factor: Annotated[int, Field(gt=0, le=64)] = 4
+    """Batches each worker loads ahead (DataLoader ``prefetch_factor``); unused without workers."""
     micro_batch_per_length: dict[ClipLength, PositiveInt] = {}
     """Most clips of a given length that one device puts through forward/backward at once.
     A larger per-process batch is split into micro-batches whose gradients accumulate
     before the one optimizer step (the authors' ``iter_size``); BatchNorm then sees the
     micro-batch. Lengths not listed are not split."""
-    amp: bool = True
-    """Mixed precision (``torch.autocast`` float16 + gradient scaler) on CUDA; always off on CPU."""
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """Mixed precision on CUDA (``torch.autocast``); always off on CPU. ``bf16``: bfloat16, no
+    gradient scaler; ``fp16``: float16 with a gradient scaler; ``auto``: bf16 where the GPU
+    supports it (Ampere and later), else fp16. The boolean of earlier versions is still
+    read: ``true`` is ``fp16`` (what it meant), ``false`` is ``off``. YAML reads a bare
+    ``off`` as false, which is ``off`` too."""
+    deterministic: bool = True
+    """Deterministic kernels (docs/determinism.md). Off: cuDNN benchmark mode picks the
+    fastest kernels, which are not bit-reproducible on GPU; measured cost of on: 8-22 % on
+    one H200 (docs/gpu.md). Makes no difference on CPU."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Channels-last (NDHWC) memory layout for the model and its input on CUDA. ``auto``: on
+    for the models measured to gain from it (torchvision's r2plus1d_18 and r3d_18, +50 %;
+    the P3D models lose 2-10 %, docs/gpu.md), off elsewhere and on CPU. YAML's bare
+    on/off are read as booleans, which are accepted."""
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+    """``torch.compile`` the model on CUDA: ``default`` (measured +10 % on DG-P3D R50, after
+    ~80 s of compilation per model), ``reduce-overhead`` (CUDA graphs, for small
+    launch-bound models). Off on CPU."""
+    progress_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """Log progress within a training or evaluation pass (clips done, clips/s, ETA) at most
+    this often; 0 logs every batch. A pass shorter than this logs nothing extra."""
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_from_bool(cls, v: Any) -> Any:
+        return ("fp16" if v else "off") if isinstance(v, bool) else v
+
+    @field_validator("channels_last", "compile", mode="before")
+    @classmethod
+    def _switch_from_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool):
+            return ("on" if info.field_name == "channels_last" else "default") if v else "off"
+        return v
 
     @model_validator(mode="after")
     def _jitter_ordered(self) -> TrainParams:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from torch.utils.data import DataLoader, DistributedSampler
 
 from opplan.config import EvaluateParams, TrainParams
 from opplan.data import sampling
-from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos
+from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos, reseed
 from opplan.data.shards import ShardReader
 from opplan.data.transforms import MEAN, STD, MultiCrop, ScaleJitterCrop, to_video
 from opplan.errors import DataError
@@ -111,6 +113,56 @@ def test_same_seed_and_epoch_same_clips_with_any_workers(tiny_shards: Path) -> N
     assert all(torch.equal(a, b) for a, b in zip(reference, batches(2, seed=7, epoch=1)))
     assert not torch.equal(torch.cat(reference), torch.cat(batches(0, seed=7, epoch=2)))
     assert not torch.equal(torch.cat(reference), torch.cat(batches(0, seed=8, epoch=1)))
+
+
+def todays_loader(ds: ClipDataset, batch_size: int, seed: int, epoch: int = 0, rank: int = 0,
+                  replicas: int = 1) -> DataLoader:
+    """The loader of earlier versions (a new one per epoch, no persistent workers): what a
+    persistent loader reseeded for ``seed`` and ``epoch`` must reproduce exactly."""
+    order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=order_seed)
+    return DataLoader(ds.reseeded(seed, epoch), batch_size=batch_size, sampler=sampler, num_workers=0)
+
+
+def flat(loader: Iterable) -> list[torch.Tensor]:
+    return [torch.cat([clip.flatten(), label.float()]) for clip, label in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_persistent_loader_gives_todays_clips_for_every_epoch_and_seed(tiny_shards: Path, workers: int) -> None:
+    ds = dataset(tiny_shards, ["train", "val"], sampling="us")
+    loader = make_loader(ds, 4, shuffle=True, num_workers=workers, seed=0)
+    assert loader.persistent_workers is (workers > 0)
+    worker_pids = set()
+    for seed in (11, 2**62 + 5, 11, 3):  # epoch seeds as transition.epoch_seed makes them (63-bit)
+        batches = flat(reseed(loader, seed))
+        expected = flat(todays_loader(ds, 4, seed))
+        assert len(batches) == len(expected) == 3
+        assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+        if workers:
+            worker_pids.add(tuple(sorted(w.pid for w in loader._iterator._workers)))
+    assert len(worker_pids) <= 1  # the same worker processes served every epoch
+
+
+def test_a_reseeded_share_per_rank_is_todays(tiny_shards: Path) -> None:
+    ds = dataset(tiny_shards, ["train", "val"])
+    loaders = [make_loader(ds, 2, shuffle=True, num_workers=0, seed=0, rank=r, replicas=2) for r in range(2)]
+    for seed in (5, 6):
+        for rank, loader in enumerate(loaders):
+            expected = flat(todays_loader(ds, 2, seed, rank=rank, replicas=2))
+            assert all(torch.equal(a, b) for a, b in zip(flat(reseed(loader, seed)), expected, strict=True))
+
+
+def test_loader_workers_run_one_torch_thread(tiny_shards: Path) -> None:
+    class Threads(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, key: object) -> int:
+            return torch.get_num_threads()
+
+    loader = make_loader(Threads(), 1, shuffle=False, num_workers=2, seed=0)  # type: ignore[arg-type]
+    assert [int(n) for n in loader] == [1, 1]
 
 
 def test_evaluation_is_deterministic_and_pickles(tiny_shards: Path) -> None:

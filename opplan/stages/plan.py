@@ -39,6 +39,7 @@ from opplan.planning.dp import FINAL, PlanResult, Rule, TransitionRecord, plan_p
 from opplan.planning.graph import Node, State, TransitionGraph, draw_graph, graph_from_params
 from opplan.stages.common import WORK_ROOT, project_lock, require_shards
 from opplan.train.plots import plot_transition
+from opplan.train.progress import PlanProgress
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import TransitionOutcome, clear_work_dir, train_transition
 
@@ -222,7 +223,7 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
         try:
             if params.plan.workers == 1:
                 runner = TransitionRunner(tracker, parent, TrainSetup(params, shards), WORK_ROOT / digest)
-                result = plan_path(graph, runner, rule=decision_rule(params))
+                result = plan_path(graph, PlanProgress(len(graph.edges)).wrap(runner), rule=decision_rule(params))
             else:
                 result = plan_with_workers(params, devices, shards, graph, tracker.uri, parent, WORK_ROOT / digest)
         except OpplanError:
@@ -338,7 +339,8 @@ def plan_with_workers(params: Params, devices: list[str], shards: Path, graph: T
             def submit(src: Node, dst: State, src_record: TransitionRecord | None) -> Future[TransitionRecord]:
                 return pool.submit(_run_in_worker, src.name, dst.name, src_record)
 
-            return plan_path_parallel(graph, submit, workers, rule=decision_rule(params))
+            return plan_path_parallel(graph, PlanProgress(len(graph.edges)).wrap(submit), workers,
+                                      rule=decision_rule(params))
     finally:
         slots.close()  # slots of workers never started (too few transitions at once) stay unread
 
