@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from opplan import distributed
+from opplan.train.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class EpochResult:
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device, *,
                 scaler: torch.amp.GradScaler | None = None, amp: bool = False, micro_batch: int | None = None,
-                progress: str = "") -> EpochResult:
+                progress: str = "", objective: Objective = Objective()) -> EpochResult:
     """One pass over ``loader`` of ``(clips (N, 3, T, H, W), labels (N,))``, one optimizer step per batch.
 
     - ``micro_batch``: a batch larger than this goes through forward/backward in
@@ -47,12 +48,12 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
       part: N processes with k parts each train exactly as one process with N * k parts
       (up to floating-point noise and dropout).
     - ``amp``: float16 autocast on CUDA, with ``scaler`` scaling the loss.
+    - ``objective``: the loss terms and gradient clipping (:mod:`opplan.train.objective`).
 
     Raises :class:`DivergedError` when a batch loss is not finite (on every process
     alike), before that batch's step.
     """
     model.train()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     start = time.perf_counter()
     total, clips = 0.0, 0
@@ -66,13 +67,14 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         for m in range(parts):
             with distributed.no_sync(model, skip=m < parts - 1), _running_stats_kept(model, m > 0):
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    loss = criterion(model(clip[m::parts]), label[m::parts])
+                    loss = objective.loss(model, clip[m::parts], label[m::parts])
                 scaler.scale(loss / n).backward()
             batch_loss += loss.detach().float()
         summed = distributed.all_reduce_sum(torch.stack([batch_loss, torch.tensor(float(n), device=device)]))
         batch_total, batch_clips = summed.tolist()
         if not math.isfinite(batch_total):
             raise DivergedError(f"{progress}training loss became {batch_total / batch_clips} after {clips} clips")
+        objective.clip_gradients(optimizer, scaler)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from opplan.models import build_model_from_params, set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import load_model, model_identity
 from opplan.train.loop import EpochResult, accuracy, predict, train_epoch
+from opplan.train.objective import Objective, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class TrainSetup:
         model.to(self.device)
 
     def optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        train = self.params.train
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        return make_optimizer(model, lr, self.params.train)
 
     def dataset(self, split: str, state: State, *, mode: str) -> ClipDataset:
         splits = self.train_splits if split == "train" else (split,)
@@ -125,7 +124,8 @@ class TrainSetup:
         :func:`opplan.distributed.wrap` when distributed)."""
         loader = self.loader("train", state, mode="train", seed=seed)
         return train_epoch(model, loader, optimizer, self.device, scaler=scaler, amp=self.amp,
-                           micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress)
+                           micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress,
+                           objective=Objective.from_params(self.params.train))
 
     def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(videos, classes)`` and labels ``(videos,)`` of a split, in video order
