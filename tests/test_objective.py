@@ -179,3 +179,24 @@ def test_transition_trains_at_the_factored_rate(tiny_shards: Path, tmp_path: Pat
     for length in (4, 8):
         transition.train_transition(setup, State("cs", length, 0.02), None, tmp_path / str(length))
     assert seen == [pytest.approx(0.02), pytest.approx(0.01)]
+
+
+def test_schedule_trains_each_epoch_at_its_factored_rate(tiny_shards: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final retrain and the baselines go through train_schedule: same factors."""
+    from opplan.train import setup as setup_module
+    from opplan.train.schedule import ScheduledEpoch, train_schedule
+    from opplan.train.setup import TrainSetup
+
+    params = Params.model_validate(tiny_config(tiny_shards, train={"lr_factor_per_length": {8: 0.5}}))
+    seen: list[float] = []
+    real = setup_module.train_epoch
+
+    def spy(model, loader, optimizer, *args, **kwargs):  # noqa: ANN001, ANN202 - train_epoch's signature
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real(model, loader, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(setup_module, "train_epoch", spy)
+    schedule = [ScheduledEpoch(State("cs", 4, 0.02), 0.02, 0), ScheduledEpoch(State("cs", 8, 0.02), 0.02, 1)]
+    assert train_schedule(TrainSetup(params, tiny_shards), schedule, tmp_path).status == "finished"
+    assert seen == [pytest.approx(0.02), pytest.approx(0.01)]
