@@ -102,8 +102,11 @@ class TrainParams(_Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
     batch_size: PositiveInt = 8
+    """Clips per optimizer step, over all processes (each process loads an equal share)."""
     batch_size_per_length: dict[ClipLength, PositiveInt] = {}
-    """Batch size for a given clip length, overriding ``batch_size`` (long clips need smaller ones)."""
+    """Clips per optimizer step for a given clip length, overriding ``batch_size``. To fit long
+    clips in memory without changing the step, set ``micro_batch_per_length`` instead (the
+    authors keep the step's batch constant)."""
     eval_batch_size: PositiveInt = 16
     num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     """DataLoader worker processes per training process. ``auto``: on CUDA, the CPU cores
@@ -153,6 +156,25 @@ class TrainParams(_Section):
         if isinstance(v, bool):
             return ("on" if info.field_name == "channels_last" else "default") if v else "off"
         return v
+    lr_factor_per_length: dict[ClipLength, Annotated[float, Field(gt=0, le=1000)]] = {}
+    """Factor on the planned rate for a given clip length: a state ``(s, l, r)`` trains at
+    ``r * factor[l]`` (1 when not listed). The authors train their longest clips at a tenth
+    of the grid's rates (docs/fidelity.md). State names and the logged ``lr`` keep ``r``."""
+    nesterov: bool = False
+    """Nesterov momentum (the authors' code: on)."""
+    clip_grad_norm: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    """Clip the gradient's global L2 norm (over the trained parameters, of the batch-mean
+    loss) to this before each step; null: no clipping (the authors' code: 40)."""
+    head_loss: Literal["fused", "per_head", "per_head+fused"] = "fused"
+    """Training loss of a dual-head model: cross-entropy of the fused logits with learnt
+    fusion weights (``fused``); the sum of each head's cross-entropy with the fusion fixed at
+    the average (``per_head``, the authors' code); or both sums with learnt fusion weights
+    (``per_head+fused``). Single-head models always train one cross-entropy. Fusion weights
+    get no weight decay."""
+    snippet_length: Annotated[int, Field(gt=0, le=1024)] = 1
+    """Uniform sampling (``us``) takes this many consecutive frames from each of
+    ``clip_length / snippet_length`` segments (the authors: 4, the stem's temporal stride);
+    1: one frame per segment. Must divide every planned clip length."""
 
     @model_validator(mode="after")
     def _jitter_ordered(self) -> TrainParams:
@@ -171,6 +193,17 @@ class TrainParams(_Section):
 
     def micro_batch_for(self, clip_length: int) -> int | None:
         return self.micro_batch_per_length.get(clip_length)
+
+    def lr_for(self, clip_length: int, lr: float) -> float:
+        """The rate the optimizer uses for a state of this clip length and planned rate ``lr``."""
+        return lr * self.lr_factor_per_length.get(clip_length, 1.0)
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("momentum") == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return v
 
 
 class PlanParams(_Section):
@@ -279,6 +312,9 @@ class EvaluateParams(_Section):
     """Spatial crops per clip: 1 (centre) or 3 (left/centre/right or top/centre/bottom)."""
     batch_size: PositiveInt = 4
     """Videos per evaluation batch (each brings clips x crops views)."""
+    crop_size: PositiveInt | None = None
+    """Side of the test crops (the paper: 256, from frames at short side 256); null: the
+    training ``train.crop_size``. Planning's validation always uses ``train.crop_size``."""
 
 
 class FinalParams(_Section):
@@ -335,6 +371,9 @@ class DistributedParams(_Section):
 
 
 class Params(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False, validate_default=True)
+    """``validate_default``: the cross-section checks below also run for sections left out."""
+
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     """Seeds numpy, torch and the split; numpy's legacy seeding takes 32 bits."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -357,6 +396,27 @@ class Params(_Section):
                 f"prepare.short_side ({self.prepare.short_side}) must be >= train.crop_size ({self.train.crop_size})"
             )
         return self
+
+    # Field validators (``info.data`` holds the sections before this one) so that the error
+    # names the section it is about.
+    @field_validator("plan")
+    @classmethod
+    def _snippets_fit_clips(cls, v: PlanParams, info: ValidationInfo) -> PlanParams:
+        train = info.data.get("train")
+        uneven = [length for length in v.clip_lengths if train is not None and length % train.snippet_length]
+        if uneven:
+            raise ValueError(f"train.snippet_length ({train.snippet_length}) must divide every clip length, "
+                             f"not {uneven}")
+        return v
+
+    @field_validator("evaluate")
+    @classmethod
+    def _test_crop_fits(cls, v: EvaluateParams, info: ValidationInfo) -> EvaluateParams:
+        train = info.data.get("train")
+        if train is not None and v.crop_size is not None and v.crop_size > train.eval_short_side:
+            raise ValueError(f"evaluate.crop_size ({v.crop_size}) must be <= train.eval_short_side "
+                             f"({train.eval_short_side})")
+        return v
 
     def section_dict(self, *sections: str) -> dict[str, Any]:
         """The named sections as plain data (for hashing and MLflow params)."""

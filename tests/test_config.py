@@ -52,6 +52,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("model:\n  dropout: 1.5\n", 2, ["'model.dropout'", "less than or equal to 1", "1.5"]),
         ("plan:\n  sampling: [cs, xs]\n", 2, ["'plan.sampling.1'", "'cs' or 'us'"]),
         ("train:\n  crop_size: 64\n  scale_jitter: [48, 80]\n", 2, ["scale_jitter low (48) must be >= crop_size (64)"]),
+        ("train:\n  snippet_length: 3\n", 1, ["'plan'", "train.snippet_length (3) must divide every clip length", "[16, 32, 64]"]),
+        ("evaluate:\n  crop_size: 300\n", 2, ["'evaluate'", "evaluate.crop_size (300) must be <= train.eval_short_side (256)"]),
+        ("train:\n  momentum: 0\n  nesterov: true\n", 3, ["'train.nesterov'", "Nesterov momentum needs momentum > 0"]),
+        ("train:\n  head_loss: mean\n", 2, ["'train.head_loss'", "'per_head'"]),
     ],
 )
 def test_bad_params_name_file_line_key_and_value(tmp_path: Path, text: str, line: int, fragments: list[str]) -> None:
@@ -187,3 +191,22 @@ def test_ui_starts_mlflow_from_opplans_own_environment(tmp_path: Path, monkeypat
     assert command[:4] == [sys.executable, "-m", "mlflow", "ui"] and command[-2:] == ["--port", "5123"]
     spec = importlib.util.find_spec("mlflow")  # `python -m mlflow` runs in this interpreter
     assert spec is not None and (Path(spec.origin).parent / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize("name,longest", [("ucf101", 64), ("hmdb51", 64), ("kinetics400", 128), ("activitynet", 128)])
+def test_presets_follow_the_authors_recipe(name: str, longest: int) -> None:
+    """docs/fidelity.md: the authors' train_3d.py / train_3d_op.py and configs."""
+    params = load_params(PRESETS_DIR / f"{name}.yaml")
+    train = params.train
+    assert params.model.init and params.model.init.startswith("imagenet:")
+    assert (train.nesterov, train.clip_grad_norm, train.head_loss, train.snippet_length) == (True, 40, "per_head", 4)
+    assert train.lr_for(longest, 0.01) == pytest.approx(0.001)  # a tenth of the grid at the longest clips
+    assert all(train.lr_for(length, 0.01) == 0.01 for length in params.plan.clip_lengths[:-1])
+    # one optimizer step of 256 clips at every length, long clips through the device in micro-batches
+    assert {train.batch_for(length) for length in params.plan.clip_lengths} == {256}
+    assert train.micro_batch_for(longest) < train.micro_batch_for(params.plan.clip_lengths[0])
+    assert params.evaluate.crop_size == 256
+
+
+def test_kinetics_baseline_grid_is_the_papers() -> None:
+    assert load_params(PRESETS_DIR / "kinetics400.yaml").baselines.epochs == [128, 192, 256, 320, 384]

@@ -202,3 +202,30 @@ def test_scale_jitter_crop_is_resize_then_crop() -> None:
         assert 14 * 5 <= row.max() - row.min() <= 16 * 5 and torch.all(row.diff() >= 0)
     exact = ScaleJitterCrop((40, 40), 32)(to_video(ramp))[0, 0, 0]  # no scaling: a plain crop
     assert exact.diff().tolist() == [5] * 31
+
+
+def test_test_crop_size_is_its_own_setting(tiny_shards: Path) -> None:
+    """The paper tests on 256² crops of frames at short side 256 while training on 224²: with
+    evaluate.crop_size the test views are larger than the training crops."""
+    train = TrainParams(crop_size=32, scale_jitter=(32, 40), eval_short_side=40)
+    ds = dataset(tiny_shards, "test", sampling="cs", mode="test", train=train,
+                 evaluate=EvaluateParams(clips=1, crops=3, crop_size=40))
+    index = int(np.flatnonzero(read_videos(tiny_shards)["split"] == "test")[0])
+    video = video_frames(tiny_shards, index)
+    views = ds[0][0]
+    assert views.shape == (3, 3, 8, 40, 40)
+    clip = sampling.spaced_clips(len(video), 8, "cs", 1)[0]
+    np.testing.assert_array_equal(unnormalise(views[2]), video[clip, :, 10:50])  # the right-hand crop
+    assert dataset(tiny_shards, "val", mode="val", train=train,
+                   evaluate=EvaluateParams(crop_size=40))[0][0].shape[-1] == 32  # validation: train's crop
+    with pytest.raises(ValueError, match="eval_short_side"):
+        MultiCrop(train, 3, size=48)
+
+
+def test_uniform_clips_take_snippets(tiny_shards: Path) -> None:
+    train = TrainParams(crop_size=32, scale_jitter=(32, 40), eval_short_side=40, snippet_length=4)
+    ds = dataset(tiny_shards, "val", sampling="us", mode="val", train=train)
+    index = int(np.flatnonzero(read_videos(tiny_shards)["split"] == "val")[0])
+    video = video_frames(tiny_shards, index)
+    expected = video[sampling.centre_clip(len(video), 8, "us", snippet=4), 4:36, 9:41]
+    np.testing.assert_array_equal(unnormalise(ds[0][0]), expected)

@@ -166,7 +166,7 @@ def test_under_cuda_graphs_each_forward_starts_a_step_and_its_output_is_copied(m
     train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.1), CPU, micro_batch=2)
     assert len(marks) == 6  # 3 batches x 2 micro-batches
     seen = []
-    monkeypatch.setattr(loop, "compute_loss", lambda m, c, y: seen.append(loop._forward(m, c)) or seen[-1].sum())
+    monkeypatch.setattr(loop, "compute_loss", lambda m, c, y, *_: seen.append(loop._forward(m, c)) or seen[-1].sum())
     marks.clear()
     train_epoch(model, data[:1], torch.optim.SGD(model.parameters(), lr=0.1), CPU)
     assert len(marks) == 1 and seen[0].data_ptr() != outputs[-1].data_ptr()  # a copy, not the graph's memory

@@ -59,7 +59,7 @@ class ClipDataset(Dataset):
       (K, 3, T, S, S): K uniformly spaced clips (planning's ``plan.val_clips``);
     - ``mode="test"``: (V, 3, T, S, S), ``V = evaluate.clips * evaluate.crops`` views,
       clip-major (all crops of clip 0, then clip 1, ...).
-    with T = ``clip_length`` and S = ``train.crop_size``.
+    with T = ``clip_length`` and S = ``train.crop_size`` (``evaluate.crop_size`` for ``test``).
     """
 
     def __init__(self, shards_dir: str | Path, splits: str | Sequence[str], *, sampling: str, clip_length: int,
@@ -68,6 +68,7 @@ class ClipDataset(Dataset):
         _check_arguments(splits, sampling, clip_length, mode, train)
         self.shards_dir = Path(shards_dir)
         self.splits, self.sampling, self.clip_length, self.mode = splits, sampling, clip_length, mode
+        self.snippet = train.snippet_length
         self.evaluate = evaluate or EvaluateParams()
         videos = read_videos(self.shards_dir)
         videos = videos[videos["split"].isin(splits)].reset_index(drop=True)
@@ -81,7 +82,7 @@ class ClipDataset(Dataset):
         self._geometry = videos[["offset", "num_frames", "height", "width"]].to_numpy(dtype=np.int64)
         self._reader = ShardReader(self.shards_dir)
         self._transform = {"train": train_transform(train), "val": eval_transform(train),
-                           "test": MultiCrop(train, self.evaluate.crops)}[mode]
+                           "test": MultiCrop(train, self.evaluate.crops, self.evaluate.crop_size)}[mode]
         self.seed, self.epoch = 0, 0
         self.val_clips = int(clips)
 
@@ -102,14 +103,15 @@ class ClipDataset(Dataset):
         label = int(self.labels[index])
         if self.mode == "train":
             seeds = np.random.SeedSequence([seed, epoch, int(index)])
-            indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds))
+            indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds),
+                                          self.snippet)
             frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices)
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(int(seeds.generate_state(1)[0]))
                 clip = self._transform(to_video(frames))
             return clip.permute(1, 0, 2, 3).contiguous(), label
         clips = self.evaluate.clips if self.mode == "test" else self.val_clips
-        indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips)  # (K, T)
+        indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips, self.snippet)  # (K, T)
         frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices.reshape(-1))
         if self.mode == "val" and clips == 1:
             return self._transform(to_video(frames)).permute(1, 0, 2, 3).contiguous(), label

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from opplan import distributed
 from opplan.device import uses_cudagraphs
 from opplan.train.progress import PassProgress
+from opplan.train.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class LoopOptions:
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device, *,
                 scaler: torch.amp.GradScaler | None = None, micro_batch: int | None = None, progress: str = "",
-                options: LoopOptions = LoopOptions()) -> EpochResult:
+                options: LoopOptions = LoopOptions(), objective: Objective = Objective()) -> EpochResult:
     """One pass over ``loader`` of ``(clips (N, 3, T, H, W), labels (N,))``, one optimizer step per batch.
 
     - ``micro_batch``: a batch larger than this goes through forward/backward in
@@ -73,6 +75,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
       ``options.check_every`` batches (no wait for the GPU at every step) when the optimizer
       can skip a step on the device (fused, without a gradient scaler); a batch whose loss
       is not finite is then not applied. Otherwise they are read before every step.
+    - ``objective``: the loss terms and gradient clipping (:mod:`opplan.train.objective`).
 
     Raises :class:`DivergedError` when a batch loss is not finite (on every process
     alike), without applying that batch's step.
@@ -88,10 +91,11 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         clip = _to_device(clip, device, options)
         label = label.to(device, non_blocking=True)
         n = label.numel()
-        batch_loss = _forward_backward(model, clip, label, scaler, options.amp, micro_batch)
+        batch_loss = _forward_backward(model, clip, label, scaler, options.amp, micro_batch, objective)
         stats = distributed.all_reduce_sum(torch.stack([batch_loss, torch.full((), float(n), device=device)]))
         on_device = skips and bool(optimizer.state)  # see _skips_on_device
         losses.add(stats, check=not on_device)
+        objective.clip_gradients(optimizer, scaler)
         _optimizer_step(optimizer, scaler, ~torch.isfinite(stats[0]) if on_device else None)
         meter.update(n * distributed.world().size)
     losses.check()
@@ -100,13 +104,15 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     return EpochResult(loss=losses.total / losses.clips, clips=losses.clips, seconds=time.perf_counter() - start)
 
 
-def compute_loss(model: nn.Module, clip: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``model`` on ``clip`` (N, 3, T, H, W) against ``label`` (N,)."""
-    return nn.functional.cross_entropy(_forward(model, clip), label, reduction="sum")
+def compute_loss(model: nn.Module, clip: torch.Tensor, label: torch.Tensor,
+                 objective: Objective = Objective()) -> torch.Tensor:
+    """Summed loss of ``model`` on ``clip`` (N, 3, T, H, W) against ``label`` (N,): the
+    cross-entropy terms ``objective`` names (one per head, or of the fused prediction)."""
+    return objective.loss(functools.partial(_forward, model), clip, label)
 
 
 def _forward_backward(model: nn.Module, clip: torch.Tensor, label: torch.Tensor, scaler: torch.amp.GradScaler,
-                      amp: torch.dtype | None, micro_batch: int | None) -> torch.Tensor:
+                      amp: torch.dtype | None, micro_batch: int | None, objective: Objective) -> torch.Tensor:
     """Gradients of the batch mean loss accumulated in ``model`` (see :func:`train_epoch`);
     returns the summed loss (a 0-d float32 tensor on the device)."""
     n = label.numel()
@@ -115,7 +121,7 @@ def _forward_backward(model: nn.Module, clip: torch.Tensor, label: torch.Tensor,
     for m in range(parts):
         with distributed.no_sync(model, skip=m < parts - 1), _running_stats_kept(model, m > 0):
             with _autocast(label.device, amp):
-                loss = compute_loss(model, clip[m::parts], label[m::parts])
+                loss = compute_loss(model, clip[m::parts], label[m::parts], objective)
             scaler.scale(loss / n).backward()
         batch_loss += loss.detach().float()
     return batch_loss
@@ -177,14 +183,14 @@ class _Losses:
             self.clips += int(batch_clips)
 
 
-def _forward(model: nn.Module, clip: torch.Tensor) -> torch.Tensor:
+def _forward(model: nn.Module, clip: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """``model(clip)``; under CUDA graphs (``train.compile: reduce-overhead``) each call starts
     a new graph step and its output is copied out of the graph's memory, which the next
     replay overwrites (the loss, its backward and the scores all read it later)."""
     if uses_cudagraphs(distributed.unwrap(model)):
         torch.compiler.cudagraph_mark_step_begin()
-        return _cloned(model(clip))
-    return model(clip)
+        return _cloned(model(clip, **kwargs))
+    return model(clip, **kwargs)
 
 
 def _cloned(out: Any) -> Any:

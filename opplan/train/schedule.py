@@ -80,7 +80,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
             optimizer = setup.optimizer(model, step.lr)
             net = distributed.wrap(model, setup.device)  # the trainable parameters changed
         for group in optimizer.param_groups:
-            group["lr"] = step.lr
+            group["lr"] = setup.params.train.lr_for(step.state.clip_length, step.lr)
         seed = epoch_seed(setup.params.seed, label, index + 1)
         if world.enabled:  # dropout differs per process, yet is the same on every rerun
             torch.manual_seed(epoch_seed(seed, world.rank))

@@ -29,6 +29,7 @@ from opplan.models import build_model_from_params, set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import load_model, model_identity
 from opplan.train.loop import EpochResult, LoopOptions, accuracy, predict, train_epoch
+from opplan.train.objective import Objective, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,13 @@ class TrainSetup:
         model.to(self.device)
 
     def optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        """SGD over the trainable parameters; fused on CUDA (but with float16's gradient scaler:
-        see ``opplan.train.loop._skips_on_device``), where a step can then be skipped on the
-        device (a non-finite loss) without waiting for the GPU."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, **self._sgd_settings())
+        """SGD from ``train`` (:func:`opplan.train.objective.make_optimizer`); fused on CUDA (but
+        not with float16's gradient scaler: see ``opplan.train.loop._skips_on_device``), where a
+        step can then be skipped on the device (a non-finite loss) without waiting for the GPU."""
+        return make_optimizer(model, lr, self.params.train, fused=self._fused())
 
-    def _sgd_settings(self) -> dict[str, Any]:
-        train = self.params.train
-        return {"momentum": train.momentum, "weight_decay": train.weight_decay,
-                "fused": True if self.device.type == "cuda" and self.amp_dtype != torch.float16 else None}
+    def _fused(self) -> bool | None:
+        return True if self.device.type == "cuda" and self.amp_dtype != torch.float16 else None
 
     def dataset(self, split: str, state: State, *, mode: str, clips: int = 1) -> ClipDataset:
         splits = self.train_splits if split == "train" else (split,)
@@ -186,7 +184,7 @@ class TrainSetup:
         loader = self.loader("train", state, mode="train", seed=seed)
         return train_epoch(model, loader, optimizer, self.device, scaler=scaler,
                            micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress,
-                           options=self.loop_options)
+                           options=self.loop_options, objective=Objective.from_params(self.params.train))
 
     def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str,
                 clips: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -114,7 +114,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     """
     world = distributed.world()
     model = setup.new_model(dst.clip_length)
-    optimizer = setup.optimizer(model, dst.lr)
+    optimizer = setup.optimizer(model, setup.params.train.lr_for(dst.clip_length, dst.lr))
     scaler = setup.grad_scaler()
     out = TransitionOutcome(status="running")
     ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label) if world.is_main else None
