@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from opplan.config import PrepareParams
 from opplan.data.manifest import Entry, write_dataset
-from opplan.data.prepare import prepare_dataset, resized_shape
+from opplan.data.prepare import decode_video, prepare_dataset, resized_shape
 from opplan.data.shards import ShardReader
 from opplan.data.splits import class_quotas, stratified_split, validation_count
 from opplan.data.synth import render, write_video
@@ -141,6 +141,10 @@ def test_partly_corrupt_video_keeps_what_decodes(tmp_path: Path) -> None:
     prepare_dataset(data, tmp_path / "out", PrepareParams(short_side=32, val_size=1, workers=1), seed=0)
     rows = {r["path"]: int(r["num_frames"]) for r in read_csv(tmp_path / "out" / "videos.csv")}
     assert 0 < rows["v.mp4"] < 60 and rows["w.mp4"] == 8
+    # the same frames every time (decord alone kept a random number of them)
+    again = [decode_video(str(data / "v.mp4"), 32).frames for _ in range(3)]
+    assert all(frames is not None and frames.shape[0] == rows["v.mp4"] for frames in again)
+    assert all(np.array_equal(frames, again[0]) for frames in again)
 
 
 def test_too_many_bad_videos_fail_after_writing_the_report(odd_dataset: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 2. Decode each video with decord, in ``prepare.workers`` processes, resized so its
    short side is ``prepare.short_side`` (aspect kept). We trust what decodes, not the
    header: frames are read one by one until the stream ends or the first error, and
-   the frames actually decoded are what counts. Unopenable or zero frames: a bad video.
+   the frames actually decoded are what counts (a stream with an error is decoded again
+   with PyAV, which stops at the same frame every run). Unopenable or zero frames: a bad video.
 3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
 4. Split the original training set into internal train / val (SPEC §5), stratified
    and seeded.
@@ -17,6 +18,7 @@ an index that points into half-written shards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import time
@@ -63,7 +65,14 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def decode_video(path: str, short_side: int, max_frames: int | None = None) -> Decoded:
-    """Decode ``path`` frame by frame, resized; stop at the end or at the first failure."""
+    """Decode ``path`` frame by frame, resized; stop at the end or at the first failure.
+
+    decord decodes in a worker thread and raises on its first error however many decoded
+    frames are still queued, so on a corrupt stream it keeps 0..all of the good frames at
+    random (0 to 28 of 28 for one test file under load), even the first. A stream decord
+    fails on is therefore decoded again with PyAV, in this thread, one packet at a time:
+    the same frames every run.
+    """
     import decord  # here, not at import time: only decoding processes need it
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -71,22 +80,43 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None) -> D
         height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
         size = resized_shape(height, width, short_side)
         reader = decord.VideoReader(path, num_threads=1, width=size[1], height=size[0])
+        header = len(reader)
+        frames = []
+        with contextlib.suppress(StopIteration):
+            while True:
+                frames.append(reader.next().asnumpy())
     except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError/IndexError alike
-        return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
-    frames = []
-    try:
-        while True:
-            frames.append(reader.next().asnumpy())
-    except StopIteration:
-        pass
-    except Exception as exc:  # noqa: BLE001 - a corrupt packet: keep what decoded
-        log.debug("%s: decoding stopped after %d frames: %s", path, len(frames), _first_line(exc))
+        log.debug("%s: decord failed (%s); decoding it with PyAV", path, _first_line(exc))
+        header, frames = decode_until_error(path, short_side)
+        if header is None:
+            return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
     if not frames:
-        return Decoded(None, "no frame could be decoded", len(reader))
+        return Decoded(None, "no frame could be decoded", header)
     if max_frames is not None and len(frames) > max_frames:
         keep = ((2 * np.arange(max_frames) + 1) * len(frames)) // (2 * max_frames)
         frames = [frames[i] for i in keep]
-    return Decoded(np.stack(frames), header_frames=len(reader))
+    return Decoded(np.stack(frames), header_frames=header)
+
+
+def decode_until_error(path: str, short_side: int) -> tuple[int | None, list[np.ndarray]]:
+    """(frame count the header claims, frames resized like decord's) of ``path`` up to its
+    first undecodable packet; ``(None, [])`` when not even a first frame decodes."""
+    import av  # here, not at import time: only decoding processes need it
+
+    frames: list[np.ndarray] = []
+    header, size = None, None
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.thread_count = "NONE", 1
+            header = stream.frames
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    size = size or resized_shape(frame.height, frame.width, short_side)  # the first frame's
+                    frames.append(frame.to_ndarray(width=size[1], height=size[0], format="rgb24"))
+    except (av.FFmpegError, IndexError, ValueError) as exc:  # the first corrupt packet ends the video
+        log.debug("%s: decoding stopped after %d frames: %s", path, len(frames), _first_line(exc))
+    return (header if frames or header else None), frames
 
 
 def _first_line(exc: BaseException) -> str:
