@@ -213,6 +213,17 @@ def test_fused_optimizer_skips_a_non_finite_step_on_the_device_and_reads_back_ev
         torch.testing.assert_close(a, b)
 
 
+def test_a_fused_optimizer_resumed_from_an_unfused_state_checks_every_step() -> None:
+    model = Tiny()
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_epoch(model, batches(1), saved, CPU)
+    fused = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    assert loop._skips_on_device(fused)
+    fused.load_state_dict(saved.state_dict())  # as a resumed epoch state does
+    assert not loop._skips_on_device(fused)
+    train_epoch(model, batches(2), fused, CPU)  # no found_inf for the unfused kernel
+
+
 def test_the_epoch_loss_is_the_same_read_back_every_k_or_every_step() -> None:
     one, two = twins()
     data = batches(6)
