@@ -213,6 +213,17 @@ def test_fused_optimizer_skips_a_non_finite_step_on_the_device_and_reads_back_ev
         torch.testing.assert_close(a, b)
 
 
+def test_a_fused_optimizer_resumed_from_an_unfused_state_checks_every_step() -> None:
+    model = Tiny()
+    saved = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_epoch(model, batches(1), saved, CPU)
+    fused = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    assert loop._skips_on_device(fused)
+    fused.load_state_dict(saved.state_dict())  # as a resumed epoch state does
+    assert not loop._skips_on_device(fused)
+    train_epoch(model, batches(2), fused, CPU)  # no found_inf for the unfused kernel
+
+
 def test_the_epoch_loss_is_the_same_read_back_every_k_or_every_step() -> None:
     one, two = twins()
     data = batches(6)
@@ -308,3 +319,21 @@ def test_the_setup_reuses_its_loader_within_a_state_and_gives_todays_clips(tiny_
     assert setup.loader("val", state, mode="val") is not first
     assert setup.loader("train", other, mode="train", seed=4) is not first
     assert pickle.loads(pickle.dumps(setup))._loaders == {}  # what a distributed collective call sends
+
+
+def test_epochs_through_a_persistent_loader_train_exactly_as_without_workers(tiny_shards: Path) -> None:
+    from opplan.planning.graph import State
+    from opplan.train.setup import TrainSetup
+
+    state = State("cs", 4, 0.02)
+    runs = []
+    for workers in (0, 1):
+        setup = TrainSetup(Params.model_validate(tiny_config(tiny_shards, train={"num_workers": workers})),
+                           tiny_shards)
+        model = setup.new_model(state.clip_length)
+        optimizer, scaler = setup.optimizer(model, state.lr), setup.grad_scaler()
+        losses = [setup.train_epoch(model, state, optimizer, scaler, seed=seed).loss for seed in (7, 8, 9)]
+        runs.append((losses, model, setup.accuracy(model, state)))
+        setup.close_loaders()
+    assert runs[0][0] == runs[1][0] and runs[0][2] == runs[1][2]
+    assert same_weights(runs[0][1], runs[1][1])

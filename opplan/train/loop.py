@@ -152,7 +152,10 @@ def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     which often skips the first steps, goes with an unfused optimizer
     (``TrainSetup.optimizer``).
     """
-    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    # The groups' flag, not the optimizer's: a state loaded from an unfused optimizer (an
+    # epoch state saved on CPU, resumed on a GPU) turns the fused kernel off again.
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        group.get("fused") for group in optimizer.param_groups)
 
 
 class _Losses:
