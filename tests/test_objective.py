@@ -108,7 +108,8 @@ def test_head_loss_trains_heads_and_fusion_as_asked(mode: str, fusion_learns: bo
 def test_per_head_gradient_is_the_sum_of_the_heads_cross_entropies() -> None:
     model, twin = dual(), dual()
     clip, label = batches(1)[0]
-    model.train(), twin.train()
+    model.train()
+    twin.train()
     (Objective("per_head").loss(model, clip, label) / len(label)).backward()
     heads = twin(clip, heads=True)
     loss = nn.functional.cross_entropy(heads[:, 0], label) + nn.functional.cross_entropy(heads[:, 1], label)
