@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opplan import tracking as t
 from opplan.config import Params
 from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
-from opplan.stages.common import FULL_TRAIN, WORK_ROOT, project_lock, require_shards
-from opplan.stages.evaluate import score_model
-from opplan.stages.plan import config_hash, planning_config
+from opplan.stages.common import FULL_TRAIN, WORK_ROOT, config_hash, planning_config, project_lock, require_shards
+from opplan.stages.scoring import score_model
+from opplan.tracking import names as n
+from opplan.tracking.client import Tracker
+from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
+from opplan.train.checkpoint import clear_work_dir
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
-from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -81,42 +81,41 @@ def build_schedule(c: Candidate, params: Params) -> list[ScheduledEpoch]:
     return epochs
 
 
-def run_candidate(tracker: t.Tracker, setup: TrainSetup, c: Candidate, digest: str) -> dict[str, Any]:
-    runs = tracker.search({t.TAG_KIND: t.KIND_BASELINE, t.TAG_SCHEDULE: c.name, t.TAG_CONFIG_HASH: digest})
-    finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) in (t.STATUS_FINISHED, t.STATUS_FAILED)]
-    if finished:
-        run = finished[-1]
-        log.info("baseline %s: reusing MLflow run %s", c.name, run.info.run_id)
-        return _summary(c, run.info.run_id, run.data.tags[t.TAG_STATUS], run.data.metrics)
-    running = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_RUNNING]
-    run_id = running[-1].info.run_id if running else tracker.create_run(f"HS {c.name}", {
-        t.TAG_KIND: t.KIND_BASELINE, t.TAG_SCHEDULE: c.name, t.TAG_CONFIG_HASH: digest, t.TAG_SAMPLING: c.sampling,
-        t.TAG_CLIP_SCHEDULE: c.schedule, t.TAG_DECAY: c.decay, t.TAG_EPOCHS: c.epochs,
-        t.TAG_STATUS: t.STATUS_RUNNING})
+def candidate_work(c: Candidate, digest: str) -> Work:
+    return Work(label=f"baseline {c.name}", run_name=f"HS {c.name}",
+                key={n.TAG_KIND: n.KIND_BASELINE, n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest},
+                tags={n.TAG_SAMPLING: c.sampling, n.TAG_CLIP_SCHEDULE: c.schedule, n.TAG_DECAY: c.decay,
+                      n.TAG_EPOCHS: c.epochs},
+                work_root=WORK_ROOT / "baselines", progress_metric=n.M_TRAIN_LOSS)
+
+
+def run_candidate(tracker: Tracker, setup: TrainSetup, c: Candidate, digest: str) -> dict[str, Any]:
+    claim = claim_run(tracker, candidate_work(c, digest))
+    if claim.ended is not None:
+        return _summary(c, claim.run_id, claim.status, claim.ended.data.metrics)
     schedule = build_schedule(c, setup.params)
-    work = WORK_ROOT / "baselines" / run_id
-    outcome = train_schedule(setup, schedule, work, label=f"HS {c.name}",
-                             on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
-    metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
-               t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
-    status = t.STATUS_FAILED
+    outcome = train_schedule(setup, schedule, claim.work_dir, label=f"HS {c.name}",
+                             on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
+    metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
+               n.M_COMPUTE_SECONDS: sum(outcome.seconds)}
+    status = n.STATUS_FAILED
     if outcome.status == "finished":
         scores, _ = score_model(setup, outcome.checkpoint, schedule[-1].state)
         metrics |= scores
-        status = t.STATUS_FINISHED
+        status = n.STATUS_FINISHED
     else:
-        tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
-    tracker.log_metrics(run_id, metrics, step=len(outcome.losses))
-    tracker.end_run(run_id, status)
-    clear_work_dir(work)
-    return _summary(c, run_id, status, metrics)
+        tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
+    log_summary_once(tracker, claim.run_id, metrics, step=len(outcome.losses))
+    tracker.end_run(claim.run_id, status)
+    clear_work_dir(claim.work_dir)
+    return _summary(c, claim.run_id, status, tracker.get_run(claim.run_id).data.metrics)
 
 
 def _summary(c: Candidate, run_id: str, status: str, metrics: dict[str, float]) -> dict[str, Any]:
     return {"name": c.name, "sampling": c.sampling, "schedule": c.schedule, "decay": c.decay, "epochs": c.epochs,
-            "run_id": run_id, "status": status, "top1": metrics.get(t.M_TOP1),
-            "compute_seconds": metrics.get(t.M_COMPUTE_SECONDS, 0.0),
-            "clips_seen": metrics.get(t.M_CLIPS_SEEN, 0), "epochs_trained": metrics.get(t.M_EPOCHS_TRAINED, 0)}
+            "run_id": run_id, "status": status, "top1": metrics.get(n.M_TOP1),
+            "compute_seconds": metrics.get(n.M_COMPUTE_SECONDS, 0.0),
+            "clips_seen": metrics.get(n.M_CLIPS_SEEN, 0), "epochs_trained": metrics.get(n.M_EPOCHS_TRAINED, 0)}
 
 
 def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict[str, Any]:
@@ -133,11 +132,11 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
     grid = candidates(params)
     results = []
     with project_lock("baselines"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker.from_params(params.tracking, suffix="-baselines")
+        tracker = Tracker.from_params(params.tracking, baselines=True)
         for i, c in enumerate(grid, start=1):
             log.info("baseline %d/%d: %s", i, len(grid), c.name)
             results.append(run_candidate(tracker, setup, c, digest))
-    scored = [r for r in results if r["status"] == t.STATUS_FINISHED and r["top1"] is not None]
+    scored = [r for r in results if r["status"] == n.STATUS_FINISHED and r["top1"] is not None]
     best = max(scored, key=lambda r: (r["top1"], -r["epochs"]), default=None)
     document = {"enabled": True, "config_hash": digest, "candidates": results, "best": best,
                 "grid": {"candidates": len(results), "epochs": sum(r["epochs_trained"] for r in results),
