@@ -25,6 +25,7 @@ from opplan.stages.final import run_final
 from opplan.stages.plan import run_plan
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
+from opplan.tracking.store import ensure_store
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +61,20 @@ def stage(request: pytest.FixtureRequest) -> Stage:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new store, made once (MLflow's migrations take seconds) and copied into each project."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    ensure_store(f"sqlite:///{db}")
+    return db
+
+
 @pytest.fixture
-def params(tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+def params(tiny_shards: Path, empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
     """One transition, one two-epoch final, one two-epoch baseline, in a project of their own."""
     monkeypatch.delenv(n.ENV_URI, raising=False)
     monkeypatch.chdir(tmp_path)
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     params = Params.model_validate(tiny_config(
         tiny_shards, plan={"clip_lengths": [4], "lrs": [0.02], "max_epochs": 2},
         baselines={"decays": ["step"]}, tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
