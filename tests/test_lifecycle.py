@@ -98,15 +98,6 @@ def test_killed_runs_are_never_reused_or_resumed(tracker: Tracker, work: Work) -
     assert claim_run(tracker, work).run_id != killed
 
 
-def test_an_ended_run_the_stage_refuses_is_left_and_the_work_starts_in_a_new_run(
-        tracker: Tracker, work: Work) -> None:
-    ended = start(tracker, work, epochs=2)
-    tracker.end_run(ended, n.STATUS_FINISHED)
-    claim = claim_run(tracker, work, reusable=lambda run: False)
-    assert claim.run_id != ended and claim.ended is None
-    assert statuses(tracker, work) == {ended: n.STATUS_FINISHED, claim.run_id: n.STATUS_RUNNING}
-
-
 def test_runs_of_other_work_or_another_parent_are_not_touched(tracker: Tracker, work: Work) -> None:
     other = Work(**{**work.__dict__, "key": {**work.key, n.TAG_SCHEDULE: work.key[n.TAG_SCHEDULE] + "-other"}})
     theirs = start(tracker, other, epochs=1, states=False)

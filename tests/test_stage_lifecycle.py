@@ -142,3 +142,16 @@ def test_a_killed_stage_whose_states_are_gone_kills_the_run_and_its_stale_duplic
     assert status.pop(lost.info.run_id) == n.STATUS_KILLED and status.pop(stale) == n.STATUS_KILLED
     (new_status,) = status.values()
     assert new_status == n.STATUS_FINISHED
+
+
+def test_final_writes_its_outputs_again_from_a_finished_run_without_training(
+        params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dvc repro`` removes a stage's outputs before it runs the stage again."""
+    record = run_final(params)
+    written = {name: (Path("final") / name).read_bytes() for name in ("model.pt", "run.json", "schedule.csv")}
+    shutil.rmtree("final")
+    monkeypatch.setattr("opplan.stages.final.train_schedule", lambda *a, **k: pytest.fail("trained again"))
+    assert run_final(params) == record
+    assert {name: (Path("final") / name).read_bytes() for name in written} == written
+    (run,) = STAGES[1].runs(params)
+    assert run.info.run_id == record["run_id"] and not any(WORK_ROOT.rglob("*.pt"))

@@ -9,7 +9,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -102,8 +101,7 @@ def test_final_never_leaves_a_new_model_beside_the_old_record(tmp_path: Path, mo
         real(path, record)
 
     monkeypatch.setattr(final, "atomic_write_json", write_record)
-    final.write_outputs(out, SimpleNamespace(checkpoint=new, losses=[]),
-                        {"run_id": "new", "model_sha256": file_digest(new)}, [])
+    final.write_outputs(out, new, {"run_id": "new", "model_sha256": file_digest(new), "losses": []}, [])
     assert seen == [(b"new model", False)]  # the old record was gone before the new model came
     assert final.read_record(out)["run_id"] == "new"
     (out / "model.pt").write_bytes(b"tampered")

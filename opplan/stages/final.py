@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Run
-
 from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text, file_digest
@@ -24,9 +22,9 @@ from opplan.stages.common import (
 )
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
-from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
+from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import MODEL_FILE, clear_work_dir
-from opplan.train.schedule import ScheduledEpoch, ScheduleOutcome, train_schedule
+from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
@@ -71,19 +69,15 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
                     "final model is S0 itself, untrained", plan_path)
     with project_lock("final"):  # before the store is opened: a second process must not create it too
         tracker = Tracker.from_params(params.tracking)
-        existing = read_record(out_dir)
-
-        def outputs_kept(run: Run) -> bool:  # a finished run whose outputs are gone is retrained
-            return run.data.tags.get(n.TAG_STATUS) != n.STATUS_FINISHED or (
-                existing is not None and existing.get("run_id") == run.info.run_id)
-
-        claim = claim_run(tracker, final_work(plan_doc), reusable=outputs_kept)
+        claim = claim_run(tracker, final_work(plan_doc))
         if claim.status == n.STATUS_FAILED:
             raise OpplanError(f"final training along the planned path diverged (MLflow run {claim.run_id}): "
                               f"{claim.ended.data.tags.get(n.TAG_FAILURE, '')}")
         if claim.ended is not None:
-            assert existing is not None
-            return existing
+            existing = read_record(out_dir)
+            if existing is not None and existing.get("run_id") == claim.run_id:
+                return existing
+            return restore_outputs(tracker, claim, plan_doc, schedule, out_dir)
         tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc["path"]), "epochs": len(schedule)})
         setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
         outcome = train_schedule(setup, schedule, claim.work_dir, label="final",
@@ -96,26 +90,48 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
                    n.M_COMPUTE_SECONDS: sum(outcome.seconds)}
         log_summary_once(tracker, claim.run_id, summary, step=len(schedule))
         tracker.log_artifact(claim.run_id, outcome.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
-        record = {"run_id": claim.run_id, "config_hash": plan_doc["config_hash"],
-                  "planning_run_id": plan_doc["mlflow"]["planning_run_id"], "final_state": plan_doc["final_state"],
-                  "epochs": len(schedule), **summary,
-                  "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
-                  "losses": outcome.losses, "model_sha256": file_digest(outcome.checkpoint)}
-        write_outputs(out_dir, outcome, record, schedule)
+        record = final_record(claim.run_id, plan_doc, schedule, summary, outcome.losses, outcome.checkpoint)
+        write_outputs(out_dir, outcome.checkpoint, record, schedule)
         tracker.end_run(claim.run_id, n.STATUS_FINISHED)
         clear_work_dir(claim.work_dir)
     return record
 
 
-def write_outputs(out_dir: Path, outcome: ScheduleOutcome, record: dict[str, Any],
-                  schedule: list[ScheduledEpoch]) -> None:
+def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch],
+                    out_dir: Path) -> dict[str, Any]:
+    """The files of a finished run that are gone (``dvc repro`` removes a stage's outputs before
+    it runs the stage again), made again from MLflow: the model from the run's artifact, the
+    record from its metrics. Nothing is trained again."""
+    metrics = claim.ended.data.metrics
+    summary = {n.M_EPOCHS_TRAINED: int(metrics[n.M_EPOCHS_TRAINED]), n.M_CLIPS_SEEN: int(metrics[n.M_CLIPS_SEEN]),
+               n.M_COMPUTE_SECONDS: metrics[n.M_COMPUTE_SECONDS]}
+    losses = [value for _, value in tracker.history(claim.run_id, n.M_TRAIN_LOSS)]
+    checkpoint = tracker.download_artifact(claim.run_id, n.ARTIFACT_CHECKPOINT, claim.work_dir)
+    record = final_record(claim.run_id, plan_doc, schedule, summary, losses, checkpoint)
+    write_outputs(out_dir, checkpoint, record, schedule)
+    clear_work_dir(claim.work_dir)
+    log.info("final: wrote %s again from finished MLflow run %s", out_dir, claim.run_id)
+    return record
+
+
+def final_record(run_id: str, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch], summary: dict[str, Any],
+                 losses: list[float], checkpoint: Path) -> dict[str, Any]:
+    """What ``final/run.json`` holds about the final model of ``run_id``."""
+    return {"run_id": run_id, "config_hash": plan_doc["config_hash"],
+            "planning_run_id": plan_doc["mlflow"]["planning_run_id"], "final_state": plan_doc["final_state"],
+            "epochs": len(schedule), **summary,
+            "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
+            "losses": losses, "model_sha256": file_digest(checkpoint)}
+
+
+def write_outputs(out_dir: Path, checkpoint: Path, record: dict[str, Any], schedule: list[ScheduledEpoch]) -> None:
     """``model.pt`` and ``run.json`` so that a reader never pairs one run's model with another's
     record: the old record goes first, the new one last, and it names the model's digest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FINAL_RECORD).unlink(missing_ok=True)
-    outcome.checkpoint.replace(out_dir / MODEL_FILE)
+    checkpoint.replace(out_dir / MODEL_FILE)
     atomic_write_json(out_dir / FINAL_RECORD, record)
     rows = ["epoch,state,clip_length,sampling,lr,train_loss"] + [
         f"{i + 1},{e.state.name},{e.state.clip_length},{e.state.sampling},{e.lr:g},{loss:.6f}"
-        for i, (e, loss) in enumerate(zip(schedule, outcome.losses))]
+        for i, (e, loss) in enumerate(zip(schedule, record["losses"]))]
     atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")

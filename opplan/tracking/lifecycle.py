@@ -6,8 +6,7 @@ is identified by its tags. Its runs are found again by those tags, and:
 1. a run that ended (``finished`` or ``failed``) is **reused**: nothing is trained again
    (training is deterministic, so a failed run would fail again). Its work folder is
    removed: a kill may have come after the run ended, before the folder was cleared. A
-   stage may refuse an ended run whose outputs are gone (``reusable``); it is then
-   left as it is and the work starts afresh in a new run.
+   stage whose output files are gone writes them again from the run (``final``).
 2. otherwise the newest ``running`` run (a process killed mid-run) is **resumed** when its
    epoch states are in its work folder, or when it has logged no epoch yet. A run whose
    epochs are logged but whose states are gone cannot continue: its logged epochs would
@@ -23,7 +22,7 @@ logging them and before ending the run must not log them twice on resume.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,11 @@ def status_of(run: Run) -> str:
     return run.data.tags.get(TAG_STATUS, "")
 
 
-def claim_run(tracker: Tracker, work: Work, *, reusable: Callable[[Run], bool] = lambda run: True) -> Claim:
+def claim_run(tracker: Tracker, work: Work) -> Claim:
     """The run ``work`` uses, by the rules of the module docstring."""
     runs = tracker.search(work.key, parent_id=work.parent_id)
     running = [r for r in runs if status_of(r) == STATUS_RUNNING]
-    ended = [r for r in runs if status_of(r) in ENDED and reusable(r)]
+    ended = [r for r in runs if status_of(r) in ENDED]
     if ended:
         for stale in running:
             _kill(tracker, work, stale, "a duplicate of the ended run it is reused instead of")
