@@ -29,7 +29,7 @@ import torch
 def run(shards: Path, mode: str, seed: int, epochs: int, work: Path, lr_scale: float = 1.0) -> dict:
     from opplan.config import load_params
     from opplan.stages.baselines import Candidate, build_schedule
-    from opplan.stages.evaluate import score_model
+    from opplan.stages.scoring import score_model
     from opplan.train.schedule import train_schedule
     from opplan.train.setup import TrainSetup
 
@@ -46,7 +46,7 @@ def run(shards: Path, mode: str, seed: int, epochs: int, work: Path, lr_scale: f
     schedule = build_schedule(Candidate("us", "all", "cosine", epochs), params)
     start = time.perf_counter()
     outcome = train_schedule(setup, schedule, work / f"{mode}-{seed}", label=f"{mode} seed {seed}")
-    scores, _ = score_model(setup, outcome.checkpoint, schedule[-1].state)
+    scores, _, _ = score_model(setup, outcome.checkpoint, schedule[-1].state)
     return {"mode": mode, "seed": seed, "epochs": epochs, "lr_scale": lr_scale, "top1": scores["top1"], "top5": scores["top5"],
             "single_view_top1": scores["single_view_top1"], "final_loss": outcome.losses[-1],
             "seconds": round(time.perf_counter() - start, 1)}

@@ -10,12 +10,11 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import importlib
-import logging
-import sys
 
 import click
 
-from opplan.errors import user_message
+from opplan.errors import OpplanError, user_message
+from opplan.logs import configure_logging
 
 # name -> ("module:attribute" of a click command or group, one-line help)
 COMMANDS = {
@@ -68,17 +67,6 @@ def cli(verbose: bool) -> None:
     """opplan: optimization planning for 3D ConvNets on MLflow and DVC."""
     configure_logging(verbose)
 
-
-def configure_logging(verbose: bool = False) -> None:
-    """opplan's messages on stderr with a timestamp; libraries' chatter only from warnings up."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 def main() -> None:
     cli(prog_name="opplan")

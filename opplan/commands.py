@@ -125,11 +125,13 @@ def ui(params_path: str, port: int) -> None:
     """Start the MLflow UI on 127.0.0.1 over the project's store."""
     import subprocess
 
-    from opplan.tracking import resolve_uri
+    from opplan.tracking.client import resolve_uri, runs_pages
 
     params = load_params(params_path)
     uri = resolve_uri(params.tracking.uri)
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    for name, url in runs_pages(uri, params.tracking.experiment, f"http://127.0.0.1:{port}").items():
+        click.echo(f"  runs of {name}: {url}")
     # opplan's own interpreter: `mlflow` need not be on PATH (e.g. `.venv/bin/opplan ui` without activating it)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]

@@ -253,7 +253,7 @@ def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planni
     from opplan.cli import cli
     from opplan.config import Params
     from opplan.data.shards import CHECKSUMS, verify_shards, write_checksums
-    from opplan.stages.plan import config_hash, planning_config
+    from opplan.stages.common import config_hash, planning_config
 
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,14 @@ from typing import Any
 import torch
 
 from opplan import distributed
-from opplan import tracking as t
 from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
 from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule
 from opplan.stats import mean_se, per_video_scores
-from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
+from opplan.tracking import names as n
+from opplan.train.checkpoint import (
+    MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
+)
 from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
 
@@ -96,11 +97,6 @@ def validate(setup: TrainSetup, model: torch.nn.Module, dst: State) -> tuple[flo
     scores, labels = setup.predict(model, "val", dst, mode="val", clips=plan.val_clips)
     values = per_video_scores(scores, labels, plan.metric)
     return (float(values.mean()) if len(values) else math.nan), mean_se(values)
-
-
-def _latest_state(work_dir: Path) -> Path | None:
-    states = sorted(work_dir.glob("epoch_*.pt"))
-    return states[-1] if states else None
 
 
 @distributed.collective
@@ -173,7 +169,7 @@ class _Ledger:
         """Load the last epoch state (a resumed transition) or ``init``'s weights; returns what
         the other processes need besides the weights."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        latest = _latest_state(self.work_dir)
+        latest = latest_epoch_state(self.work_dir)
         if latest is None:
             if init is not None:
                 self.setup.load_weights(self.model, init)
@@ -206,7 +202,7 @@ class _Ledger:
         out = self.out
         self.decision = self.stopper.update(out.curve[-1])
         atomic_write_json(self.work_dir / CURVE_SE, [_json_float(v) for v in out.curve_se])  # before the state
-        save_epoch_state(self.work_dir / f"epoch_{epoch:03d}.pt", model=self.model,
+        save_epoch_state(epoch_state_path(self.work_dir, epoch), model=self.model,
                          optimizer=self.optimizer if epoch else None, scaler=self.scaler,
                          identity=self.setup.identity, epoch=epoch, curve=out.curve, losses=out.losses,
                          seconds=out.seconds)
@@ -250,18 +246,18 @@ def _read_curve_se(work_dir: Path, points: int) -> list[float]:
 
 def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
     """What MLflow gets after each epoch: the curve point, and the knee fit when there is one."""
-    metrics = {t.M_VAL_ACC: out.curve[-1], t.M_VAL_SE: out.curve_se[-1] if out.curve_se else None, t.M_LR: dst.lr}
+    metrics = {n.M_VAL_ACC: out.curve[-1], n.M_VAL_SE: out.curve_se[-1] if out.curve_se else None, n.M_LR: dst.lr}
     if out.losses and len(out.curve) > 1:
-        metrics[t.M_TRAIN_LOSS] = out.losses[-1]
-        metrics[t.M_EPOCH_SECONDS] = out.seconds[-1]
+        metrics[n.M_TRAIN_LOSS] = out.losses[-1]
+        metrics[n.M_EPOCH_SECONDS] = out.seconds[-1]
     fit = getattr(decision, "fit", None)
     if fit is not None:
-        metrics[t.M_KNEE_T] = fit.t_star
-        metrics[t.M_KNEE_VALUE] = fit.value
-        metrics[t.M_KNEE_RMSE] = fit.rmse
-        metrics[t.M_KNEE_R2] = fit.r2
+        metrics[n.M_KNEE_T] = fit.t_star
+        metrics[n.M_KNEE_VALUE] = fit.value
+        metrics[n.M_KNEE_RMSE] = fit.rmse
+        metrics[n.M_KNEE_R2] = fit.r2
         for i, value in enumerate(fit.params, start=1):
-            metrics[t.M_KNEE_PARAM.format(i)] = value
+            metrics[n.M_KNEE_PARAM.format(i)] = value
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
@@ -283,14 +279,10 @@ def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, k
     out.capped, out.keep, out.start_margin_se = decision.capped, kept.reason, kept.margin_se
     if fit is not None:
         out.fit_params, out.rmse, out.r2 = list(map(float, fit.params)), fit.rmse, fit.r2
-    kept = load_epoch_state(work_dir / f"epoch_{t_star:03d}.pt", setup.identity)
+    kept = load_epoch_state(epoch_state_path(work_dir, t_star), setup.identity)
     model = setup.new_model(0)
     model.load_state_dict(kept["state_dict"])
-    out.checkpoint = work_dir / "model.pt"
+    out.checkpoint = work_dir / MODEL_FILE
     save_model(out.checkpoint, model, setup.identity, chosen_epoch=t_star)
     out.status = "finished"
     return out
-
-
-def clear_work_dir(work_dir: Path) -> None:
-    shutil.rmtree(work_dir, ignore_errors=True)
