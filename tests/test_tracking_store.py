@@ -99,7 +99,7 @@ def test_experiments_open_on_the_runs_table_and_ui_prints_its_link(tmp_path: Pat
 
     (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n  experiment: demo\n")
     started = []
-    monkeypatch.setattr("subprocess.call", lambda command, env: started.append(command) or 0)
+    monkeypatch.setattr("subprocess.call", lambda command, **_: started.append(command) or 0)
     result = CliRunner().invoke(cli, ["ui", "--params", "params.yaml", "--port", "5123"])
     assert result.exit_code == 0, result.output
     assert f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/runs" in result.output
