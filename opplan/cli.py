@@ -2,19 +2,19 @@
 
 Subcommands live beside the code they drive (``opplan/<area>/commands.py``) and are
 imported only when called, so ``opplan check-params`` does not pay for importing
-torch. Every :class:`~opplan.errors.OpplanError` becomes a one-paragraph message on
-stderr and exit status 2, never a traceback.
+torch. Every :class:`~opplan.errors.OpplanError`, and a disk that is full or read-only
+(:func:`~opplan.errors.user_message`), becomes a one-paragraph message on stderr and
+exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import sys
 
 import click
 
-from opplan.errors import OpplanError
+from opplan.errors import OpplanError, user_message
+from opplan.logs import configure_logging
 
 # name -> ("module:attribute" of a click command or group, one-line help)
 COMMANDS = {
@@ -54,8 +54,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
-        except OpplanError as exc:
-            click.echo(f"opplan: error: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
+            message = user_message(exc)
+            if message is None:
+                raise
+            click.echo(f"opplan: error: {message}", err=True)
             ctx.exit(2)
 
 @click.group(cls=LazyGroup)
@@ -64,17 +67,6 @@ def cli(verbose: bool) -> None:
     """opplan: optimization planning for 3D ConvNets on MLflow and DVC."""
     configure_logging(verbose)
 
-
-def configure_logging(verbose: bool = False) -> None:
-    """opplan's messages on stderr with a timestamp; libraries' chatter only from warnings up."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 def main() -> None:
     cli(prog_name="opplan")

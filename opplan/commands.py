@@ -27,7 +27,8 @@ def check_params(params_path: str) -> None:
 
 
 @click.command("init-params")
-@click.option("--preset", required=True, help="A shipped preset: ucf101, hmdb51, activitynet, ssv2, kinetics, demo.")
+@click.option("--preset", required=True,
+              help="A shipped preset by name: ucf101, hmdb51, activitynet, ssv2, kinetics400, demo.")
 @click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_params(preset: str, out: str, force: bool) -> None:
@@ -122,13 +123,16 @@ def report(params_path: str, tracking_uri: str | None, out: str | None) -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(params_path: str, port: int) -> None:
     """Start the MLflow UI on 127.0.0.1 over the project's store."""
-    import os
     import subprocess
 
-    from opplan.tracking import resolve_uri
+    from opplan.tracking.client import resolve_uri, runs_pages
 
     params = load_params(params_path)
     uri = resolve_uri(params.tracking.uri)
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
-    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    raise SystemExit(subprocess.call(command, env=os.environ.copy()))
+    for name, url in runs_pages(uri, params.tracking.experiment, f"http://127.0.0.1:{port}").items():
+        click.echo(f"  runs of {name}: {url}")
+    # opplan's own interpreter: `mlflow` need not be on PATH (e.g. `.venv/bin/opplan ui` without activating it)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    raise SystemExit(subprocess.call(command))

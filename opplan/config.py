@@ -27,76 +27,154 @@ from pydantic import (
 from opplan.errors import ParamsError
 
 Sampling = Literal["cs", "us"]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Every number is bounded by what the program can take (issue 16.12): past these, a setting
+# only overflows (seeds), exhausts memory (sizes, shards) or never ends (epochs, horizons).
+PositiveInt = Annotated[int, Field(gt=0, le=10**6)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Pixels = Annotated[int, Field(gt=0, le=1024)]
+"""A frame side or crop: decoding and resizing beyond 1024 pixels exhausts memory (paper: 256)."""
+ClipLength = Annotated[int, Field(gt=0, le=1024)]
+Epochs = Annotated[int, Field(gt=0, le=100_000)]
+Workers = Annotated[int, Field(gt=0, le=256)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+PathSetting = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan=False: ``.inf`` and ``.nan`` are refused for every float setting
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_blank_text(cls, v: Any) -> Any:
+        if isinstance(v, str) and (v != v.strip() or "\0" in v):
+            raise ValueError("must not have surrounding blanks or a NUL character")
+        return v
 
 
 class DataParams(_Section):
-    root: str = "data"
+    root: PathSetting = "data"
     """Dataset folder holding ``manifest.csv`` (from ``opplan data synth`` or ``opplan data import``)."""
 
 
 class PrepareParams(_Section):
-    out: str = "shards"
+    out: PathSetting = "shards"
     """Folder the frame shards, frame counts, splits and the bad-video report go to."""
-    short_side: PositiveInt = 256
+    short_side: Pixels = 256
     """Frames are resized so that their shorter side has this many pixels."""
-    max_frames: PositiveInt | None = None
+    max_frames: Annotated[int, Field(gt=0, le=100_000)] | None = None
     """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
     val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = None
     """Internal validation size: a count, a fraction of the training set, or null for
     the size of the original validation split (SPEC §5)."""
     max_bad_fraction: Fraction = 0.05
     """Fail when more than this fraction of the videos cannot be decoded."""
-    shard_mb: PositiveInt = 256
-    """Target size of one frame shard file in MiB."""
-    workers: PositiveInt = 2
+    shard_mb: Annotated[int, Field(gt=0, le=4096)] = 256
+    """Target size of one frame shard file in MiB (held in memory while it is written)."""
+    workers: Workers = 2
     """Decoding processes."""
 
 
 class ModelParams(_Section):
-    name: str = "dg_p3d_tiny"
+    name: Name = "dg_p3d_tiny"
     """Registered model name (``opplan model-info --list``)."""
     dropout: Fraction = 0.5
-    width: PositiveInt | None = None
+    width: Annotated[int, Field(gt=0, le=4096)] | None = None
     """Channels of the stem; null takes the registered model's own (ResNet bodies: 64,
     the ``*_tiny`` CPU models: 16). torchvision's models accept only null or 64."""
     depth: Literal[10, 14, 18, 26, 50, 101] | None = None
     """ResNet depth of the P3D body; null takes the registered model's own (``*_tiny``: 14,
     one bottleneck block per stage). 10 and 18 use basic blocks, the others bottlenecks."""
-    init: str | None = None
+    init: PathSetting | None = None
     """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file."""
-    bn_freeze_min_length: PositiveInt = 64
+    bn_freeze_min_length: ClipLength = 64
     """With clips at least this long, every BatchNorm but the first is frozen (SPEC §7)."""
 
 
 class TrainParams(_Section):
-    crop_size: PositiveInt = 224
-    scale_jitter: tuple[PositiveInt, PositiveInt] = (256, 340)
+    crop_size: Pixels = 224
+    scale_jitter: tuple[Annotated[int, Field(gt=0, le=2048)], Annotated[int, Field(gt=0, le=2048)]] = (256, 340)
     """Training frames are resized to a random short side in this range, then cropped."""
-    eval_short_side: PositiveInt = 256
+    eval_short_side: Annotated[int, Field(gt=0, le=2048)] = 256
     flip: bool = True
     """Random horizontal flip; switch off for direction-sensitive datasets (SSv2)."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
     batch_size: PositiveInt = 8
-    batch_size_per_length: dict[PositiveInt, PositiveInt] = {}
-    """Batch size for a given clip length, overriding ``batch_size`` (long clips need smaller ones)."""
+    """Clips per optimizer step, over all processes (each process loads an equal share)."""
+    batch_size_per_length: dict[ClipLength, PositiveInt] = {}
+    """Clips per optimizer step for a given clip length, overriding ``batch_size``. To fit long
+    clips in memory without changing the step, set ``micro_batch_per_length`` instead (the
+    authors keep the step's batch constant)."""
     eval_batch_size: PositiveInt = 16
-    num_workers: Annotated[int, Field(ge=0)] = 2
-    """DataLoader worker processes."""
-    micro_batch_per_length: dict[PositiveInt, PositiveInt] = {}
+    num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
+    """DataLoader worker processes per training process. ``auto``: on CUDA, the CPU cores
+    this process may use, shared by the processes on its node, less one for the main
+    process, at most 8 (docs/gpu.md: more workers were slower on one H200 node); on CPU, a
+    quarter of the cores, at most 4, since the model itself computes on the CPU. Workers
+    persist across the epochs of a transition or schedule segment (reseeded per epoch) and
+    run one torch thread each."""
+    prefetch_factor: Annotated[int, Field(gt=0, le=64)] = 4
+    """Batches each worker loads ahead (DataLoader ``prefetch_factor``); unused without workers."""
+    micro_batch_per_length: dict[ClipLength, PositiveInt] = {}
     """Most clips of a given length that one device puts through forward/backward at once.
     A larger per-process batch is split into micro-batches whose gradients accumulate
     before the one optimizer step (the authors' ``iter_size``); BatchNorm then sees the
     micro-batch. Lengths not listed are not split."""
-    amp: bool = True
-    """Mixed precision (``torch.autocast`` float16 + gradient scaler) on CUDA; always off on CPU."""
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """Mixed precision on CUDA (``torch.autocast``); always off on CPU. ``bf16``: bfloat16, no
+    gradient scaler; ``fp16``: float16 with a gradient scaler; ``auto``: bf16 where the GPU
+    supports it (Ampere and later), else fp16. The boolean of earlier versions is still
+    read: ``true`` is ``fp16`` (what it meant), ``false`` is ``off``. YAML reads a bare
+    ``off`` as false, which is ``off`` too."""
+    deterministic: bool = True
+    """Deterministic kernels (docs/determinism.md). Off: cuDNN benchmark mode picks the
+    fastest kernels, which are not bit-reproducible on GPU; measured cost of on: 8-22 % on
+    one H200 (docs/gpu.md). Makes no difference on CPU."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Channels-last (NDHWC) memory layout for the model and its input on CUDA. ``auto``: on
+    for the models measured to gain from it (torchvision's r2plus1d_18 and r3d_18, +50 %;
+    the P3D models lose 2-10 %, docs/gpu.md), off elsewhere and on CPU. YAML's bare
+    on/off are read as booleans, which are accepted."""
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+    """``torch.compile`` the model on CUDA: ``default`` (measured +10 % on DG-P3D R50, after
+    ~80 s of compilation per model), ``reduce-overhead`` (CUDA graphs, for small
+    launch-bound models). Off on CPU."""
+    progress_seconds: Annotated[float, Field(ge=0)] = 60.0
+    """Log progress within a training or evaluation pass (clips done, clips/s, ETA) at most
+    this often; 0 logs every batch. A pass shorter than this logs nothing extra."""
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_from_bool(cls, v: Any) -> Any:
+        return ("fp16" if v else "off") if isinstance(v, bool) else v
+
+    @field_validator("channels_last", "compile", mode="before")
+    @classmethod
+    def _switch_from_bool(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, bool):
+            return ("on" if info.field_name == "channels_last" else "default") if v else "off"
+        return v
+    lr_factor_per_length: dict[ClipLength, Annotated[float, Field(gt=0, le=1000)]] = {}
+    """Factor on the planned rate for a given clip length: a state ``(s, l, r)`` trains at
+    ``r * factor[l]`` (1 when not listed). The authors train their longest clips at a tenth
+    of the grid's rates (docs/fidelity.md). State names and the logged ``lr`` keep ``r``."""
+    nesterov: bool = False
+    """Nesterov momentum (the authors' code: on)."""
+    clip_grad_norm: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    """Clip the gradient's global L2 norm (over the trained parameters, of the batch-mean
+    loss) to this before each step; null: no clipping (the authors' code: 40)."""
+    head_loss: Literal["fused", "per_head", "per_head+fused"] = "fused"
+    """Training loss of a dual-head model: cross-entropy of the fused logits with learnt
+    fusion weights (``fused``); the sum of each head's cross-entropy with the fusion fixed at
+    the average (``per_head``, the authors' code); or both sums with learnt fusion weights
+    (``per_head+fused``). Single-head models always train one cross-entropy. Fusion weights
+    get no weight decay."""
+    snippet_length: Annotated[int, Field(gt=0, le=1024)] = 1
+    """Uniform sampling (``us``) takes this many consecutive frames from each of
+    ``clip_length / snippet_length`` segments (the authors: 4, the stem's temporal stride);
+    1: one frame per segment. Must divide every planned clip length."""
 
     @model_validator(mode="after")
     def _jitter_ordered(self) -> TrainParams:
@@ -116,30 +194,58 @@ class TrainParams(_Section):
     def micro_batch_for(self, clip_length: int) -> int | None:
         return self.micro_batch_per_length.get(clip_length)
 
+    def lr_for(self, clip_length: int, lr: float) -> float:
+        """The rate the optimizer uses for a state of this clip length and planned rate ``lr``."""
+        return lr * self.lr_factor_per_length.get(clip_length, 1.0)
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("momentum") == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return v
+
 
 class PlanParams(_Section):
     sampling: list[Sampling] = ["cs", "us"]
     """Sampling strategies to plan over; the result is the best of their final states."""
-    clip_lengths: list[PositiveInt] = [16, 32, 64]
+    clip_lengths: list[ClipLength] = [16, 32, 64]
     """Candidate clip lengths l1 < l2 < ... (SPEC §2)."""
     lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
     """Candidate learning rates r1 > r2 > ... (SPEC §2)."""
     graph: Literal["basic", "extended"] = "extended"
-    max_jump: PositiveInt = 1
-    start_lengths: list[PositiveInt] | None = None
+    max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
+    start_lengths: list[ClipLength] | None = None
     """Clip lengths S0 may go to; null means the two shortest."""
     final_states: list[str] | None = None
     """Final states written ``cs/64/0.0001``; null means (s, l_max, r_min) per sampling."""
-    delay: PositiveInt = 10
+    delay: Epochs = 10
     """Knee-stopping delay T (SPEC §4; paper: 10)."""
-    max_epochs: PositiveInt = 100
+    max_epochs: Epochs = 100
     """Hard cap on the epochs of one transition."""
     fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
     score: Literal["fitted", "observed"] = "fitted"
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
-    horizon: PositiveInt = 999
+    metric: Literal["top1", "top135", "prob"] = "top1"
+    """The planning signal measured on internal validation after every epoch: top-1 (the
+    paper), the mean of top-1/3/5 (the authors' code) or the mean true-class probability
+    (ours: moves with every video's confidence, so less noisy on few videos)."""
+    val_clips: PositiveInt = 1
+    """Uniformly spaced validation clips per video during planning, softmax scores averaged
+    (1: the centre clip, as the paper). More clips, less noise, more validation time."""
+    decision: Literal["argmax", "within_se"] = "argmax"
+    """How the DP chooses a state's predecessor and the final state: the highest V (the
+    paper), or any V within plan.tie_se standard errors of the highest counts as a tie,
+    broken toward fewer epochs along the path (docs/design.md, "Noise")."""
+    tie_se: Annotated[float, Field(ge=0)] = 1.0
+    """decision: within_se counts scores within this many SEs of the best as ties."""
+    keep_start_se: Annotated[float, Field(ge=0)] | None = 1.0
+    """A transition whose knee says t* = 0 keeps its start model only when the start is better
+    than its best later epoch by more than this many SEs; else that epoch is kept. null: keep
+    what the knee says (the paper)."""
+    horizon: Epochs = 999
     """The knee t* is searched in [0, horizon]."""
-    workers: PositiveInt = 1
+    workers: Workers = 1
     """Transitions trained at once, each in its own process on its own device: worker i uses
     CUDA device i when there are GPUs (at most one worker per GPU), else the CPU, its cores
     split between the workers. Only transitions whose source state's model is final run
@@ -200,12 +306,15 @@ class PlanParams(_Section):
 
 
 class EvaluateParams(_Section):
-    clips: PositiveInt = 10
+    clips: Annotated[int, Field(gt=0, le=1000)] = 10
     """Uniformly spaced clips per video in final testing."""
     crops: Literal[1, 3] = 3
     """Spatial crops per clip: 1 (centre) or 3 (left/centre/right or top/centre/bottom)."""
     batch_size: PositiveInt = 4
     """Videos per evaluation batch (each brings clips x crops views)."""
+    crop_size: PositiveInt | None = None
+    """Side of the test crops (the paper: 256, from frames at short side 256); null: the
+    training ``train.crop_size``. Planning's validation always uses ``train.crop_size``."""
 
 
 class FinalParams(_Section):
@@ -228,28 +337,28 @@ class BaselinesParams(_Section):
     decays: list[Literal["step", "cosine"]] = ["step", "cosine"]
     """Learning-rate decay: 3-step (the plan's rates in equal thirds) or cosine from r1."""
     sampling: list[Sampling] = ["cs", "us"]
-    epochs: list[PositiveInt] = [128, 192, 256]
+    epochs: list[Epochs] = [128, 192, 256]
     """Total-epoch grid."""
 
 
 class ReportParams(_Section):
-    out: str = "reports"
+    out: PathSetting = "reports"
     figures: bool = True
 
 
 class TrackingParams(_Section):
-    uri: str = "sqlite:///mlflow.db"
+    uri: PathSetting = "sqlite:///mlflow.db"
     """MLflow tracking URI; the ``MLFLOW_TRACKING_URI`` environment variable wins over it."""
-    experiment: str = "opplan"
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "opplan"
     """Experiment of the planning runs; baselines go to ``<experiment>-baselines``."""
-    retry_seconds: Annotated[float, Field(ge=0)] = 600.0
+    retry_seconds: Annotated[float, Field(ge=0, le=86_400)] = 600.0
     """How long one MLflow call is retried (backoff 1, 2, 4, ... 30 s, a WARNING each) while
     the tracking server or database is unreachable, busy or failing with 5xx, before the
     stage gives up with an error. Errors that cannot go away by waiting are raised at once."""
 
 
 class DistributedParams(_Section):
-    nproc_per_node: PositiveInt = 1
+    nproc_per_node: Workers = 1
     """Processes per node for the training stages (plan, final, evaluate, baselines). Above 1 a
     stage started without ``torchrun`` relaunches itself under ``torchrun --standalone`` with
     this many processes (DistributedDataParallel, one GPU each). A stage already started by
@@ -257,12 +366,16 @@ class DistributedParams(_Section):
     batch of one optimizer step, split evenly over the processes."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """``auto``: NCCL on CUDA, gloo on CPU."""
-    timeout_minutes: PositiveInt = 30
+    timeout_minutes: Annotated[int, Field(gt=0, le=10_080)] = 30
     """How long a process waits for the others (e.g. while rank 0 talks to MLflow) before failing."""
 
 
 class Params(_Section):
-    seed: Annotated[int, Field(ge=0)] = 0
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False, validate_default=True)
+    """``validate_default``: the cross-section checks below also run for sections left out."""
+
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Seeds numpy, torch and the split; numpy's legacy seeding takes 32 bits."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
@@ -283,6 +396,27 @@ class Params(_Section):
                 f"prepare.short_side ({self.prepare.short_side}) must be >= train.crop_size ({self.train.crop_size})"
             )
         return self
+
+    # Field validators (``info.data`` holds the sections before this one) so that the error
+    # names the section it is about.
+    @field_validator("plan")
+    @classmethod
+    def _snippets_fit_clips(cls, v: PlanParams, info: ValidationInfo) -> PlanParams:
+        train = info.data.get("train")
+        uneven = [length for length in v.clip_lengths if train is not None and length % train.snippet_length]
+        if uneven:
+            raise ValueError(f"train.snippet_length ({train.snippet_length}) must divide every clip length, "
+                             f"not {uneven}")
+        return v
+
+    @field_validator("evaluate")
+    @classmethod
+    def _test_crop_fits(cls, v: EvaluateParams, info: ValidationInfo) -> EvaluateParams:
+        train = info.data.get("train")
+        if train is not None and v.crop_size is not None and v.crop_size > train.eval_short_side:
+            raise ValueError(f"evaluate.crop_size ({v.crop_size}) must be <= train.eval_short_side "
+                             f"({train.eval_short_side})")
+        return v
 
     def section_dict(self, *sections: str) -> dict[str, Any]:
         """The named sections as plain data (for hashing and MLflow params)."""
@@ -319,10 +453,19 @@ def _describe(error: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"unknown key '{key}'", loc
-    msg = error["msg"].removeprefix("Value error, ")
+    msg = _excerpt(error["msg"].removeprefix("Value error, "), 300)
     value = error.get("input")
-    shown = "" if kind == "missing" or isinstance(value, dict) or "got" in msg else f" (got {value!r})"
+    shown = "" if kind == "missing" or isinstance(value, dict) or "got" in msg else f" (got {_excerpt(repr(value))})"
     return f"'{key}': {msg}{shown}", loc
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """``text``, or its start and its length when longer than ``limit`` (a bad value may be huge)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+MAX_ERRORS = 10
+"""Errors listed from one params file; the rest are counted."""
 
 
 def parse_params(data: Any, *, source: str = "<params>", root: yaml.Node | None = None) -> Params:
@@ -334,12 +477,14 @@ def parse_params(data: Any, *, source: str = "<params>", root: yaml.Node | None 
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
+        lines, errors = [], exc.errors()
+        for error in errors[:MAX_ERRORS]:
             text, loc = _describe(error)
             line = _line_of(root, loc) if root is not None else None
             where = f"{source}:{line}" if line else source
             lines.append(f"{where}: {text}")
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"{source}: ... and {len(errors) - MAX_ERRORS} more errors")
         allowed = _allowed_hint(exc)
         raise ParamsError("\n".join(lines) + allowed) from None
 
@@ -361,22 +506,72 @@ def _allowed_hint(exc: ValidationError) -> str:
     return ("\n" + "\n".join(dict.fromkeys(hints))) if hints else ""
 
 
+MAX_PARAMS_BYTES = 1 << 20
+"""A params file is a page of settings; anything larger is not one."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``: an alias bomb expands exponentially, and
+    params need none) and keys written twice in one mapping (the later one would silently win)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Refused(mark.line, "aliases (*name) are not allowed in params; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are reported by the schema
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise _Refused(line - 1, f"key {_excerpt(str(key))!r} is written twice (lines {first[key]} and "
+                                         f"{line}); keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, yaml.Mark("", 0, line, 0, None, None)
+
+
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    loader = _ParamsLoader(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file. Raises :class:`ParamsError` with file, line and key."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: {path.stat().st_size} bytes is too large for a params file "
+                              f"(at most {MAX_PARAMS_BYTES}); is it the right file?")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ParamsError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        what = "" if isinstance(exc, _Refused) else "not valid YAML: "
+        raise ParamsError(f"{where}: {what}{_excerpt(str(getattr(exc, 'problem', exc)), 300)}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid params: nested too deeply") from None
     return parse_params(data, source=str(path), root=root)
 
 
@@ -389,9 +584,9 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def preset_path(name: str) -> Path:
-    """Path of a shipped preset (``configs/<name>.yaml``)."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ParamsError(f"unknown preset {name!r}; shipped presets: {', '.join(known) or 'none'}")
-    return path
+    """Path of a shipped preset (``configs/<name>.yaml``), by name only: never a path elsewhere."""
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    if name not in known:
+        raise ParamsError(f"unknown preset {_excerpt(repr(name))}; shipped presets: {', '.join(known) or 'none'} "
+                          "(a name, not a path; to start from another file, copy it)")
+    return PRESETS_DIR / f"{name}.yaml"

@@ -1,8 +1,25 @@
-"""Pick the compute device: CUDA when there is one, else CPU, with no code change."""
+"""The compute device and how to use it: CUDA when there is one, else CPU, with no code change.
+
+Everything that depends on the device lives here: which device, mixed precision,
+deterministic kernels, memory layout, ``torch.compile`` and how many loader workers
+keep it fed. Measurements behind the defaults: docs/gpu.md.
+"""
 
 from __future__ import annotations
 
+import os
+
 import torch
+from torch import nn
+
+CUDAGRAPHS_ATTR = "_opplan_cudagraphs"
+"""Set on a model compiled with CUDA graphs: the training loop then marks each step's start."""
+
+CHANNELS_LAST_MODELS = frozenset({"r2plus1d_18", "r3d_18"})
+"""Models measured faster with channels-last 3D on an H200 (+50 % in bf16; docs/gpu.md)."""
+
+MAX_AUTO_WORKERS = 8
+"""Loader workers per GPU beyond which the H200 node's loader got slower (docs/gpu.md)."""
 
 
 def pick_device(preference: str = "auto", index: int | None = None) -> torch.device:
@@ -25,3 +42,65 @@ def pick_device(preference: str = "auto", index: int | None = None) -> torch.dev
     if preference == "cuda":
         raise OpplanError("device: cuda was asked for in params.yaml but no CUDA device is available")
     return torch.device("cpu")
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device``; None (full precision) on CPU or ``off``."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler for float16 (whose small gradients underflow); a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (docs/determinism.md) or, off, cuDNN's benchmarked fastest ones.
+
+    On: ops without a deterministic kernel warn instead of failing; cuBLAS needs its
+    workspace size fixed before its first use.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+
+
+def use_channels_last(mode: str, model_name: str, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    return mode == "on" or (mode == "auto" and model_name in CHANNELS_LAST_MODELS)
+
+
+def compile_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """``model`` compiled in place (``nn.Module.compile``: its ``state_dict`` keys stay as they
+    are) with ``mode`` on CUDA; unchanged for ``off`` or on CPU."""
+    if mode == "off" or device.type != "cuda":
+        return model
+    model.compile(mode=mode)
+    setattr(model, CUDAGRAPHS_ATTR, mode == "reduce-overhead")
+    return model
+
+
+def uses_cudagraphs(model: nn.Module) -> bool:
+    return bool(getattr(model, CUDAGRAPHS_ATTR, False))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: torch.device, processes_per_node: int = 1, cores: int | None = None) -> int:
+    """Loader workers for ``num_workers: auto`` (see ``TrainParams.num_workers``)."""
+    cores = usable_cores() if cores is None else cores
+    share = max(cores // max(processes_per_node, 1), 1)
+    if device.type == "cuda":
+        return max(min(share - 1, MAX_AUTO_WORKERS), 0)
+    return min(share // 4, 4)

@@ -190,11 +190,46 @@ def verdict_of(low: float, high: float) -> Verdict:
 def margin_in_se(best: float, runner_up: float, se_best: float, se_runner_up: float) -> float:
     """The gap between two independently measured scores in standard errors of their difference.
 
-    ``inf`` when there is no runner-up; ``nan`` when the SEs are unknown.
+    ``inf`` when there is no runner-up; ``nan`` when the SEs are unknown; with both SEs 0,
+    ``+-inf`` for different scores and 0 for equal ones.
     """
     if not math.isfinite(runner_up):
         return math.inf
     se = math.hypot(se_best, se_runner_up)
     if not math.isfinite(se) or se == 0.0:
-        return math.nan if not math.isfinite(se) else math.copysign(math.inf, best - runner_up)
+        if not math.isfinite(se):
+            return math.nan
+        return 0.0 if best == runner_up else math.copysign(math.inf, best - runner_up)
     return (best - runner_up) / se
+
+
+def chance_level(labels: Sequence[int] | np.ndarray, classes: int, metric: Metric = "top1") -> float:
+    """What a model that learned nothing about the videos scores on a split with these labels.
+
+    Such a model still learns the class frequencies ``p_c`` of the split, so chance is:
+
+    - ``top1``: ``max p_c`` (always the most frequent class; ``1 / classes`` when balanced);
+    - ``top135``: the mean over k = 1, 3, 5 of the summed k largest ``p_c`` (always the same
+      ranking, most frequent first; ``(1 + 3 + 5) / (3 classes)`` when balanced, capped at 1);
+    - ``prob``: ``sum p_c^2`` (the class frequencies as its probabilities; ``1 / classes``
+      when balanced, which is also what a uniform softmax scores).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if classes < 1 or len(y) == 0:
+        return math.nan
+    p = np.bincount(y, minlength=classes)[:classes] / len(y)
+    if metric == "top1":
+        return float(p.max())
+    if metric == "top135":
+        ranked = np.sort(p)[::-1]
+        return float(np.mean([ranked[:k].sum() for k in (1, 3, 5)]))
+    if metric == "prob":
+        return float((p * p).sum())
+    raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+
+
+def within_noise_of(value: float, reference: float, se: float, z: float) -> bool:
+    """Whether ``value`` lies no more than ``z`` standard errors above ``reference`` (below counts as
+    within: a score under chance is no evidence of learning). An unknown SE counts as no noise."""
+    se = se if se is not None and math.isfinite(se) else 0.0
+    return value - reference <= z * se

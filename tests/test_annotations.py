@@ -223,3 +223,59 @@ def test_cli_import_and_its_errors(ucf: tuple[Path, Path], tmp_path: Path) -> No
     bad = CliRunner().invoke(cli, ["data", "import", "--format", "hmdb51", "--root", str(root),
                                    "--annotations", str(lists), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "no HMDB51 split files" in bad.output
+
+
+# --- hostile file trees (issue 16.13) -----------------------------------------------------
+
+
+def test_symlink_loops_under_the_root_neither_hang_nor_nest(tmp_path: Path) -> None:
+    """One loop (a folder linking to the root) and two loops (two folders linking to each
+    other): the import finishes, finds each video once, by its shortest path."""
+    root = tmp_path / "kinetics"
+    touch(root, "train/abseiling/aaa_000001_000011.mp4", "train/bowling/bbb_000002_000012.mp4")
+    (root / "train" / "abseiling" / "loop").symlink_to(root)
+    (root / "x").mkdir()
+    (root / "y").mkdir()
+    (root / "x" / "to_y").symlink_to(root / "y")
+    (root / "y" / "to_x").symlink_to(root / "x")
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                    "abseiling,aaa,1,11,train\nbowling,bbb,2,12,validate\n")
+    result = CliRunner().invoke(cli, ["data", "import", "--format", "kinetics", "--root", str(root),
+                                      "--annotations", str(tmp_path / "k.csv"), "--out", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert manifest(tmp_path / "data") == [("videos/train/abseiling/aaa_000001_000011.mp4", "abseiling", "train"),
+                                           ("videos/train/bowling/bbb_000002_000012.mp4", "bowling", "test")]
+
+
+def test_a_class_file_name_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    import os
+
+    root, lists, out = tmp_path / "hmdb", tmp_path / "splits", tmp_path / "data"
+    touch(root, "brush_hair/a.avi", "caf/b.avi")
+    lists.mkdir()
+    (lists / "brush_hair_test_split1.txt").write_text("a.avi 1\n")
+    with open(os.path.join(os.fsencode(lists), b"caf\xe9_test_split1.txt"), "w") as handle:
+        handle.write("b.avi 2\n")
+    result = CliRunner().invoke(cli, ["data", "import", "--format", "hmdb51", "--root", str(root),
+                                      "--annotations", str(lists), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is not UTF-8 text" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()  # no link written
+
+
+def test_a_video_path_that_is_not_utf8_is_a_reported_problem(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "clips"
+    touch(root, "a_000000_000000.mp4")
+    os.makedirs(os.path.join(os.fsencode(root), b"d\xff"))
+    with open(os.path.join(os.fsencode(root), b"d\xff", b"b_000000_000000.mp4"), "wb") as handle:
+        handle.write(b"video")
+    (tmp_path / "k.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                    "cat,a,0,0,train\ndog,b,0,0,train\n")
+    result = CliRunner().invoke(cli, ["data", "import", "--format", "kinetics", "--root", str(root),
+                                      "--annotations", str(tmp_path / "k.csv"), "--out", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert manifest(tmp_path / "data") == [("videos/a_000000_000000.mp4", "cat", "train")]
+    [(_, line, reason)] = report(tmp_path / "data")
+    assert line == 3 and "is not UTF-8; rename the file" in reason

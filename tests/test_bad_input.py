@@ -181,6 +181,67 @@ def test_an_annotation_path_cannot_escape_the_output_folder(tmp_path: Path) -> N
     assert (out / "videos" / "A" / "v_1.avi").resolve() == (root / "A" / "v_1.avi").resolve()
 
 
+# --- a full disk and a read-only folder (issue 16.15) ----------------------------------------
+
+
+def _import_args(tmp_path: Path) -> list[str]:
+    (tmp_path / "clips").mkdir(exist_ok=True)
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "clips" / name).write_bytes(b"video")
+    (tmp_path / "list.csv").write_text("path,label,split\na.mp4,cat,train\nb.mp4,dog,test\n")
+    return ["data", "import", "--format", "csv", "--root", str(tmp_path / "clips"),
+            "--annotations", str(tmp_path / "list.csv"), "--out", str(tmp_path / "data"), "--copy"]
+
+
+@pytest.mark.parametrize(("code", "advice"), [
+    (28, "No space left on device; free some space there and run the command again; finished work is kept"),
+    (30, "Read-only file system; the file system is read-only: run from a writable folder (or remount it read-write)"),
+])
+def test_a_full_disk_or_read_only_folder_is_one_line_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     code: int, advice: str) -> None:
+    from click.testing import CliRunner
+
+    from opplan.cli import cli
+
+    args = _import_args(tmp_path)
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    (tmp_path / "list.csv").write_text("path,label,split\na.mp4,cow,train\nb.mp4,dog,test\n")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(code, os.strerror(code))  # as a failed write: no file name
+
+    monkeypatch.setattr(os, "replace", refuse)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"opplan: error: {tmp_path / 'data'}/") and line.endswith(advice), line
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert after == before  # nothing lost, no temporary file left
+
+
+def test_a_stage_script_reports_a_full_disk_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    sys.path.insert(0, str(ROOT / "pipeline"))
+    try:
+        from _stage import run_stage
+    finally:
+        sys.path.remove(str(ROOT / "pipeline"))
+
+    def work(params: object) -> None:  # a library wrapping the OSError: it is found in the chain
+        raise RuntimeError("wrapped") from OSError(28, "No space left on device", "shards/frames-00000.npy")
+
+    monkeypatch.setattr(sys, "argv", ["prepare.py", str(ROOT / "params.yaml")])
+    with pytest.raises(SystemExit) as info:
+        run_stage(work)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "opplan: error: shards/frames-00000.npy: No space left on device; free some space there and run the "
+        "command again; finished work is kept")
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_stage(lambda params: 1 / 0)
+
+
 # --- a transition that diverges on one route --------------------------------------------------
 
 

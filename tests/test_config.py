@@ -52,6 +52,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ("model:\n  dropout: 1.5\n", 2, ["'model.dropout'", "less than or equal to 1", "1.5"]),
         ("plan:\n  sampling: [cs, xs]\n", 2, ["'plan.sampling.1'", "'cs' or 'us'"]),
         ("train:\n  crop_size: 64\n  scale_jitter: [48, 80]\n", 2, ["scale_jitter low (48) must be >= crop_size (64)"]),
+        ("train:\n  snippet_length: 3\n", 1, ["'plan'", "train.snippet_length (3) must divide every clip length", "[16, 32, 64]"]),
+        ("evaluate:\n  crop_size: 300\n", 2, ["'evaluate'", "evaluate.crop_size (300) must be <= train.eval_short_side (256)"]),
+        ("train:\n  momentum: 0\n  nesterov: true\n", 3, ["'train.nesterov'", "Nesterov momentum needs momentum > 0"]),
+        ("train:\n  head_loss: mean\n", 2, ["'train.head_loss'", "'per_head'"]),
     ],
 )
 def test_bad_params_name_file_line_key_and_value(tmp_path: Path, text: str, line: int, fragments: list[str]) -> None:
@@ -103,3 +107,106 @@ def test_init_params_copies_a_preset_and_refuses_to_overwrite(tmp_path: Path) ->
     assert again.exit_code == 2 and "--force" in again.output
     unknown = runner.invoke(cli, ["init-params", "--preset", "imagenet", "--out", str(out)])
     assert unknown.exit_code == 2 and "shipped presets" in unknown.output
+
+
+def test_init_params_takes_a_preset_name_never_a_path(tmp_path: Path) -> None:
+    """Issue 16.16: ``--preset ../../x`` must not read a YAML file elsewhere on disk."""
+    outside = tmp_path / "x.yaml"
+    outside.write_text("seed: 7\n")
+    out = tmp_path / "p.yaml"
+    for name in [str(outside.with_suffix("")), "../" * 12 + str(outside.with_suffix(""))[1:], "demo/../demo", ""]:
+        result = CliRunner().invoke(cli, ["init-params", "--preset", name, "--out", str(out)])
+        assert result.exit_code == 2 and "unknown preset" in result.output and "a name, not a path" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# --- hostile params (issue 16.10-12) -------------------------------------------------------
+
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (ALIAS_BOMB, "params.yaml:2: aliases (*name) are not allowed in params; write the value out"),
+        ("plan: &p {delay: 2}\nseed: 1\nother: *p\n", "params.yaml:3: aliases (*name) are not allowed"),
+        ("plan:\n  delay: 3\nseed: 1\nplan:\n  delay: 2\n", ":4: key 'plan' is written twice (lines 1 and 4)"),
+        ("plan:\n  delay: 3\n  lrs: [0.1]\n  delay: 4\n", ":4: key 'delay' is written twice (lines 2 and 4)"),
+        ("seed: 1180591620717411303424\n", "params.yaml:1: 'seed': Input should be less than or equal to 4294967295"),
+        ("seed: -1\n", "'seed': Input should be greater than or equal to 0"),
+        ("prepare:\n  short_side: 20000\n", ":2: 'prepare.short_side': Input should be less than or equal to 1024"),
+        ("tracking:\n  experiment: ''\n", ":2: 'tracking.experiment': String should have at least 1 character"),
+        ("tracking:\n  retry_seconds: .inf\n", "'tracking.retry_seconds': Input should be a finite number"),
+        ("train:\n  momentum: .nan\n", "'train.momentum': Input should be a finite number"),
+        ("plan:\n  lrs: [.inf, 0.1]\n", "'plan.lrs.0': Input should be a finite number"),
+        ("plan:\n  horizon: 1000000000000\n", "'plan.horizon': Input should be less than or equal to 100000"),
+        ("prepare:\n  out: ''\n", "'prepare.out': String should have at least 1 character"),
+        ("data:\n  root: ' data'\n", "'data.root': must not have surrounding blanks or a NUL character"),
+        ("distributed:\n  timeout_minutes: 100000000\n", "'distributed.timeout_minutes': Input should be less than"),
+    ],
+)
+def test_hostile_params_are_refused_in_one_short_message(tmp_path: Path, text: str, expected: str) -> None:
+    write(tmp_path, text)
+    result = CliRunner().invoke(cli, ["check-params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert expected in result.output, result.output
+    assert len(result.output) < 400 and "Traceback" not in result.output
+
+
+def test_a_huge_bad_value_is_shown_as_a_short_excerpt(tmp_path: Path) -> None:
+    long_list = ", ".join(["8"] * 5_000)
+    write(tmp_path, f"plan:\n  clip_lengths: [{long_list}]\n")
+    result = CliRunner().invoke(cli, ["check-params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2 and "strictly increasing" in result.output and len(result.output) < 600
+    write(tmp_path, f"plan:\n  sampling: [{', '.join(['xs'] * 50)}]\n")
+    many = CliRunner().invoke(cli, ["check-params", str(tmp_path / "params.yaml")])
+    assert many.exit_code == 2 and "... and 40 more errors" in many.output
+    assert len(many.output.splitlines()) == 11
+    (tmp_path / "params.yaml").write_bytes(b"# " + b"x" * (2 << 20))
+    too_big = CliRunner().invoke(cli, ["check-params", str(tmp_path / "params.yaml")])
+    assert too_big.exit_code == 2 and "too large for a params file" in too_big.output
+
+
+def test_an_anchor_without_alias_and_the_shipped_files_still_load(tmp_path: Path) -> None:
+    assert load_params(write(tmp_path, "plan: &p\n  delay: 2\n")).plan.delay == 2
+
+
+def test_ui_starts_mlflow_from_opplans_own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.17: `.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH)."""
+    import importlib.util
+    import subprocess
+    import types
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda command, **kwargs: started.append(command) or 0)
+    tracking = types.ModuleType("opplan.tracking")  # not the real one: it imports MLflow (seconds)
+    tracking.resolve_uri = lambda uri: uri  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "opplan.tracking", tracking)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find there
+    result = CliRunner().invoke(cli, ["ui", "--params", str(ROOT / "params.yaml"), "--port", "5123"])
+    assert result.exit_code == 0, result.output
+    [command] = started
+    assert command[:4] == [sys.executable, "-m", "mlflow", "ui"] and command[-2:] == ["--port", "5123"]
+    spec = importlib.util.find_spec("mlflow")  # `python -m mlflow` runs in this interpreter
+    assert spec is not None and (Path(spec.origin).parent / "__main__.py").is_file()
+
+
+@pytest.mark.parametrize("name,longest", [("ucf101", 64), ("hmdb51", 64), ("kinetics400", 128), ("activitynet", 128)])
+def test_presets_follow_the_authors_recipe(name: str, longest: int) -> None:
+    """docs/fidelity.md: the authors' train_3d.py / train_3d_op.py and configs."""
+    params = load_params(PRESETS_DIR / f"{name}.yaml")
+    train = params.train
+    assert params.model.init and params.model.init.startswith("imagenet:")
+    assert (train.nesterov, train.clip_grad_norm, train.head_loss, train.snippet_length) == (True, 40, "per_head", 4)
+    assert train.lr_for(longest, 0.01) == pytest.approx(0.001)  # a tenth of the grid at the longest clips
+    assert all(train.lr_for(length, 0.01) == 0.01 for length in params.plan.clip_lengths[:-1])
+    # one optimizer step of 256 clips at every length, long clips through the device in micro-batches
+    assert {train.batch_for(length) for length in params.plan.clip_lengths} == {256}
+    assert train.micro_batch_for(longest) < train.micro_batch_for(params.plan.clip_lengths[0])
+    assert params.evaluate.crop_size == 256
+
+
+def test_kinetics_baseline_grid_is_the_papers() -> None:
+    assert load_params(PRESETS_DIR / "kinetics400.yaml").baselines.epochs == [128, 192, 256, 320, 384]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from torch.utils.data import DataLoader, DistributedSampler
 
 from opplan.config import EvaluateParams, TrainParams
 from opplan.data import sampling
-from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos
+from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos, reseed
 from opplan.data.shards import ShardReader
 from opplan.data.transforms import MEAN, STD, MultiCrop, ScaleJitterCrop, to_video
 from opplan.errors import DataError
@@ -113,6 +115,56 @@ def test_same_seed_and_epoch_same_clips_with_any_workers(tiny_shards: Path) -> N
     assert not torch.equal(torch.cat(reference), torch.cat(batches(0, seed=8, epoch=1)))
 
 
+def todays_loader(ds: ClipDataset, batch_size: int, seed: int, epoch: int = 0, rank: int = 0,
+                  replicas: int = 1) -> DataLoader:
+    """The loader of earlier versions (a new one per epoch, no persistent workers): what a
+    persistent loader reseeded for ``seed`` and ``epoch`` must reproduce exactly."""
+    order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=order_seed)
+    return DataLoader(ds.reseeded(seed, epoch), batch_size=batch_size, sampler=sampler, num_workers=0)
+
+
+def flat(loader: Iterable) -> list[torch.Tensor]:
+    return [torch.cat([clip.flatten(), label.float()]) for clip, label in loader]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_persistent_loader_gives_todays_clips_for_every_epoch_and_seed(tiny_shards: Path, workers: int) -> None:
+    ds = dataset(tiny_shards, ["train", "val"], sampling="us")
+    loader = make_loader(ds, 4, shuffle=True, num_workers=workers, seed=0)
+    assert loader.persistent_workers is (workers > 0)
+    worker_pids = set()
+    for seed in (11, 2**62 + 5, 11, 3):  # epoch seeds as transition.epoch_seed makes them (63-bit)
+        batches = flat(reseed(loader, seed))
+        expected = flat(todays_loader(ds, 4, seed))
+        assert len(batches) == len(expected) == 3
+        assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))
+        if workers:
+            worker_pids.add(tuple(sorted(w.pid for w in loader._iterator._workers)))
+    assert len(worker_pids) <= 1  # the same worker processes served every epoch
+
+
+def test_a_reseeded_share_per_rank_is_todays(tiny_shards: Path) -> None:
+    ds = dataset(tiny_shards, ["train", "val"])
+    loaders = [make_loader(ds, 2, shuffle=True, num_workers=0, seed=0, rank=r, replicas=2) for r in range(2)]
+    for seed in (5, 6):
+        for rank, loader in enumerate(loaders):
+            expected = flat(todays_loader(ds, 2, seed, rank=rank, replicas=2))
+            assert all(torch.equal(a, b) for a, b in zip(flat(reseed(loader, seed)), expected, strict=True))
+
+
+def test_loader_workers_run_one_torch_thread(tiny_shards: Path) -> None:
+    class Threads(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, key: object) -> int:
+            return torch.get_num_threads()
+
+    loader = make_loader(Threads(), 1, shuffle=False, num_workers=2, seed=0)  # type: ignore[arg-type]
+    assert [int(n) for n in loader] == [1, 1]
+
+
 def test_evaluation_is_deterministic_and_pickles(tiny_shards: Path) -> None:
     ds = dataset(tiny_shards, "val", mode="val")
     first = ds[2][0]
@@ -150,3 +202,30 @@ def test_scale_jitter_crop_is_resize_then_crop() -> None:
         assert 14 * 5 <= row.max() - row.min() <= 16 * 5 and torch.all(row.diff() >= 0)
     exact = ScaleJitterCrop((40, 40), 32)(to_video(ramp))[0, 0, 0]  # no scaling: a plain crop
     assert exact.diff().tolist() == [5] * 31
+
+
+def test_test_crop_size_is_its_own_setting(tiny_shards: Path) -> None:
+    """The paper tests on 256² crops of frames at short side 256 while training on 224²: with
+    evaluate.crop_size the test views are larger than the training crops."""
+    train = TrainParams(crop_size=32, scale_jitter=(32, 40), eval_short_side=40)
+    ds = dataset(tiny_shards, "test", sampling="cs", mode="test", train=train,
+                 evaluate=EvaluateParams(clips=1, crops=3, crop_size=40))
+    index = int(np.flatnonzero(read_videos(tiny_shards)["split"] == "test")[0])
+    video = video_frames(tiny_shards, index)
+    views = ds[0][0]
+    assert views.shape == (3, 3, 8, 40, 40)
+    clip = sampling.spaced_clips(len(video), 8, "cs", 1)[0]
+    np.testing.assert_array_equal(unnormalise(views[2]), video[clip, :, 10:50])  # the right-hand crop
+    assert dataset(tiny_shards, "val", mode="val", train=train,
+                   evaluate=EvaluateParams(crop_size=40))[0][0].shape[-1] == 32  # validation: train's crop
+    with pytest.raises(ValueError, match="eval_short_side"):
+        MultiCrop(train, 3, size=48)
+
+
+def test_uniform_clips_take_snippets(tiny_shards: Path) -> None:
+    train = TrainParams(crop_size=32, scale_jitter=(32, 40), eval_short_side=40, snippet_length=4)
+    ds = dataset(tiny_shards, "val", sampling="us", mode="val", train=train)
+    index = int(np.flatnonzero(read_videos(tiny_shards)["split"] == "val")[0])
+    video = video_frames(tiny_shards, index)
+    expected = video[sampling.centre_clip(len(video), 8, "us", snippet=4), 4:36, 9:41]
+    np.testing.assert_array_equal(unnormalise(ds[0][0]), expected)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_stages import tiny_config
+from test_stages import tiny_config, with_current_hash
 from torch import nn
 
 from opplan import distributed
@@ -133,10 +133,9 @@ def test_final_evaluate_and_baselines_under_torchrun_match_one_process(
             "final_state": "cs/8/0.02", "transitions": [{"dst": "cs/4/0.02", "chosen_epoch": 2},
                                                         {"dst": "cs/8/0.02", "chosen_epoch": 2}]}
     alone, ddp = tmp_path / "alone", tmp_path / "ddp"
-    for folder in (alone, ddp):
-        write_project(folder, tiny(tiny_shards))
-        (folder / "plan.json").write_text(json.dumps(plan))
-    (alone / "params.yaml").write_text(yaml.safe_dump(tiny(tiny_shards, micro_batch_per_length={4: 2, 8: 2})))
+    for folder, config in ((alone, tiny(tiny_shards, micro_batch_per_length={4: 2, 8: 2})), (ddp, tiny(tiny_shards))):
+        write_project(folder, config)
+        (folder / "plan.json").write_text(json.dumps(with_current_hash(plan, Params.model_validate(config))))
 
     cwd = Path.cwd()
     os.chdir(alone)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from opplan.errors import OpplanError
-from opplan.planning.dp import PlanningError, TransitionRecord, plan_path
+from opplan.planning.dp import ARGMAX, FINAL, PlanningError, Rule, TransitionRecord, plan_path
 from opplan.planning.graph import S0, build_graph
 
 
@@ -189,9 +190,158 @@ def test_the_planning_core_imports_neither_torch_nor_mlflow():
     import sys
 
     code = ("import sys, opplan.planning.dp, opplan.planning.knee, opplan.planning.graph, opplan.planning.drawing, "
-            "opplan.planning.commands; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+            "opplan.planning.commands, opplan.planning.diagnosis; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- the noise-aware DP (plan.decision, issue 12) ------------------------------------------
+
+
+class NoisyOracle(Oracle):
+    """:class:`Oracle` whose records carry an SE per edge (``ses``; default: none)."""
+
+    def __init__(self, weights, epochs=None, ses=None, failed=()):
+        super().__init__(weights, epochs, failed)
+        self.ses = ses or {}
+
+    def __call__(self, src, dst, src_record):
+        record = super().__call__(src, dst, src_record)
+        return replace(record, se=self.ses.get((src.name, dst.name)))
+
+
+def random_oracle(graph, seed, *, se_scale=0.1):
+    rng = np.random.default_rng(seed)
+    edges = [(a.name, b.name) for a, b in graph.edges]
+    weights = {e: float(rng.integers(-4, 5)) / 8 for e in edges}  # a coarse grid: exact ties happen
+    epochs = {e: int(rng.integers(0, 30)) for e in edges}
+    ses = {e: float(rng.uniform(0, se_scale)) for e in edges}
+    return weights, epochs, ses
+
+
+def path_epochs(path, epochs):
+    return sum(epochs[(a.name, b.name)] for a, b in zip(path, path[1:]))
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("seed", range(4))
+def test_within_se_without_noise_is_the_papers_argmax(name, seed):
+    graph = build_graph(**GRAPHS[name])
+    weights, epochs, ses = random_oracle(graph, seed)
+    paper = plan_path(graph, Oracle(weights, epochs))
+    assert plan_path(graph, Oracle(weights, epochs), rule=ARGMAX).to_json() == paper.to_json()
+    # tie_se = 0, or no SEs at all: only equal V tie, and those go to fewer epochs as in argmax
+    for rule, oracle in [(Rule("within_se", 0.0), NoisyOracle(weights, epochs, ses)),
+                         (Rule("within_se", 5.0), Oracle(weights, epochs))]:
+        result = plan_path(graph, oracle, rule=rule)
+        assert [n.name for n in result.path] == [n.name for n in paper.path]
+        assert result.best_predecessor == paper.best_predecessor
+    # argmax with SEs: the same path as without, now with margins >= 0 in SEs
+    noisy = plan_path(graph, NoisyOracle(weights, epochs, ses))
+    assert [n.name for n in noisy.path] == [n.name for n in paper.path]
+    assert all(c.margin_se is None or c.margin_se >= 0 for c in noisy.choices.values())
+    assert not any(c.tie for c in noisy.choices.values())
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("seed", range(4))
+def test_within_se_with_everything_a_tie_takes_the_path_of_fewest_epochs(name, seed):
+    graph = build_graph(**GRAPHS[name])
+    weights, epochs, ses = random_oracle(graph, seed)
+    result = plan_path(graph, NoisyOracle(weights, epochs, ses), rule=Rule("within_se", math.inf))
+    fewest = min(path_epochs(p, epochs) for p in all_paths(graph))
+    assert result.path_epochs == fewest
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("seed", range(6))
+def test_every_within_se_decision_obeys_the_rule(name, seed):
+    """Brute force per decision: among the candidates the DP saw, the chosen one is within
+    tie_se SEs of the best V, and no other such candidate has fewer path epochs."""
+    graph = build_graph(**GRAPHS[name])
+    weights, epochs, ses = random_oracle(graph, seed, se_scale=0.3)
+    tie_se = 1.0
+    result = plan_path(graph, NoisyOracle(weights, epochs, ses), rule=Rule("within_se", tie_se))
+    reached = {S0.name: (0.0, 0)}  # state -> (V, path epochs) of its chosen model
+    for state in graph.states:
+        choice = result.choices.get(state.name)
+        records = [r for r in result.records if r.dst == state.name and r.finished]
+        if choice is None:
+            assert not records
+            continue
+        options = {r.src: (r.score, r.se_value(), reached[r.src][1] + r.epochs) for r in records}
+        best_v = max(v for v, _, _ in options.values())
+        best_se = min(se for v, se, _ in options.values() if v == best_v)
+
+        def tied(option):
+            v, se, _ = option
+            return v == best_v or (best_v - v) / math.hypot(best_se, se) <= tie_se
+
+        v, se, epochs_ = options[choice.chosen]
+        assert tied(options[choice.chosen])
+        assert all(e >= epochs_ for o in options.values() if tied(o) for e in [o[2]])
+        reached[state.name] = (v, epochs_)
+        if choice.runner_up is not None:  # the runner-up is the best other V; the margin is in SEs
+            others = {k: o for k, o in options.items() if k != choice.chosen}
+            assert choice.runner_up_value == max(o[0] for o in others.values())
+            rv, rse, _ = options[choice.runner_up]
+            assert choice.margin == pytest.approx(v - rv)
+            assert choice.margin_se == pytest.approx((v - rv) / math.hypot(se, rse))
+    final = result.choices[FINAL]
+    assert final.chosen == result.final_state.name
+
+
+def test_margins_in_standard_errors_reach_plan_json():
+    weights = {("S0", "cs/8/0.1"): 0.25, ("S0", "cs/16/0.1"): 0.5, ("cs/8/0.1", "cs/16/0.1"): 0.3}
+    epochs = {("S0", "cs/8/0.1"): 3, ("S0", "cs/16/0.1"): 9, ("cs/8/0.1", "cs/16/0.1"): 2}
+    ses = {("S0", "cs/8/0.1"): 0.03, ("S0", "cs/16/0.1"): 0.04, ("cs/8/0.1", "cs/16/0.1"): 0.03}
+    # into cs/16/0.1: S0 gives 0.5 ± 0.04 in 9 epochs, cs/8/0.1 gives 0.55 ± 0.03 in 5
+    paper = plan_path(tie_graph(), NoisyOracle(weights, epochs, ses))
+    choice = paper.choices["cs/16/0.1"]
+    assert (choice.chosen, choice.runner_up, choice.tie) == ("cs/8/0.1", "S0", False)
+    assert choice.margin == pytest.approx(0.05) and choice.margin_se == pytest.approx(0.05 / 0.05)
+    document = json.loads(json.dumps(paper.to_json(), allow_nan=False))
+    assert document["decision"] == {"rule": "argmax", "tie_se": 1.0}
+    on_path = [d for d in document["decisions"] if d["on_path"]]
+    assert [d["state"] for d in on_path] == ["cs/8/0.1", "cs/16/0.1", FINAL]
+    assert on_path[1]["margin_se"] == pytest.approx(1.0) and on_path[1]["runner_up"] == "S0"
+    assert on_path[2]["runner_up"] is None and on_path[2]["candidates"] == 1
+    assert document["transitions"][1]["se"] == pytest.approx(0.03)
+    # within 2 SEs the two routes tie and fewer epochs win ... which is again cs/8/0.1 (5 < 9)
+    epochs[("cs/8/0.1", "cs/16/0.1")] = 7  # now 10 epochs against 9: S0 wins the tie, 1 SE below
+    noisy = plan_path(tie_graph(), NoisyOracle(weights, epochs, ses), rule=Rule("within_se", 2.0))
+    choice = noisy.choices["cs/16/0.1"]
+    assert (choice.chosen, choice.runner_up, choice.tie) == ("S0", "cs/8/0.1", True)
+    assert choice.margin_se == pytest.approx(-1.0) and "within noise" in choice.describe()
+    assert plan_path(tie_graph(), NoisyOracle(weights, epochs, ses), rule=Rule("within_se", 0.9)) \
+        .choices["cs/16/0.1"].chosen == "cs/8/0.1"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_parallel_within_se_plan_equals_the_sequential_one(workers, seed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opplan.planning.dp import plan_path_parallel
+
+    graph = build_graph(**GRAPHS["extended-3x3"])
+    weights, epochs, ses = random_oracle(graph, seed, se_scale=0.3)
+    rule = Rule("within_se", 1.0)
+    expected = plan_path(graph, NoisyOracle(weights, epochs, ses), rule=rule)
+    oracle = NoisyOracle(weights, epochs, ses)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        result = plan_path_parallel(graph, lambda s, d, r: pool.submit(oracle, s, d, r), workers, rule=rule)
+    assert result.to_json() == expected.to_json()
+
+
+def test_rule_and_record_validation():
+    with pytest.raises(ValueError, match="decision"):
+        Rule("lcb")
+    with pytest.raises(ValueError, match="tie_se"):
+        Rule("within_se", -1.0)
+    record = TransitionRecord("S0", "cs/8/0.1", "finished", chosen_epoch=1, se=0.02, capped=True)
+    assert record.to_json()["se"] == 0.02 and record.to_json()["capped"] is True
+    assert math.isnan(TransitionRecord("S0", "cs/8/0.1", "failed").se_value())
 
 
 # --- K transitions at once (plan_path_parallel) ------------------------------------------
@@ -324,36 +474,53 @@ def test_two_workers_really_run_two_transitions_at_once():
 
 
 def test_a_raising_transition_stops_submitting_lets_the_running_finish_and_propagates():
+    """No timing: the raising transition waits until the other one has started, and the other
+    one is released only when the scheduler reports the error (so it is running then)."""
+    import logging
     import threading
 
     graph = build_graph(**GRAPHS["extended-3x3"])
     oracle = TimedOracle(graph, 1, fail_rate=0, sleep=0)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     futures = []
+    seen_at_error = []
 
     def flaky(src, dst, src_record):
         if (src.name, dst.name) == ("S0", "cs/16/0.01"):
+            assert started.wait(30)
             raise RuntimeError("disk full")
         if (src.name, dst.name) == ("S0", "cs/32/0.01"):
-            release.wait(10)  # still running when the error comes in
+            started.set()
+            assert release.wait(30)  # still running when the error comes in
         return oracle(src, dst, src_record)
+
+    class ReleaseOnError(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "starting no more" in record.getMessage():
+                seen_at_error.append(futures[1][1].running())
+                release.set()
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from opplan.planning.dp import plan_path_parallel
+    from opplan.planning.dp import log, plan_path_parallel
 
     def submit(src, dst, src_record):
         futures.append(((src.name, dst.name), pool.submit(flaky, src, dst, src_record)))
-        if len(futures) == 2:
-            threading.Timer(0.2, release.set).start()
         return futures[-1][1]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        with pytest.raises(RuntimeError, match="disk full"):
-            plan_path_parallel(graph, submit, 2)
-        assert [key for key, _ in futures] == [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]  # none after
-        assert all(f.done() for _, f in futures)  # the running one was waited for
-        assert futures[1][1].result().finished
+    handler = ReleaseOnError(level=logging.ERROR)
+    log.addHandler(handler)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            with pytest.raises(RuntimeError, match="disk full"):
+                plan_path_parallel(graph, submit, 2)
+            assert [key for key, _ in futures] == [("S0", "cs/16/0.01"), ("S0", "cs/32/0.01")]  # none after
+            assert seen_at_error == [True]  # the other one was running when the error came in
+            assert all(f.done() for _, f in futures)  # and it was waited for
+            assert futures[1][1].result().finished
+    finally:
+        log.removeHandler(handler)
+        release.set()
 
 
 def test_ready_transitions_follow_the_dp():

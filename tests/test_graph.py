@@ -6,7 +6,8 @@ import pytest
 
 from opplan.config import PlanParams
 from opplan.errors import OpplanError
-from opplan.planning.graph import S0, State, build_graph, draw_graph, graph_from_params, parse_state
+from opplan.planning.drawing import draw_graph
+from opplan.planning.graph import S0, State, build_graph, graph_from_params, parse_state
 
 LENGTHS, LRS = [16, 32, 64], [0.01, 0.001, 0.0001]
 

@@ -70,15 +70,71 @@ def test_long_clips(name: str) -> None:
 
 def test_dual_head_logits_and_fusion_gradient() -> None:
     model = small("dg_p3d_tiny").train()
-    heads = model.forward_heads(torch.randn(4, 3, 8, 32, 32))
-    assert set(heads) == {"temporal", "spatial", "fused"}
-    assert all(h.shape == (4, NUM_CLASSES) for h in heads.values())
-    assert not torch.allclose(heads["temporal"], heads["spatial"])
+    x = torch.randn(4, 3, 8, 32, 32)
+    torch.manual_seed(1)
+    heads = model(x, heads=True)
+    assert heads.shape == (4, 3, NUM_CLASSES)  # temporal, spatial, fused
+    temporal, spatial, fused = heads.unbind(1)
+    assert not torch.allclose(temporal, spatial)
     w = model.fusion
-    torch.testing.assert_close(heads["fused"], w[0] * heads["temporal"] + w[1] * heads["spatial"])
-    nn.functional.cross_entropy(heads["fused"], torch.tensor([0, 1, 2, 3])).backward()
+    torch.testing.assert_close(fused, w[0] * temporal + w[1] * spatial)
+    torch.manual_seed(1)  # same dropout masks: the plain forward is the fused logits
+    torch.testing.assert_close(model(x), fused)
+    nn.functional.cross_entropy(fused, torch.tensor([0, 1, 2, 3])).backward()
     assert w.grad is not None and w.grad.abs().min() > 0
     assert model.head_spatial.fc.weight.grad.abs().sum() > 0 and model.head.fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["g_p3d_tiny", "r3d_18"])
+def test_single_head_models_give_one_head(name: str) -> None:
+    model = small(name).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        heads, plain = model(x, heads=True), model(x)
+    assert heads.shape == (2, 1, NUM_CLASSES)
+    torch.testing.assert_close(heads[:, 0], plain)
+
+
+def test_forward_returns_fresh_tensors_not_views_of_one_dict() -> None:
+    """torch.compile's CUDA graphs reuse output memory between calls: the forward must give
+    each caller its own tensor (a plain Tensor, never a dict or views of a shared stack)."""
+    model = small("dg_p3d_tiny").eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 4, 32, 32))
+    assert type(out) is torch.Tensor and out._base is None
+
+
+def test_p3d_c_activates_before_the_temporal_convolution_and_its_shortcut() -> None:
+    """The authors' Bottleneck_C: relu(relu(S) + T(relu(S))); the second unit of a basic block
+    meets the residual before any ReLU, so there S + T(S)."""
+    from opplan.models.blocks import P3DUnit
+
+    torch.manual_seed(0)
+    unit = P3DUnit("C", 4, 4).eval()
+    x = torch.randn(1, 4, 3, 5, 5)
+    with torch.no_grad():
+        s = torch.relu(unit.bn(unit.conv_s(x)))
+        torch.testing.assert_close(unit(x), s + unit.conv_t(s))
+        plain = P3DUnit("C", 4, 4, activated=False).eval()
+        plain.load_state_dict(unit.state_dict())
+        s = plain.bn(plain.conv_s(x))
+        torch.testing.assert_close(plain(x), s + plain.conv_t(s))
+    basic = build_model("p3d_tiny", NUM_CLASSES, depth=10)
+    units = [(b.unit1.activated, b.unit2.activated) for b in basic.layer1]
+    assert units == [(True, False)]
+
+
+def test_global_context_is_reduce_relu_expand_without_layernorm() -> None:
+    from opplan.models.blocks import GlobalContext
+
+    gc = GlobalContext(256)
+    assert [type(m) for m in gc.children()] == [nn.Linear, nn.Linear]
+    assert gc.reduce.out_features == 16  # the authors' C // 16
+    x = torch.randn(2, 256, 2, 3, 3)
+    assert torch.equal(gc(x), torch.zeros(2, 256, 1, 1, 1))  # zero expand: a fresh block is undisturbed
+    nn.init.normal_(gc.expand.weight)
+    expected = gc.expand(torch.relu(gc.reduce(x.mean(dim=(2, 3, 4)))))
+    torch.testing.assert_close(gc(x)[:, :, 0, 0, 0], expected)
 
 
 def test_heads_see_different_shapes() -> None:

@@ -16,8 +16,10 @@ from test_stages import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params
+from opplan.data.shards import write_checksums
 from opplan.planning.graph import graph_from_params
-from opplan.stages.plan import config_hash, planning_config, run_plan
+from opplan.stages.common import config_hash, planning_config
+from opplan.stages.plan import run_plan
 
 ENV = {k: v for k, v in os.environ.items() if k != t.ENV_URI} | {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -33,6 +35,7 @@ def tiny_params(shards: Path, *, workers: int) -> Params:
 
 def test_workers_are_not_part_of_the_planning_configuration(tmp_path: Path) -> None:
     (tmp_path / "videos.csv").write_text("index,path\n0,a.avi\n")
+    write_checksums(tmp_path, {})
     one, two = (tiny_params(tmp_path, workers=k) for k in (1, 2))
     assert one.plan.workers == 1 and two.plan.workers == 2
     assert planning_config(one, tmp_path) == planning_config(two, tmp_path)
@@ -44,7 +47,7 @@ def test_one_worker_per_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     import torch
 
     from opplan.errors import OpplanError
-    from opplan.stages.plan import worker_devices
+    from opplan.stages.workers import worker_devices
 
     params = tiny_params(tmp_path, workers=3)
     auto = params.model_copy(update={"device": "auto"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from opplan.config import PrepareParams
 from opplan.data.manifest import Entry, write_dataset
-from opplan.data.prepare import prepare_dataset, resized_shape
+from opplan.data.prepare import decode_video, prepare_dataset, resized_shape
 from opplan.data.shards import ShardReader
 from opplan.data.splits import class_quotas, stratified_split, validation_count
 from opplan.data.synth import render, write_video
@@ -134,10 +135,16 @@ def test_partly_corrupt_video_keeps_what_decodes(tmp_path: Path) -> None:
     raw[middle : middle + 2000] = bytes(2000)
     (data / "v.mp4").write_bytes(bytes(raw))
     write_video(data / "w.mp4", frames(8))
-    write_dataset(data, [Entry("v.mp4", "a", "train"), Entry("w.mp4", "a", "train")], ["a"])
+    write_video(data / "x.mp4", frames(8, seed=1))  # a second class: one class cannot be planned for
+    write_dataset(data, [Entry("v.mp4", "a", "train"), Entry("w.mp4", "a", "train"), Entry("x.mp4", "b", "train")],
+                  ["a", "b"])
     prepare_dataset(data, tmp_path / "out", PrepareParams(short_side=32, val_size=1, workers=1), seed=0)
     rows = {r["path"]: int(r["num_frames"]) for r in read_csv(tmp_path / "out" / "videos.csv")}
     assert 0 < rows["v.mp4"] < 60 and rows["w.mp4"] == 8
+    # the same frames every time (decord alone kept a random number of them)
+    again = [decode_video(str(data / "v.mp4"), 32).frames for _ in range(3)]
+    assert all(frames is not None and frames.shape[0] == rows["v.mp4"] for frames in again)
+    assert all(np.array_equal(frames, again[0]) for frames in again)
 
 
 def test_too_many_bad_videos_fail_after_writing_the_report(odd_dataset: Path, tmp_path: Path) -> None:
@@ -231,3 +238,131 @@ def test_tiny_shards_split(tiny_shards: Path) -> None:
     for label in {r["label"] for r in rows}:
         splits = sorted(r["split"] for r in rows if r["label"] == label)
         assert splits == ["test", "train", "train", "val"]  # val size = test size, one per class
+
+
+# --- shard checksums ---------------------------------------------------------------------
+
+
+def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planning_hash(
+        tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16.1: zeroing 40 % of a shard's bytes is caught before training (exit 2, one line
+    naming the shard), never trained on; frames that really changed give another config hash."""
+    from click.testing import CliRunner
+    from test_stages import tiny_config
+
+    from opplan.cli import cli
+    from opplan.config import Params
+    from opplan.data.shards import CHECKSUMS, verify_shards, write_checksums
+    from opplan.stages.common import config_hash, planning_config
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for path in tiny_shards.iterdir():
+        (shards / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_config(shards)))
+    monkeypatch.chdir(tmp_path)
+    params = Params.model_validate(tiny_config(shards))
+    before = config_hash(planning_config(params, shards))
+    [shard] = sorted(shards.glob("frames-*.npy"))
+    good = shard.read_bytes()
+    start, length = len(good) // 3, int(0.4 * len(good))
+    shard.write_bytes(good[:start] + bytes(length) + good[start + length:])
+    for args in (["data", "verify"], ["data", "verify", "--quick"], ["plan"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"{shard}: frame shard differs from what `prepare` wrote (content changed)" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not Path("mlflow.db").exists() and not Path(".opplan/work").exists()  # nothing trained
+    shard.write_bytes(good[:-1])
+    with pytest.raises(DataError, match="size changed"):
+        verify_shards(shards)
+    shard.write_bytes(good)  # restored: the same planning, its runs reused
+    assert CliRunner().invoke(cli, ["data", "verify"]).exit_code == 0
+    assert config_hash(planning_config(params, shards)) == before
+    changed = bytearray(good)
+    changed[-1] ^= 0xFF  # a re-prepare that gives other frames writes other checksums
+    shard.write_bytes(bytes(changed))
+    write_checksums(shards, {shard.name: hashlib.sha256(changed).hexdigest()})
+    assert config_hash(planning_config(params, shards)) != before
+    (shards / CHECKSUMS).unlink()
+    with pytest.raises(DataError, match="checksums.json not found: these shards predate"):
+        planning_config(params, shards)
+
+
+# --- manifest paths and classes (issue 16.3, 16.4) -------------------------------------------
+
+
+def linked_dataset(tiny_dataset: Path, folder: Path, rows: list[str], classes: str | None = None) -> Path:
+    """A dataset folder whose ``v/`` links to ``tiny_dataset``'s videos, with these manifest rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "v").symlink_to(tiny_dataset / "videos", target_is_directory=True)
+    (folder / "classes.txt").write_text(classes or (tiny_dataset / "classes.txt").read_text())
+    (folder / "manifest.csv").write_text("path,label,split\n" + "".join(f"{r}\n" for r in rows))
+    return folder
+
+
+def tiny_rows(tiny_dataset: Path) -> list[str]:
+    rows = (tiny_dataset / "manifest.csv").read_text().splitlines()[1:]
+    return [f"v/{r.split('videos/', 1)[1]}" for r in rows]
+
+
+def test_manifest_paths_are_resolved_deduplicated_and_kept_inside_the_folder(tiny_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    from opplan.data.manifest import read_manifest
+
+    rows = tiny_rows(tiny_dataset)
+    first = rows[0].split(",")[0]  # a training video
+    label = rows[0].split(",")[1]
+    detour = f"v/{first.split('/')[1]}/../{first[2:]}"
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes((tiny_dataset / "videos" / first[2:]).read_bytes())
+    folder = linked_dataset(tiny_dataset, tmp_path / "d", rows + [
+        f"{outside},{label},train", f"../outside.mp4,{label},train", f"v/../../outside.mp4,{label},train",
+        f"./{first},{label},train", f"{detour},{label},train", f"{tiny_dataset}/videos/{first[2:]},{label},train"])
+    entries, _, problems = read_manifest(folder)
+    assert [e.path for e in entries] == [r.split(",")[0] for r in rows]
+    n = len(rows) + 1
+    assert [(p.line, p.reason) for p in problems] == [
+        (n + 1, f"path {outside} leaves the dataset folder; write it relative to the folder, without '..'"),
+        (n + 2, "path ../outside.mp4 leaves the dataset folder; write it relative to the folder, without '..'"),
+        (n + 3, "path v/../../outside.mp4 leaves the dataset folder; write it relative to the folder, without '..'"),
+        (n + 4, f"video ./{first} is listed more than once (line 2, as {first})"),
+        (n + 5, f"video {detour} is listed more than once (line 2, as {first})"),
+        (n + 6, f"path {tiny_dataset}/videos/{first[2:]} leaves the dataset folder; write it relative to the "
+                "folder, without '..'")]
+
+
+def test_a_video_in_two_splits_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from opplan.cli import cli
+
+    rows = tiny_rows(tiny_dataset)
+    path, label, _ = rows[0].split(",")
+    spelled = f"./v/{label}/../{path[2:]}"
+    linked_dataset(tiny_dataset, tmp_path / "d", rows + [f"{spelled},{label},test"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"root": str(tmp_path / "d")},
+                                                          "prepare": {"out": str(tmp_path / "shards")}}))
+    result = CliRunner().invoke(cli, ["data", "prepare", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"opplan: error: {tmp_path / 'd' / 'manifest.csv'}:{len(rows) + 2}: video {spelled} is also in split "
+        f"'train' (line 2, as {path}); a video must be in one split only: remove one of the rows")
+    assert not (tmp_path / "shards").exists()
+
+
+def test_one_class_is_refused_and_a_thin_class_is_warned_about(tiny_dataset: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    rows = tiny_rows(tiny_dataset)
+    label = rows[0].split(",")[1]
+    one = linked_dataset(tiny_dataset, tmp_path / "one", [r for r in rows if r.split(",")[1] == label])
+    with pytest.raises(DataError, match=rf"the training split holds 1 class\(es\) \({label}\): classification "
+                                        "needs at least two"):
+        prepare_dataset(one, tmp_path / "s1", PrepareParams(short_side=32, workers=1, val_size=1), seed=0)
+    assert not (tmp_path / "s1").exists()
+    other = next(r.split(",")[1] for r in rows if r.split(",")[1] != label)
+    thin = [r for r in rows if r.split(",")[1] != other or r.endswith(",test")]
+    thin.append(next(r for r in rows if r.split(",")[1] == other and r.endswith(",train")))
+    prepare_dataset(linked_dataset(tiny_dataset, tmp_path / "thin", thin), tmp_path / "s2",
+                    PrepareParams(short_side=32, workers=1, val_size=2), seed=0)
+    assert f"1 class(es) have fewer than 2 training videos, so none goes to internal validation: {other}" in caplog.text

@@ -80,7 +80,7 @@ def _curve(src: str, dst: str, y0: float) -> np.ndarray:
 
 
 class Oracle:
-    """``run_transition`` for :func:`plan_path`, logging like ``opplan.stages.plan.TransitionRunner``."""
+    """``run_transition`` for :func:`plan_path`, logging like ``opplan.stages.transitions.TransitionRunner``."""
 
     def __init__(self, tracker: t.Tracker, parent: str, plan: PlanParams, ledger: Planned, fail: set) -> None:
         self.tracker, self.parent, self.plan, self.ledger, self.fail = tracker, parent, plan, ledger, fail

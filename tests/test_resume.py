@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_stages import with_current_hash
 
 from opplan import tracking as t
-from opplan.config import Params, dump_params
+from opplan.config import Params, dump_params, load_params
 from opplan.report.collect import read_store
 from opplan.report.compare import planning_cost
 
@@ -273,7 +274,8 @@ def test_plan_is_deterministic_across_project_folders(references: dict[str, Laun
 def test_final_survives_sigkill_and_resumes_where_it_was(tiny_shards: Path, tmp_path: Path) -> None:
     reference, project = make_project(tmp_path / "ref", tiny_shards), make_project(tmp_path / "k", tiny_shards)
     for folder in (reference, project):
-        (folder / "plan.json").write_text(json.dumps(FINAL_PLAN))
+        plan = with_current_hash(FINAL_PLAN, load_params(folder / "params.yaml"))
+        (folder / "plan.json").write_text(json.dumps(plan))
     undisturbed = Launch(reference, "final", "final")
 
     # during epoch 4 (the second of the frozen-BN segment at clip length 8)

@@ -98,3 +98,45 @@ def test_spaced_clips_properties(n: int, length: int, k: int, name: str) -> None
     assert clips.shape == (k, length) and clips.min() >= 0 and clips.max() < n
     assert np.all(np.diff(clips[:, 0]) >= 0)  # clips in time order
     assert sampling.spaced_clips(n, length, name, 1)[0].tolist() == sampling.centre_clip(n, length, name).tolist()
+
+
+# --- uniform sampling with snippets (the authors' 4 consecutive frames per segment) ---------
+
+
+def test_uniform_snippets_exact() -> None:
+    # 40 frames, a 16-frame clip in snippets of 4: 4 segments of 10 frames, starts in [10 i, 10 i + 6]
+    assert sampling.uniform(40, 16, EdgeRng(), snippet=4).tolist() == [
+        0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23, 30, 31, 32, 33]
+    assert sampling.uniform(40, 16, EdgeRng(highest=True), snippet=4).tolist() == [
+        6, 7, 8, 9, 16, 17, 18, 19, 26, 27, 28, 29, 36, 37, 38, 39]
+    # validation: snippets centred on the middles of the segments (frames 5, 15, 25, 35)
+    assert sampling.centre_clip(40, 8, "us", snippet=4).tolist() == [8, 9, 10, 11, 28, 29, 30, 31]
+    # too short for a snippet per segment: segments start in order, frames capped at the last
+    assert sampling.uniform(3, 8, EdgeRng(), snippet=4).tolist() == [0, 1, 2, 2, 1, 2, 2, 2]
+    assert sampling.train_clip(40, 16, "us", EdgeRng(), snippet=4).tolist()[:4] == [0, 1, 2, 3]
+
+
+def test_snippet_one_is_one_frame_per_segment() -> None:
+    for seed in range(5):
+        one = sampling.uniform(97, 8, np.random.default_rng(seed), snippet=1)
+        assert one.tolist() == sampling.uniform(97, 8, np.random.default_rng(seed)).tolist()
+    assert sampling.spaced_clips(97, 8, "us", 3, snippet=1).tolist() == sampling.spaced_clips(97, 8, "us", 3).tolist()
+
+
+def test_snippet_must_divide_the_clip() -> None:
+    with pytest.raises(ValueError, match="divide"):
+        sampling.uniform(40, 6, np.random.default_rng(0), snippet=4)
+
+
+@given(n=st.integers(1, 300), groups=st.integers(1, 16), snippet=st.sampled_from([1, 2, 4]),
+       seed=st.integers(0, 2**16), k=st.integers(1, 5))
+def test_uniform_snippet_properties(n: int, groups: int, snippet: int, seed: int, k: int) -> None:
+    length = groups * snippet
+    idx = sampling.uniform(n, length, np.random.default_rng(seed), snippet).reshape(groups, snippet)
+    assert idx.min() >= 0 and idx.max() < n
+    if n >= length:  # consecutive frames within each snippet, each snippet starts in its own segment
+        assert np.all(np.diff(idx, axis=1) == 1)
+        starts = np.arange(groups) * n // groups
+        assert np.all(idx[:, 0] >= starts) and np.all(idx[:, 0] < (np.arange(groups) + 1) * n // groups)
+    clips = sampling.spaced_clips(n, length, "us", k, snippet)
+    assert clips.shape == (k, length) and clips.min() >= 0 and clips.max() < n

@@ -15,6 +15,7 @@ from opplan.errors import OpplanError
 from opplan.planning.graph import graph_from_params
 from opplan.stages.baselines import run_baselines
 from opplan.stages.evaluate import run_evaluate
+from opplan.stages.common import config_hash, planning_config
 from opplan.stages.final import run_final
 from opplan.stages.plan import run_plan
 
@@ -40,6 +41,11 @@ def tiny_config(shards: Path, **sections: dict) -> dict:
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}
     return config
+
+
+def with_current_hash(plan: dict, params: Params) -> dict:
+    """A hand-written ``plan.json`` for ``params`` (``final`` refuses one made under other params)."""
+    return {**plan, "config_hash": config_hash(planning_config(params, Path(params.prepare.out)))}
 
 
 def tiny_params(shards: Path, store: Path, **plan: object) -> Params:

@@ -95,3 +95,27 @@ def test_margin_in_se() -> None:
     assert stats.margin_in_se(0.6, 0.5, 0.03, 0.04) == pytest.approx(2.0)
     assert stats.margin_in_se(0.6, -math.inf, 0.03, 0.04) == math.inf
     assert math.isnan(stats.margin_in_se(0.6, 0.5, math.nan, 0.04))
+
+
+def test_chance_levels_per_metric() -> None:
+    balanced = np.repeat(np.arange(5), 4)
+    assert stats.chance_level(balanced, 5, "top1") == pytest.approx(0.2)
+    assert stats.chance_level(balanced, 5, "top135") == pytest.approx((0.2 + 0.6 + 1.0) / 3)
+    assert stats.chance_level(balanced, 5, "prob") == pytest.approx(0.2)
+    skewed = np.array([0] * 6 + [1] * 2 + [2] * 2)  # 3 classes at 0.6 / 0.2 / 0.2
+    assert stats.chance_level(skewed, 3, "top1") == pytest.approx(0.6)
+    assert stats.chance_level(skewed, 3, "top135") == pytest.approx((0.6 + 1 + 1) / 3)
+    assert stats.chance_level(skewed, 3, "prob") == pytest.approx(0.36 + 0.04 + 0.04)
+    # a constant model scores exactly the top-1 chance level
+    scores = np.tile([0.5, 0.3, 0.2], (len(skewed), 1))
+    assert stats.per_video_scores(scores, skewed, "top1").mean() == pytest.approx(stats.chance_level(skewed, 3))
+    assert math.isnan(stats.chance_level([], 3))
+
+
+def test_within_noise_of_and_zero_se_margins() -> None:
+    assert stats.within_noise_of(0.25, 0.2, 0.03, 2.0)
+    assert not stats.within_noise_of(0.27, 0.2, 0.03, 2.0)
+    assert stats.within_noise_of(0.1, 0.2, 0.03, 2.0)  # below chance is no learning either
+    assert not stats.within_noise_of(0.21, 0.2, math.nan, 2.0)  # unknown SE: no noise
+    assert stats.margin_in_se(0.3, 0.3, 0.0, 0.0) == 0.0
+    assert stats.margin_in_se(0.3, 0.2, 0.0, 0.0) == math.inf

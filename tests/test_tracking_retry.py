@@ -1,4 +1,4 @@
-"""Retrying MLflow calls (``opplan.tracking.retrying``) against a fake client and a fake
+"""Retrying MLflow calls (``opplan.tracking.retries``) against a fake client and a fake
 clock: transient errors are waited out with backoff and a WARNING each, other errors
 are raised at once, and an exhausted budget becomes an OpplanError naming the server."""
 
@@ -19,6 +19,8 @@ from mlflow.protos import databricks_pb2 as codes
 from mlflow.store.entities.paged_list import PagedList
 
 from opplan import tracking as t
+from opplan.tracking import client as tracking_client
+from opplan.tracking import retries
 from opplan.errors import OpplanError
 
 URI = "http://tracking.example:5000"
@@ -69,7 +71,8 @@ class FakeClient:
 
     def get_experiment_by_name(self, name: str) -> Any:
         self._answer("get_experiment_by_name")
-        return SimpleNamespace(experiment_id="7", lifecycle_stage="active")
+        return SimpleNamespace(experiment_id="7", lifecycle_stage="active",
+                               tags={t.EXPERIMENT_KIND_TAG: t.EXPERIMENT_KIND})
 
     def search_experiments(self, max_results: int, page_token: str | None) -> PagedList:
         self._answer("search_experiments")
@@ -111,12 +114,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
-    monkeypatch.setattr(t, "time", fake)
+    monkeypatch.setattr(retries, "time", fake)
+    monkeypatch.setattr(tracking_client, "time", fake)
     return fake
 
 
 def tracker_on(client: FakeClient, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> t.Tracker:
-    monkeypatch.setattr(t, "MlflowClient", lambda tracking_uri: client)
+    monkeypatch.setattr(tracking_client, "MlflowClient", lambda tracking_uri: client)
     return t.Tracker(URI, "exp", **kwargs)
 
 
@@ -216,7 +220,7 @@ def test_an_exhausted_budget_is_an_opplan_error_naming_server_operation_and_erro
 def test_reading_a_store_retries_too_and_gives_up_with_an_opplan_error(
         clock: FakeTime, monkeypatch: pytest.MonkeyPatch) -> None:
     client = FakeClient(search_experiments=[REFUSED])
-    monkeypatch.setattr(t, "MlflowClient", lambda tracking_uri: client)
+    monkeypatch.setattr(tracking_client, "MlflowClient", lambda tracking_uri: client)
     readers = t.open_store(URI)
     assert list(readers) == ["exp"] and readers["exp"].experiment_id == "7" and clock.sleeps == [1]
 

@@ -40,7 +40,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opplan.data.manifest import Entry, Problem, decode_text, is_file, label_problem, write_dataset, write_problems
+from opplan.data.manifest import (
+    Entry,
+    Problem,
+    decode_text,
+    is_file,
+    is_utf8,
+    label_problem,
+    write_dataset,
+    write_problems,
+)
 from opplan.errors import AnnotationError, DataError
 from opplan.fileio import atomic_open
 
@@ -88,15 +97,18 @@ class Listing:
             found = Path(os.path.normpath(found))  # "a/../b" -> "b": one video, one name, no escape via ".."
         rel = "" if found is None else (found.relative_to(root).as_posix() if found.is_relative_to(root)
                                         else f"external/{found.name}")
+        real = None if found is None else Path(os.path.realpath(found))  # one video, however it is reached
         if found is None:
             self.problems.append(Problem(file, line, f"video {wanted} not found under {root}"))
-        elif found in self._seen:
+        elif not is_utf8(rel):
+            self.problems.append(Problem(file, line, f"video file name {rel!r} is not UTF-8; rename the file"))
+        elif real in self._seen:
             self.problems.append(Problem(file, line, f"video {wanted} is listed more than once"))
         elif rel in self._rels:
             self.problems.append(Problem(file, line, f"video {found} would be imported as {rel}, "
                                                      "the name of another video"))
         else:
-            self._seen.add(found)
+            self._seen.add(real)
             self._rels.add(rel)
             self.videos.append((Entry(rel, label, split, line), found))
 
@@ -114,8 +126,15 @@ class _VideoIndex:
     def find(self, stem: str, prefer_dir: str | None = None) -> Path | None:
         if self._by_stem is None:
             self._by_stem = defaultdict(list)
-            for folder, _, names in os.walk(self.root, followlinks=True):
-                for name in names:
+            visited: set[str] = set()
+            for folder, subfolders, names in os.walk(self.root, followlinks=True):
+                real = os.path.realpath(folder)
+                if real in visited:  # a symlink loop, or a second link to a folder seen already
+                    subfolders[:] = []
+                    continue
+                visited.add(real)
+                subfolders.sort()
+                for name in sorted(names):
                     path = Path(folder, name)
                     if path.suffix.lower() in VIDEO_EXTENSIONS and is_file(path):
                         self._by_stem[path.stem].append(path)

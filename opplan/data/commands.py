@@ -9,7 +9,7 @@ from opplan.data.annotations import FORMATS
 
 @click.group()
 def data() -> None:
-    """Make the demo dataset, import a real one, or prepare frame shards."""
+    """Make the demo dataset, import a real one, prepare frame shards or verify them."""
 
 
 @data.command()
@@ -65,3 +65,18 @@ def prepare(params_path: str) -> None:
 
     summary = prepare_from_params(load_params(params_path))
     click.echo(f"prepared {summary['videos']} videos ({summary['splits']}), {summary['bad_videos']} bad")
+
+
+@data.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The params file (its prepare.out is checked).")
+@click.option("--quick", is_flag=True, help="Only sizes and sampled bytes (the check every training stage makes).")
+def verify(params_path: str, quick: bool) -> None:
+    """Check every frame shard against the checksums `prepare` wrote (full SHA-256 by default)."""
+    from opplan.config import load_params
+    from opplan.data.shards import CHECKSUMS, verify_shards
+
+    out = load_params(params_path).prepare.out
+    digest = verify_shards(out, full=not quick)
+    click.echo(f"{out}: every shard matches {out}/{CHECKSUMS} ({'sampled' if quick else 'full'} check; "
+               f"fingerprint {digest[:16]})")

@@ -3,14 +3,14 @@
 ``ClipDataset`` picks frames with :mod:`opplan.data.sampling` and transforms them with
 :mod:`opplan.data.transforms`. Each training sample's randomness is seeded from
 ``(seed, epoch, index)``, so the same seed and epoch give the same clips whatever the
-number of DataLoader workers; ``make_loader`` sets seed and epoch.
+number of DataLoader workers; ``make_loader`` and ``reseed`` set seed and epoch.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +55,20 @@ class ClipDataset(Dataset):
 
     ``__getitem__(i)`` returns ``(clip, label)``:
     - ``mode="train"``: float32 (3, T, S, S), a random clip (``sampling``) with augmentation;
-    - ``mode="val"``: (3, T, S, S), the centre clip, centre crop;
+    - ``mode="val"``: (3, T, S, S), the centre clip, centre crop; with ``clips = K > 1``,
+      (K, 3, T, S, S): K uniformly spaced clips (planning's ``plan.val_clips``);
     - ``mode="test"``: (V, 3, T, S, S), ``V = evaluate.clips * evaluate.crops`` views,
       clip-major (all crops of clip 0, then clip 1, ...).
-    with T = ``clip_length`` and S = ``train.crop_size``.
+    with T = ``clip_length`` and S = ``train.crop_size`` (``evaluate.crop_size`` for ``test``).
     """
 
     def __init__(self, shards_dir: str | Path, splits: str | Sequence[str], *, sampling: str, clip_length: int,
-                 mode: str, train: TrainParams, evaluate: EvaluateParams | None = None) -> None:
+                 mode: str, train: TrainParams, evaluate: EvaluateParams | None = None, clips: int = 1) -> None:
         splits = (splits,) if isinstance(splits, str) else tuple(splits)
         _check_arguments(splits, sampling, clip_length, mode, train)
         self.shards_dir = Path(shards_dir)
         self.splits, self.sampling, self.clip_length, self.mode = splits, sampling, clip_length, mode
+        self.snippet = train.snippet_length
         self.evaluate = evaluate or EvaluateParams()
         videos = read_videos(self.shards_dir)
         videos = videos[videos["split"].isin(splits)].reset_index(drop=True)
@@ -80,8 +82,9 @@ class ClipDataset(Dataset):
         self._geometry = videos[["offset", "num_frames", "height", "width"]].to_numpy(dtype=np.int64)
         self._reader = ShardReader(self.shards_dir)
         self._transform = {"train": train_transform(train), "val": eval_transform(train),
-                           "test": MultiCrop(train, self.evaluate.crops)}[mode]
+                           "test": MultiCrop(train, self.evaluate.crops, self.evaluate.crop_size)}[mode]
         self.seed, self.epoch = 0, 0
+        self.val_clips = int(clips)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,22 +95,29 @@ class ClipDataset(Dataset):
         other.seed, other.epoch = int(seed), int(epoch)
         return other
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(seed, epoch, index)`` from an :class:`EpochSampler` (the
+        clip of ``index`` for that seed and epoch, as ``reseeded(seed, epoch)[index]``)."""
+        seed, epoch, index = key if isinstance(key, tuple) else (self.seed, self.epoch, key)
         offset, n, height, width = (int(v) for v in self._geometry[index])
         label = int(self.labels[index])
         if self.mode == "train":
-            seeds = np.random.SeedSequence([self.seed, self.epoch, int(index)])
-            indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds))
+            seeds = np.random.SeedSequence([seed, epoch, int(index)])
+            indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds),
+                                          self.snippet)
             frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices)
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(int(seeds.generate_state(1)[0]))
                 clip = self._transform(to_video(frames))
             return clip.permute(1, 0, 2, 3).contiguous(), label
-        clips = self.evaluate.clips if self.mode == "test" else 1
-        indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips)  # (K, T)
+        clips = self.evaluate.clips if self.mode == "test" else self.val_clips
+        indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips, self.snippet)  # (K, T)
         frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices.reshape(-1))
-        if self.mode == "val":
+        if self.mode == "val" and clips == 1:
             return self._transform(to_video(frames)).permute(1, 0, 2, 3).contiguous(), label
+        if self.mode == "val":  # (K*T, 3, S, S) -> (K, 3, T, S, S)
+            views = self._transform(to_video(frames)).unflatten(0, (clips, self.clip_length))
+            return views.permute(0, 2, 1, 3, 4).contiguous(), label
         views = self._transform(to_video(frames))  # (crops, K*T, 3, S, S)
         views = views.unflatten(1, (clips, self.clip_length)).transpose(0, 1).flatten(0, 1)  # (K*crops, T, 3, S, S)
         return views.permute(0, 2, 1, 3, 4).contiguous(), label
@@ -138,29 +148,81 @@ def _check_shards(shards_dir: Path, videos: pd.DataFrame) -> None:
             raise DataError(f"{path}: holds {size} bytes of frames but videos.csv needs {needed}; {PREPARE_HINT}")
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy's legacy global generator in each worker from torch's per-worker seed."""
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """Keys ``(seed, epoch, index)`` in the order of ``seed`` and ``epoch``; ``set_epoch``
+    changes both between passes without restarting the loader's workers.
+
+    Shuffled: a ``DistributedSampler`` over the one permutation every process draws
+    alike (rank r takes positions r, r + replicas, ...). In order: the strided share
+    ``rank, rank + replicas, ...`` with no padding.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
+                 replicas: int = 1) -> None:
+        self.size, self.shuffle, self.rank, self.replicas = size, shuffle, rank, replicas
+        self.set_epoch(seed, epoch)
+
+    def set_epoch(self, seed: int, epoch: int = 0) -> None:
+        self.seed, self.epoch = int(seed), int(epoch)
+
+    @property
+    def order_seed(self) -> int:
+        """Seeds the permutation and the loader's worker seeds."""
+        return int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+
+    def _indices(self) -> Sequence[int] | Iterator[int]:
+        if not self.shuffle:
+            return range(self.rank, self.size, self.replicas)
+        return iter(DistributedSampler(range(self.size), num_replicas=self.replicas, rank=self.rank, shuffle=True,
+                                       seed=self.order_seed))
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return ((self.seed, self.epoch, int(i)) for i in self._indices())
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return -(-self.size // self.replicas)
+        return len(range(self.rank, self.size, self.replicas))
+
+
+def _init_worker(worker_id: int) -> None:
+    """One torch thread per worker (the workers together fill the cores; more threads each
+    only contend), and numpy's legacy global generator seeded from torch's per-worker seed."""
+    torch.set_num_threads(1)
     np.random.seed(torch.initial_seed() % 2**32)
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int,
-                epoch: int = 0, rank: int = 0, replicas: int = 1) -> DataLoader:
+                epoch: int = 0, rank: int = 0, replicas: int = 1, pin_memory: bool | None = None,
+                prefetch_factor: int | None = None) -> DataLoader:
     """A DataLoader whose order (``shuffle``) and clips depend only on ``seed`` and ``epoch``.
 
+    Its workers persist from one pass to the next: :func:`reseed` sets the next pass's seed
+    and epoch, which gives exactly the batches of a new loader made with them.
+
     With ``replicas`` processes (data-parallel training) each gets its share: when
-    shuffling, a ``DistributedSampler`` over the one permutation every process draws
-    alike (rank r takes positions r, r + replicas, ...), so the union of the ranks' k-th
-    batches is the lone process's k-th batch of ``batch_size * replicas`` clips; in order,
-    the strided share ``rank, rank + replicas, ...`` with no padding.
+    shuffling, the union of the ranks' k-th batches is the lone process's k-th batch of
+    ``batch_size * replicas`` clips; in order, every ``replicas``-th video (see
+    :class:`EpochSampler`). ``pin_memory``: None pins when CUDA is available.
     """
-    order_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    sampler: Sampler[int] | range
-    if shuffle:
-        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=order_seed)
-    else:
-        sampler = range(rank, len(dataset), replicas)
-    generator = torch.Generator()  # worker seeds
-    generator.manual_seed(order_seed)
-    return DataLoader(dataset.reseeded(seed, epoch), batch_size=batch_size, sampler=sampler,
-                      num_workers=num_workers, generator=generator, worker_init_fn=_seed_worker,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, replicas=replicas)
+    workers = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if num_workers else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      generator=_worker_seeds(sampler), worker_init_fn=_init_worker,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **workers)
+
+
+def reseed(loader: DataLoader, seed: int, epoch: int = 0) -> DataLoader:
+    """``loader`` (from :func:`make_loader`) set for the pass of ``seed`` and ``epoch``."""
+    sampler = loader.sampler
+    if not isinstance(sampler, EpochSampler):
+        raise TypeError("reseed needs a loader from make_loader")
+    sampler.set_epoch(seed, epoch)
+    loader.generator.manual_seed(sampler.order_seed)
+    return loader
+
+
+def _worker_seeds(sampler: EpochSampler) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(sampler.order_seed)
+    return generator

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,12 @@ def write_dataset(folder: str | Path, entries: Iterable[Entry], classes: list[st
 
 
 def write_problems(path: str | Path, problems: Iterable[Problem]) -> None:
-    """A ``file,line,reason`` report."""
-    write_csv(path, ("file", "line", "reason"), ((p.file, p.line, p.reason) for p in problems))
+    """A ``file,line,reason`` report (undecodable bytes of file names written as escapes)."""
+    write_csv(path, ("file", "line", "reason"), ((_text(p.file), p.line, _text(p.reason)) for p in problems))
+
+
+def _text(name: str) -> str:
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decode_text(raw: bytes) -> str:
@@ -86,10 +91,21 @@ def is_file(path: Path) -> bool:
         return False
 
 
+def is_utf8(text: str) -> bool:
+    """False for a name read from disk with undecodable bytes (Python keeps them as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def label_problem(label: str) -> str | None:
     """Why ``label`` cannot be a class name of ``classes.txt`` (one name a line), or None."""
     if not label.strip():
         return "empty label"
+    if not is_utf8(label):
+        return f"label {label!r} is not UTF-8 text (a file or folder name with a non-UTF-8 byte?); rename it"
     if label != label.strip() or len(label.splitlines()) != 1:
         return f"label {label!r} has a line break or surrounding blanks"
     return None
@@ -125,8 +141,9 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> tuple[list
     """The usable entries, the classes and the rows left out of a dataset folder.
 
     Raises :class:`DataError` when the folder, ``manifest.csv`` or ``classes.txt`` is
-    missing or the header is wrong; bad rows (unknown label or split, a missing file,
-    a repeated path, wrong column count) come back as problems.
+    missing, the header is wrong or one video (by real path, however spelled) is in both
+    splits; bad rows (unknown label or split, a missing file, a path outside the folder,
+    a repeated video, wrong column count) come back as problems.
     """
     folder = Path(folder)
     manifest = folder / MANIFEST
@@ -144,31 +161,47 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> tuple[list
     if not rows or tuple(c.strip() for c in rows[0]) != MANIFEST_COLUMNS:
         got = ",".join(rows[0]) if rows else "(empty file)"
         raise DataError(f"{manifest}:1: header must be {','.join(MANIFEST_COLUMNS)}, got {got!r}")
-    entries, problems, seen = [], [], set()
+    entries, problems, seen = [], [], {}
     for line, row in enumerate(rows[1:], start=2):
-        reason = _row_problem(row, known, seen)
+        reason = _row_problem(row, known)
         if reason is None and check_files and not is_file(folder / row[0].strip()):
             reason = f"video file {row[0].strip()} not found under {folder}"
+        if reason is None:
+            reason = _repeated(folder, manifest, line, row, seen)
         if reason is not None:
             if any(cell.strip() for cell in row):  # blank lines are not worth a report
                 problems.append(Problem(str(manifest), line, reason))
             continue
         path, label, split = (cell.strip() for cell in row)
-        seen.add(path)
         entries.append(Entry(path, label, split, line))
     return entries, classes, problems
 
 
-def _row_problem(row: list[str], known: set[str], seen: set[str]) -> str | None:
+def _repeated(folder: Path, manifest: Path, line: int, row: list[str], seen: dict[str, Entry]) -> str | None:
+    """Why the row's video (by real path) was already listed, or None; in another split: DataError."""
+    path, label, split = (cell.strip() for cell in row)
+    real = os.path.realpath(folder / path)
+    first = seen.setdefault(real, Entry(path, label, split, line))
+    if first.line == line:
+        return None
+    if first.split != split:
+        raise DataError(f"{manifest}:{line}: video {path} is also in split {first.split!r} (line {first.line}, as "
+                        f"{first.path}); a video must be in one split only: remove one of the rows")
+    return f"video {path} is listed more than once (line {first.line}, as {first.path})"
+
+
+def _row_problem(row: list[str], known: set[str]) -> str | None:
     if len(row) != len(MANIFEST_COLUMNS):
         return f"expected {len(MANIFEST_COLUMNS)} columns (path,label,split), got {len(row)}"
     path, label, split = (cell.strip() for cell in row)
     if not path:
         return "empty path"
+    if "\0" in path:
+        return "path has a NUL character"
+    if os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == "..":
+        return f"path {path} leaves the dataset folder; write it relative to the folder, without '..'"
     if label not in known:
         return f"label {label!r} is not in {CLASSES}"
     if split not in SPLITS:
         return f"split {split!r} is not one of {', '.join(SPLITS)}"
-    if path in seen:
-        return f"video {path} is listed more than once"
     return None

@@ -4,11 +4,13 @@
 2. Decode each video with decord, in ``prepare.workers`` processes, resized so its
    short side is ``prepare.short_side`` (aspect kept). We trust what decodes, not the
    header: frames are read one by one until the stream ends or the first error, and
-   the frames actually decoded are what counts. Unopenable or zero frames: a bad video.
+   the frames actually decoded are what counts (a stream with an error is decoded again
+   with PyAV, which stops at the same frame every run). Unopenable or zero frames: a bad video.
 3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
 4. Split the original training set into internal train / val (SPEC §5), stratified
    and seeded.
-5. Write ``videos.csv``, ``classes.txt``, ``bad_videos.csv``, ``prepare.json``.
+5. Write ``checksums.json`` (see :mod:`opplan.data.shards`), ``videos.csv``, ``classes.txt``,
+   ``bad_videos.csv``, ``prepare.json``.
 
 ``videos.csv`` is removed first and written last, so an interrupted run never leaves
 an index that points into half-written shards.
@@ -16,6 +18,7 @@ an index that points into half-written shards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import time
@@ -32,7 +35,7 @@ import numpy as np
 from opplan.config import Params, PrepareParams
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
 from opplan.data.shards import ShardWriter
-from opplan.data.splits import stratified_split, validation_count
+from opplan.data.splits import check_classes, stratified_split, validation_count
 from opplan.errors import DataError
 from opplan.fileio import atomic_write_json, atomic_write_text
 
@@ -62,7 +65,14 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def decode_video(path: str, short_side: int, max_frames: int | None = None) -> Decoded:
-    """Decode ``path`` frame by frame, resized; stop at the end or at the first failure."""
+    """Decode ``path`` frame by frame, resized; stop at the end or at the first failure.
+
+    decord decodes in a worker thread and raises on its first error however many decoded
+    frames are still queued, so on a corrupt stream it keeps 0..all of the good frames at
+    random (0 to 28 of 28 for one test file under load), even the first. A stream decord
+    fails on is therefore decoded again with PyAV, in this thread, one packet at a time:
+    the same frames every run.
+    """
     import decord  # here, not at import time: only decoding processes need it
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -70,22 +80,43 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None) -> D
         height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
         size = resized_shape(height, width, short_side)
         reader = decord.VideoReader(path, num_threads=1, width=size[1], height=size[0])
+        header = len(reader)
+        frames = []
+        with contextlib.suppress(StopIteration):
+            while True:
+                frames.append(reader.next().asnumpy())
     except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError/IndexError alike
-        return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
-    frames = []
-    try:
-        while True:
-            frames.append(reader.next().asnumpy())
-    except StopIteration:
-        pass
-    except Exception as exc:  # noqa: BLE001 - a corrupt packet: keep what decoded
-        log.debug("%s: decoding stopped after %d frames: %s", path, len(frames), _first_line(exc))
+        log.debug("%s: decord failed (%s); decoding it with PyAV", path, _first_line(exc))
+        header, frames = decode_until_error(path, short_side)
+        if header is None:
+            return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
     if not frames:
-        return Decoded(None, "no frame could be decoded", len(reader))
+        return Decoded(None, "no frame could be decoded", header)
     if max_frames is not None and len(frames) > max_frames:
         keep = ((2 * np.arange(max_frames) + 1) * len(frames)) // (2 * max_frames)
         frames = [frames[i] for i in keep]
-    return Decoded(np.stack(frames), header_frames=len(reader))
+    return Decoded(np.stack(frames), header_frames=header)
+
+
+def decode_until_error(path: str, short_side: int) -> tuple[int | None, list[np.ndarray]]:
+    """(frame count the header claims, frames resized like decord's) of ``path`` up to its
+    first undecodable packet; ``(None, [])`` when not even a first frame decodes."""
+    import av  # here, not at import time: only decoding processes need it
+
+    frames: list[np.ndarray] = []
+    header, size = None, None
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.thread_count = "NONE", 1
+            header = stream.frames
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    size = size or resized_shape(frame.height, frame.width, short_side)  # the first frame's
+                    frames.append(frame.to_ndarray(width=size[1], height=size[0], format="rgb24"))
+    except (av.FFmpegError, IndexError, ValueError) as exc:  # the first corrupt packet ends the video
+        log.debug("%s: decoding stopped after %d frames: %s", path, len(frames), _first_line(exc))
+    return (header if frames or header else None), frames
 
 
 def _first_line(exc: BaseException) -> str:
@@ -141,6 +172,7 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     or more than ``cfg.max_bad_fraction`` of its videos are unusable."""
     root, out = Path(root), Path(out)
     entries, classes, problems = read_manifest(root)
+    check_classes(*_labels(entries), warn=False)  # before decoding: a one-class dataset fails fast
     out.mkdir(parents=True, exist_ok=True)
     (out / VIDEOS_CSV).unlink(missing_ok=True)
     log.info("prepare: %d videos of %d classes in %s -> %s (short side %d, %d worker(s))",
@@ -148,9 +180,11 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     writer = ShardWriter(out, cfg.shard_mb * 2**20)
     rows, bad = _decode_into(writer, entries, root, cfg, classes)
     writer.flush()
+    writer.write_checksums()
     bad = [(f"{p.file}:{p.line}", p.reason) for p in problems] + bad
     write_csv(out / BAD_VIDEOS_CSV, ("path", "reason"), bad)
     _check_losses(len(bad), len(entries) + len(problems), cfg.max_bad_fraction, out, bad)
+    check_classes(*_labels(rows))  # bad videos may have taken a class's last ones
     _assign_splits(rows, cfg, seed)
     atomic_write_text(out / CLASSES, "".join(f"{c}\n" for c in classes))
     write_csv(out / VIDEOS_CSV, VIDEO_COLUMNS, ([i, *(r[c] for c in VIDEO_COLUMNS[1:])] for i, r in enumerate(rows)))
@@ -182,6 +216,12 @@ def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: Pre
     if truncated:
         log.warning("prepare: %d video(s) decoded fewer frames than their headers claim (kept what decoded)", truncated)
     return rows, bad
+
+
+def _labels(rows: list) -> tuple[list[str], list[str]]:
+    """Labels of the train and of the test rows (``Entry`` objects or row dicts)."""
+    pairs = [(r.label, r.split) if isinstance(r, Entry) else (r["label"], r["split"]) for r in rows]
+    return [label for label, split in pairs if split == "train"], [label for label, split in pairs if split == "test"]
 
 
 def _check_losses(num_bad: int, total: int, max_fraction: float, out: Path, bad: list[tuple[str, str]]) -> None:

@@ -5,24 +5,39 @@ the ``num_frames * height * width * 3`` bytes from ``offset`` on, frames (T, H, 
 RGB, row-major. Videos keep their own size (short side = ``prepare.short_side``,
 aspect kept), so a video's ``height`` and ``width`` are stored next to its shard and
 offset in ``videos.csv``. Reading a clip touches only its frames' pages.
+
+``checksums.json`` (written by ``prepare`` before ``videos.csv``) holds each shard's
+size, SHA-256 and a *sample* digest over 64 evenly spaced 4 KiB windows. Before a
+stage trains, :func:`shards_fingerprint` checks every shard's size and sample digest
+(a few hundred KiB read per shard, not the frames); ``opplan data verify`` checks the
+full SHA-256 on demand. The fingerprint (a digest of ``checksums.json``) is part of
+the planning configuration, so re-prepared frames never reuse runs trained on others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from opplan.errors import DataError
-from opplan.fileio import atomic_open
+from opplan.fileio import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 SHARD_NAME = "frames-{:05d}.npy"
 SHARD_RE = re.compile(r"frames-\d{5}\.npy")
+CHECKSUMS = "checksums.json"
+SAMPLE_WINDOWS = 64
+SAMPLE_BYTES = 4096
+REPREPARE = "rerun `dvc repro prepare --force` (or `opplan data prepare`) to decode the videos again"
 
 
 class ShardWriter:
@@ -36,6 +51,7 @@ class ShardWriter:
         self.folder = Path(folder)
         self.shard_bytes = shard_bytes
         self.written: list[str] = []
+        self.sha256: dict[str, str] = {}
         self.total_bytes = 0
         self._pending: list[np.ndarray] = []
         self._pending_bytes = 0
@@ -56,15 +72,25 @@ class ShardWriter:
         if not self._pending:
             return
         name = SHARD_NAME.format(len(self.written))
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": (self._pending_bytes,)})
+        digest = hashlib.sha256(header.getvalue())
         with atomic_open(self.folder / name, "wb") as handle:
-            header = {"descr": "|u1", "fortran_order": False, "shape": (self._pending_bytes,)}
-            np.lib.format.write_array_header_1_0(handle, header)
+            handle.write(header.getvalue())
             for frames in self._pending:
-                handle.write(memoryview(frames).cast("B"))
+                data = memoryview(frames).cast("B")
+                digest.update(data)
+                handle.write(data)
+        self.sha256[name] = digest.hexdigest()
         log.debug("shards: wrote %s (%.1f MiB)", name, self._pending_bytes / 2**20)
         self.written.append(name)
         self.total_bytes += self._pending_bytes
         self._pending, self._pending_bytes = [], 0
+
+    def write_checksums(self) -> None:
+        """``checksums.json`` for the shards written (before ``videos.csv``, which marks completion)."""
+        write_checksums(self.folder, {name: self.sha256[name] for name in self.written})
 
     def remove_stale(self) -> None:
         """Delete shard files of an earlier, larger run that this run did not write."""
@@ -72,6 +98,87 @@ class ShardWriter:
         for path in self.folder.glob("frames-*.npy"):
             if SHARD_RE.fullmatch(path.name) and path.name not in keep:
                 path.unlink()
+
+
+# --- checksums ---------------------------------------------------------------------------
+
+
+def sample_digest(path: Path, size: int) -> str:
+    """SHA-256 of ``SAMPLE_WINDOWS`` evenly spaced ``SAMPLE_BYTES`` windows (the whole file when small)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if size <= SAMPLE_WINDOWS * SAMPLE_BYTES:
+            digest.update(handle.read())
+            return digest.hexdigest()
+        for k in range(SAMPLE_WINDOWS):
+            handle.seek(k * (size - SAMPLE_BYTES) // (SAMPLE_WINDOWS - 1))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def full_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path, sha256: dict[str, str]) -> None:
+    """``checksums.json``: name -> bytes, sha256 and sample digest of each shard in ``folder``."""
+    folder = Path(folder)
+    table = {}
+    for name, digest in sorted(sha256.items()):
+        size = (folder / name).stat().st_size
+        table[name] = {"bytes": size, "sha256": digest, "sample": sample_digest(folder / name, size)}
+    atomic_write_json(folder / CHECKSUMS, table)
+
+
+def read_checksums(folder: Path) -> dict[str, dict]:
+    path = folder / CHECKSUMS
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: these shards predate shard checksums or were not made by "
+                        f"`prepare`; {REPREPARE}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable shard checksums ({str(exc)[:200]}); {REPREPARE}") from None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, dict) and {"bytes", "sha256", "sample"} <= v.keys() for v in table.values()):
+        raise DataError(f"{path}: not a table of shard checksums; {REPREPARE}")
+    return table
+
+
+def verify_shards(folder: str | Path, *, full: bool = False, names: Iterable[str] | None = None) -> str:
+    """Check every shard against ``checksums.json`` (size and sample digest; the whole
+    SHA-256 with ``full``); returns the shards' fingerprint. Raises :class:`DataError`
+    naming the first shard that differs."""
+    folder = Path(folder)
+    table = read_checksums(folder)
+    for name in sorted(table if names is None else names):
+        path, want = folder / name, table.get(name)
+        if want is None:
+            raise DataError(f"{path}: not listed in {folder / CHECKSUMS}; {REPREPARE}")
+        try:
+            size = path.stat().st_size
+            ok = size == want["bytes"] and sample_digest(path, size) == want["sample"] and (
+                not full or full_digest(path) == want["sha256"])
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read frame shard ({exc.strerror or exc}); {REPREPARE}") from None
+        if not ok:
+            raise DataError(f"{path}: frame shard differs from what `prepare` wrote "
+                            f"({'size' if size != want['bytes'] else 'content'} changed); {REPREPARE}")
+    return shards_digest(table)
+
+
+def shards_digest(table: dict[str, dict]) -> str:
+    """One digest of every shard's full SHA-256 (what the planning configuration records)."""
+    return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in table.items()}, sort_keys=True).encode()).hexdigest()
+
+
+def shards_fingerprint(folder: str | Path) -> str:
+    """The cheap check before training, and the digest a planning configuration includes."""
+    return verify_shards(folder)
 
 
 class ShardReader:

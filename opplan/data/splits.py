@@ -8,6 +8,7 @@ original test split, as in the paper.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,3 +65,26 @@ def stratified_split(labels: Sequence[int], val_count: int, seed: int) -> np.nda
     for chosen, quota in zip(members, quotas):
         is_val[chosen[rng.permutation(len(chosen))[:quota]]] = True
     return is_val
+
+
+def check_classes(train: Sequence[str], test: Sequence[str], *, warn: bool = True) -> None:
+    """Refuse fewer than two training classes (every score would be 1.0); warn about classes
+    too small for the splits: under two training videos (none can go to internal validation)
+    or no test video."""
+    counts = Counter(train)
+    if len(counts) < 2:
+        raise DataError(f"the training split holds {len(counts)} class(es) ({', '.join(sorted(counts)) or 'none'}): "
+                        "classification needs at least two, or every accuracy is 1.0; add videos of other classes")
+    if not warn:
+        return
+    thin = sorted(name for name, n in counts.items() if n < 2)
+    if thin:
+        log.warning("%d class(es) have fewer than 2 training videos, so none goes to internal validation: %s",
+                    len(thin), _names(thin))
+    untested = sorted(set(counts) - set(test))
+    if test and untested:
+        log.warning("%d class(es) have no test video: %s", len(untested), _names(untested))
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -7,8 +7,10 @@ wants videos as (..., C, H, W), so clips travel as (T, 3, H, W) and leave as flo
 - training: resize the short side to a random size in ``train.scale_jitter``, random
   ``train.crop_size`` crop, horizontal flip if ``train.flip``;
 - evaluation: resize the short side to ``train.eval_short_side``, then the centre
-  crop (planning's cheap view) or three crops along the long side (left/centre/right,
-  or top/centre/bottom for portrait videos: the three-crop testing of §5.2).
+  ``train.crop_size`` crop (planning's cheap view) or, testing, three
+  ``evaluate.crop_size`` crops along the long side (left/centre/right, or
+  top/centre/bottom for portrait videos: the three-crop testing of §5.2; the paper's
+  crops are 256², the whole short side).
 
 Randomness comes from torch's global generator, which the dataset seeds per sample.
 """
@@ -83,12 +85,15 @@ def eval_transform(train: TrainParams) -> v2.Compose:
 
 class MultiCrop:
     """(T, 3, H, W) uint8 -> (crops, T, 3, S, S) float: short side to ``eval_short_side``,
-    then 1 (centre) or 3 (both ends and the centre of the long side) S x S crops."""
+    then 1 (centre) or 3 (both ends and the centre of the long side) S x S crops, with
+    S = ``size`` (None: ``train.crop_size``)."""
 
-    def __init__(self, train: TrainParams, crops: int) -> None:
+    def __init__(self, train: TrainParams, crops: int, size: int | None = None) -> None:
         if crops not in (1, 3):
             raise ValueError(f"crops must be 1 or 3, got {crops}")
-        self.size, self.crops = train.crop_size, crops
+        if size is not None and size > train.eval_short_side:
+            raise ValueError(f"test crop size {size} exceeds eval_short_side {train.eval_short_side}")
+        self.size, self.crops = size or train.crop_size, crops
         self.resize = v2.Resize(train.eval_short_side, antialias=True)
         self.normalise = v2.Compose(_normalise())
 

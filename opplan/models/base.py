@@ -33,9 +33,10 @@ class VideoNet(nn.Module):
     affine parameters out of training, whatever ``train()`` is called with.
     """
 
-    def forward_heads(self, x: Tensor) -> dict[str, Tensor]:
-        """Logits (N, num_classes) per head; single-head models have only ``fused``."""
-        return {"fused": self(x)}
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor:
+        """Logits (N, num_classes); ``heads=True``: (N, K, num_classes), each head's logits
+        and last the prediction's (K = 1 for a single head)."""
+        raise NotImplementedError
 
     def train(self, mode: bool = True) -> VideoNet:
         super().train(mode)

@@ -34,5 +34,6 @@ class TorchvisionVideo(VideoNet):
         self.net.fc = nn.Sequential(nn.Dropout(dropout), fc)
         self.num_features = in_features
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor:
+        logits = self.net(x)
+        return logits.unsqueeze(1) if heads else logits

@@ -5,7 +5,10 @@ convolution ``S`` and a 1D temporal 3x1x1 convolution ``T`` (Qiu et al., ICCV 20
 
 - P3D-A: ``S`` then ``T`` in series;
 - P3D-B: ``S`` and ``T`` in parallel on the same input, summed;
-- P3D-C: ``S`` then ``T``, with a shortcut from ``S``'s output around ``T``;
+- P3D-C: ``S`` then ``T``, with a shortcut from ``S``'s output around ``T``: as in the
+  authors' code, ``T`` and the shortcut both take the activated ``relu(S)``, so the unit
+  is ``relu(S) + T(relu(S))`` (before the block's final ReLU); in the second unit of a
+  basic block, whose output meets the residual before any ReLU, both take ``S`` itself;
 - ``I`` (for I3D): one full 3x3x3 convolution, the inflated baseline.
 
 Mixed P3D interleaves A, B, C block by block over the whole network.
@@ -47,11 +50,15 @@ class P3DUnit(nn.Module):
     """The spatio-temporal convolution of a block: (N, C_in, T, H, W) -> (N, C_out, T, H/s, W/s).
 
     Returns the BatchNorm-ed *pre-activation*; the caller applies the ReLU (or adds
-    the residual first, in the second unit of a basic block).
+    the residual first, in the second unit of a basic block). ``activated``: the caller
+    applies a ReLU to the output (every unit but a basic block's second), so P3D-C may
+    activate ``S`` before ``T`` and its shortcut (``relu(relu(S) + T(relu(S)))`` overall,
+    the authors' ``Bottleneck_C``).
     """
 
-    def __init__(self, kind: Kind, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, kind: Kind, c_in: int, c_out: int, stride: int = 1, *, activated: bool = True) -> None:
         super().__init__()
+        self.activated = activated
         if kind not in ("A", "B", "C", "I"):
             raise ValueError(f"block kind must be A, B, C or I, got {kind!r}")
         self.kind = kind
@@ -73,31 +80,35 @@ class P3DUnit(nn.Module):
             return self.bn(self.conv_s(x) + self.conv_t(x))
         if self.kind == "C":
             s = self.bn(self.conv_s(x))
-            return s + self.conv_t(torch.relu(s))
+            if self.activated:
+                s = torch.relu(s)
+            return s + self.conv_t(s)
         return self.bn(self.conv_s(x))
 
 
 class GlobalContext(nn.Module):
     """Global residual from the pooled map, broadcast to every position (paper §4).
 
-    (N, C, T, H, W) -> (N, C, 1, 1, 1): global average pool, 1x1 reduce, LayerNorm,
-    ReLU, 1x1 expand (GCNet's transform, Cao et al. 2019; on pooled vectors a 1x1x1
-    convolution is a Linear layer). The expand layer starts at zero, so a fresh or
-    inflated network is not disturbed by it.
+    (N, C, T, H, W) -> (N, C, 1, 1, 1): global average pool, 1x1 reduce, ReLU, 1x1
+    expand (on pooled vectors a 1x1x1 convolution is a Linear layer), as the authors'
+    ``fc1``/``fc2``: no LayerNorm (GCNet, Cao et al. 2019, has one; the authors do not).
+    The expand layer starts at zero, weight and bias (the authors zero the weight only), so
+    a fresh or inflated network is exactly undisturbed by it. ``min_hidden`` keeps the
+    narrow CPU models' first stages from a 4-unit bottleneck; it never binds at width 64.
+    See docs/fidelity.md.
     """
 
     def __init__(self, channels: int, ratio: int = 16, min_hidden: int = 8) -> None:
         super().__init__()
         hidden = min(channels, max(channels // ratio, min_hidden))
         self.reduce = nn.Linear(channels, hidden)
-        self.norm = nn.LayerNorm(hidden)
         self.expand = nn.Linear(hidden, channels)
         nn.init.zeros_(self.expand.weight)
         nn.init.zeros_(self.expand.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         g = x.mean(dim=(2, 3, 4))
-        g = self.expand(torch.relu(self.norm(self.reduce(g))))
+        g = self.expand(torch.relu(self.reduce(g)))
         return g[:, :, None, None, None]
 
 
@@ -141,7 +152,7 @@ class BasicBlock(nn.Module):
     def __init__(self, kind: Kind, c_in: int, planes: int, stride: int = 1, *, global_context: bool) -> None:
         super().__init__()
         self.unit1 = P3DUnit(kind, c_in, planes, stride)
-        self.unit2 = P3DUnit(kind, planes, planes)
+        self.unit2 = P3DUnit(kind, planes, planes, activated=False)
         self.gc = GlobalContext(planes) if global_context else None
         self.downsample = _shortcut(c_in, planes, stride)
 

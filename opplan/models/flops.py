@@ -2,7 +2,7 @@
 
 ``count_gflops`` counts multiply-adds (MACs) of one clip through every convolution
 and linear layer, with forward hooks; BatchNorm, pooling, activations and the
-global-context LayerNorm are left out (< 1 % of the total). This is the convention
+global-context pooling are left out (< 1 % of the total). This is the convention
 of torchvision's published "GFLOPS" (``Weights.meta["_ops"]``), which
 ``tests/test_flops.py`` checks against for its video models.
 """

@@ -13,8 +13,8 @@ res2..res4 256x4x56², 512x4x28², 1024x4x14²; then the dual head:
   (keeps the spatial resolution);
 
 each globally average-pooled, dropped out and classified; the two logits are fused
-as ``w_t * temporal + w_s * spatial`` with learnt ``w`` (initially 0.5 each, the
-authors' test-time average). Pooling is adaptive, so any clip of at least
+as ``w_t * temporal + w_s * spatial`` with ``w`` initially 0.5 each (the authors'
+test-time average), learnt or kept at 0.5 depending on ``train.head_loss``. Pooling is adaptive, so any clip of at least
 ``early_stride`` frames and any size >= 32 works.
 """
 
@@ -147,19 +147,22 @@ class P3DResNet(VideoNet):
         x = F.max_pool3d(x, (k, 1, 1), stride=(k, 1, 1), ceil_mode=True)
         return self.layer4_spatial(x)
 
-    def forward_heads(self, x: Tensor) -> dict[str, Tensor]:
-        """Logits (N, num_classes) per head: ``temporal``, ``spatial`` (dual head only), ``fused``."""
+    def forward(self, x: Tensor, heads: bool = False) -> Tensor:
+        """(N, 3, T, H, W) -> the prediction's logits (N, num_classes): the fused logits of a
+        dual head, the head's own otherwise.
+
+        ``heads=True`` -> (N, K, num_classes), every head's logits then the prediction's:
+        K = 3 (temporal, spatial, fused) with a dual head, K = 1 otherwise (see
+        :mod:`opplan.train.objective`). One fresh tensor either way, no dict of views, so
+        the output suits ``torch.compile``'s CUDA graphs.
+        """
         feat = self.trunk(x)
         temporal = self.head(self.layer4(feat))
         if self.fusion is None:
-            return {"fused": temporal}
+            return temporal.unsqueeze(1) if heads else temporal
         spatial = self.head_spatial(self._spatial_branch(feat))
         fused = self.fusion[0] * temporal + self.fusion[1] * spatial
-        return {"temporal": temporal, "spatial": spatial, "fused": fused}
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, H, W) -> fused logits (N, num_classes)."""
-        return self.forward_heads(x)["fused"]
+        return torch.stack((temporal, spatial, fused), dim=1) if heads else fused
 
     def pooled_features(self, x: Tensor) -> dict[str, Tensor]:
         """Globally pooled res5 features (N, C) per head, before dropout (``temporal``[, ``spatial``])."""

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from opplan.config import PlanParams, load_params
 from opplan.errors import ParamsError
 from opplan.planning.curves import read_curve, read_curves
-from opplan.planning.graph import TransitionGraph, draw_graph, graph_from_params
+from opplan.planning.drawing import draw_graph
+from opplan.planning.graph import TransitionGraph, graph_from_params
 from opplan.planning.knee import FUNCTIONS, replay, table1
 
 PAPER_TABLE1 = "paper, 162 curves: RMSE 1.007e-3 .. 1.063e-3, R² 0.320 .. 0.360"

@@ -2,8 +2,8 @@
 
 Format: a header with at least the columns ``epoch`` and ``val_acc``, then one row per
 epoch, epochs strictly increasing from 0 (``y_0``, the starting model) or 1 (``y_0``
-then counts as missing). Skipped epochs and empty or ``nan`` accuracies are missing
-values, which the knee fit ignores.
+then counts as missing). Accuracies are fractions in [0, 1]. Skipped epochs and empty or
+``nan`` accuracies are missing values, which the knee fit ignores.
 """
 
 from __future__ import annotations
@@ -17,15 +17,21 @@ import numpy as np
 from opplan.errors import OpplanError
 
 MAX_EPOCH = 100_000  # a guard against a typo allocating gigabytes
+MAX_BYTES = 16 << 20  # a curve of MAX_EPOCH rows is a few MiB
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to ``limit`` characters with the length when longer (a field may be huge)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _epoch(text: str, where: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise OpplanError(f"{where}: epoch {text!r} is not a number") from None
+        raise OpplanError(f"{where}: epoch {_shown(text)} is not a number") from None
     if not value.is_integer() or not 0 <= value <= MAX_EPOCH:
-        raise OpplanError(f"{where}: epoch {text!r} must be a whole number in [0, {MAX_EPOCH}]")
+        raise OpplanError(f"{where}: epoch {_shown(text)} must be a whole number in [0, {MAX_EPOCH}]")
     return int(value)
 
 
@@ -33,9 +39,13 @@ def _accuracy(text: str, where: str) -> float:
     if text.strip() == "":
         return math.nan
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise OpplanError(f"{where}: val_acc {text!r} is not a number") from None
+        raise OpplanError(f"{where}: val_acc {_shown(text)} is not a number") from None
+    if not (math.isnan(value) or 0 <= value <= 1):
+        raise OpplanError(f"{where}: val_acc {_shown(text.strip())} must be a fraction in [0, 1] (empty or nan for "
+                          "a missing epoch; divide percentages by 100)")
+    return value
 
 
 def read_curve(path: str | Path) -> np.ndarray:
@@ -45,15 +55,22 @@ def read_curve(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise OpplanError(f"{path}: {path.stat().st_size} bytes is too large for a curve (at most {MAX_BYTES})")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OpplanError(f"{path}: no such curve file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OpplanError(f"{path}: cannot read: {exc}") from None
-    rows = csv.reader(text.splitlines())
+    reader = csv.reader(text.splitlines())
+    try:
+        table = list(reader)
+    except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, ...
+        raise OpplanError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+    rows = iter(table)
     header = [h.strip() for h in next(rows, [])]
     if "epoch" not in header or "val_acc" not in header:
-        raise OpplanError(f"{path}:1: expected a header with the columns epoch,val_acc, got {','.join(header)!r}")
+        raise OpplanError(f"{path}:1: expected a header with the columns epoch,val_acc, got {_shown(','.join(header))}")
     ie, iy = header.index("epoch"), header.index("val_acc")
     values: dict[int, float] = {}
     last = -1

@@ -11,11 +11,24 @@ tested with a synthetic oracle in milliseconds (STYLE habit 5)::
    ``run_transition(Si, Sj, record_of_Si)``. ``record_of_Si`` is the transition record
    whose kept checkpoint is ``Si``'s model (``None`` for ``S0``): the caller starts
    training from ``record_of_Si.checkpoint``.
-3. ``Sj``'s best predecessor is the finished transition with the highest ``V``; ties go
-   to fewer epochs along the whole path ``P(Sj)``, then to the smaller source name.
-   That transition's record becomes ``Sj``'s model.
-4. The result is the final state with the best ``V`` (ties: fewer path epochs, then
-   name), and its path back to ``S0``.
+3. ``Sj``'s best predecessor is chosen among the finished transitions by the decision
+   rule (:class:`Rule`, ``plan.decision``):
+
+   - ``argmax`` (the paper): the highest ``V``; ties go to fewer epochs along the whole
+     path ``P(Sj)``, then to the smaller source name;
+   - ``within_se`` (ours, issue 12): every candidate whose ``V`` lies within ``tie_se``
+     standard errors of the best one's (:func:`opplan.stats.margin_in_se`, the SE of the
+     difference of two independent scores, from each record's ``se``) counts as a tie;
+     ties go to fewer path epochs, then to the higher ``V``, then to the smaller name. A
+     candidate without an SE ties only with an equal ``V``, so with every ``se`` unknown
+     (or 0, or ``tie_se = 0``) this is ``argmax``.
+
+   That transition's record becomes ``Sj``'s model. Each choice is kept as a
+   :class:`Choice`: the chosen and the runner-up (the best other candidate by ``V``) with
+   the margin between them in ``V`` and in standard errors, so that coin flips show.
+4. The result is the final state chosen by the same rule among the reached final states
+   (their ``V`` and ``se`` are those of their chosen incoming transitions), and its path
+   back to ``S0``.
 
 A failed transition has ``V = -inf`` and gives ``Sj`` no model; a state none of whose
 transitions finished is never trained from, and its outgoing edges are *skipped*.
@@ -39,11 +52,14 @@ from typing import Any, Literal, Union
 
 from opplan.errors import OpplanError
 from opplan.planning.graph import S0, Node, State, TransitionGraph
+from opplan.stats import margin_in_se
 
 log = logging.getLogger(__name__)
 
 FINISHED, FAILED = "finished", "failed"
 Prefer = Literal["score", "fitted", "observed"]
+DECISIONS = ("argmax", "within_se")
+FINAL = "final"  # the state name under which the choice of the final state is kept
 
 
 class PlanningError(OpplanError):
@@ -66,7 +82,9 @@ class TransitionRecord:
     used it. ``fitted`` = ``f(t*)`` of the knee fit, ``observed`` = measured accuracy of the
     kept checkpoint. ``chosen_epoch`` = ``t*``, the epochs this transition contributes to
     the path (0: it keeps its starting model; then ``checkpoint`` should be that model).
-    ``epochs_trained`` and ``seconds`` are its compute, kept epochs or not.
+    ``epochs_trained`` and ``seconds`` are its compute, kept epochs or not. ``se``: the
+    standard error of ``score`` (over the validation videos at the kept epoch; ``None``
+    when unknown). ``capped``: stopped by ``plan.max_epochs`` while its curve still rose.
     """
 
     src: str
@@ -80,6 +98,8 @@ class TransitionRecord:
     seconds: float = 0.0
     run_id: str | None = None
     checkpoint: str | None = None
+    se: float | None = None
+    capped: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", _name(self.src))
@@ -111,7 +131,124 @@ class TransitionRecord:
         return {"src": self.src, "dst": self.dst, "status": self.status, "score": _finite_or_none(self.score),
                 "fitted": _finite_or_none(self.fitted), "observed": _finite_or_none(self.observed),
                 "chosen_epoch": self.chosen_epoch, "epochs_trained": self.epochs_trained,
-                "seconds": float(self.seconds), "run_id": self.run_id, "checkpoint": self.checkpoint}
+                "seconds": float(self.seconds), "run_id": self.run_id, "checkpoint": self.checkpoint,
+                "se": _finite_or_none(self.se), "capped": bool(self.capped)}
+
+    def se_value(self) -> float:
+        """``se`` as a float: NaN when unknown."""
+        return float(self.se) if self.se is not None else math.nan
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the DP chooses among candidates (module docstring, step 3; ``plan.decision``)."""
+
+    decision: str = "argmax"
+    tie_se: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {self.decision!r}")
+        if not self.tie_se >= 0:
+            raise ValueError(f"tie_se must be >= 0, got {self.tie_se!r}")
+
+
+ARGMAX = Rule()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option of a DP decision: a predecessor of a state, or a reached final state."""
+
+    name: str
+    value: float
+    se: float
+    path_epochs: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One DP decision: which candidate ``state`` took, and by how much over the runner-up.
+
+    ``state`` is a state's name (choice of its predecessor) or :data:`FINAL` (choice of the
+    final state). ``runner_up`` is the best other candidate by ``V`` (``None`` when there was
+    only one). ``margin = value - runner_up_value`` and ``margin_se`` is that margin in
+    standard errors of the difference: below 1–2 the choice was a coin flip. A negative
+    margin means a tie under ``within_se`` went to fewer epochs. ``tie``: the chosen is not
+    the highest ``V`` (the rule preferred fewer epochs within the noise).
+    """
+
+    state: str
+    chosen: str
+    value: float
+    se: float | None
+    runner_up: str | None
+    runner_up_value: float | None
+    runner_up_se: float | None
+    margin: float | None
+    margin_se: float | None
+    candidates: int
+    tie: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "chosen": self.chosen, "value": _finite_or_none(self.value),
+                "se": _finite_or_none(self.se), "runner_up": self.runner_up,
+                "runner_up_value": _finite_or_none(self.runner_up_value),
+                "runner_up_se": _finite_or_none(self.runner_up_se), "margin": _finite_or_none(self.margin),
+                "margin_se": _finite_or_none(self.margin_se), "candidates": self.candidates, "tie": self.tie}
+
+    def describe(self) -> str:
+        """One log line: ``cs/16/0.01 <- S0 (V 0.512 ± 0.061) over cs/8/0.01 (V 0.498): +0.014 = 0.16 SE``."""
+        head = f"{self.state} <- {self.chosen} (V {_fmt(self.value)} ± {_fmt(self.se)})"
+        if self.runner_up is None:
+            return f"{head}, the only candidate"
+        tie = " [within noise: fewer epochs]" if self.tie else ""
+        return (f"{head} over {self.runner_up} (V {_fmt(self.runner_up_value)}): {_fmt(self.margin, '+.4f')} = "
+                f"{_fmt(self.margin_se, '+.2f')} SE{tie}")
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "?" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _argmax_key(c: Candidate) -> tuple[float, int, str]:
+    return (-c.value, c.path_epochs, c.name)
+
+
+def _ties(best: Candidate, c: Candidate, tie_se: float) -> bool:
+    """Whether ``c`` is within ``tie_se`` SEs of ``best`` (unknown SEs: only an equal ``V`` ties)."""
+    if c.value == best.value:
+        return True
+    if not (math.isfinite(best.value) and math.isfinite(c.value)):
+        return False
+    margin = margin_in_se(best.value, c.value, best.se, c.se)
+    return not math.isnan(margin) and margin <= tie_se
+
+
+def choose(state: str, candidates: list[Candidate], rule: Rule = ARGMAX) -> tuple[int, Choice]:
+    """The index of the candidate ``rule`` takes (module docstring, step 3) and the :class:`Choice`."""
+    order = sorted(range(len(candidates)), key=lambda i: _argmax_key(candidates[i]))
+    best = candidates[order[0]]
+    if rule.decision == "argmax":
+        pick = order[0]
+    else:
+        tied = [i for i in order if _ties(best, candidates[i], rule.tie_se)]
+        pick = min(tied, key=lambda i: (candidates[i].path_epochs, -candidates[i].value, candidates[i].name))
+    chosen = candidates[pick]
+    others = [i for i in order if i != pick]
+    if not others:
+        return pick, Choice(state, chosen.name, chosen.value, _nan_none(chosen.se), None, None, None, None, None, 1)
+    runner = candidates[others[0]]
+    margin = _nan_none(chosen.value - runner.value)
+    margin_se = _nan_none(margin_in_se(chosen.value, runner.value, chosen.se, runner.se))
+    return pick, Choice(state, chosen.name, chosen.value, _nan_none(chosen.se), runner.name, runner.value,
+                        _nan_none(runner.se), margin, margin_se, len(candidates),
+                        tie=pick != order[0] and chosen.value != best.value)
+
+
+def _nan_none(value: float) -> float | None:
+    """Unknown (NaN) as ``None``, so that equal choices compare equal; infinities stay."""
+    return None if math.isnan(value) else float(value)
 
 
 RunTransition = Callable[[Node, State, "TransitionRecord | None"], TransitionRecord]
@@ -122,7 +259,8 @@ class PlanResult:
     """The chosen path and everything explored to find it.
 
     ``path`` starts at ``S0``; ``transitions[k]`` is the record of ``path[k] -> path[k+1]``.
-    ``best`` maps every state that got a model to its chosen incoming record.
+    ``best`` maps every state that got a model to its chosen incoming record, ``choices``
+    every such state (and :data:`FINAL`) to its :class:`Choice`; ``rule`` made them.
     """
 
     path: tuple[Node, ...]
@@ -132,6 +270,8 @@ class PlanResult:
     skipped: tuple[tuple[str, str], ...]
     final_scores: Mapping[str, float]
     prefer: str = "score"
+    choices: Mapping[str, Choice] = field(default_factory=dict)
+    rule: Rule = ARGMAX
 
     @property
     def final_state(self) -> State:
@@ -164,6 +304,11 @@ class PlanResult:
     def best_predecessor(self) -> dict[str, str]:
         return {dst: record.src for dst, record in self.best.items()}
 
+    @property
+    def path_choices(self) -> tuple[Choice, ...]:
+        """The decisions that made the path: each path state's, then the final state's."""
+        return tuple(self.choices[n] for n in [*(s.name for s in self.path[1:]), FINAL] if n in self.choices)
+
     def schedule(self) -> list[tuple[State, int]]:
         """What final training runs (SPEC §5): ``(state, epochs)`` along the path, 0-epoch steps left out."""
         return [(s, e) for s, e in zip(self.path[1:], self.epochs) if e > 0]  # type: ignore[misc]
@@ -181,6 +326,9 @@ class PlanResult:
             "explored": [r.to_json() for r in self.records],
             "skipped": [list(e) for e in self.skipped],
             "best_predecessor": self.best_predecessor,
+            "decision": {"rule": self.rule.decision, "tie_se": self.rule.tie_se},
+            "decisions": [{**c.to_json(), "on_path": c in self.path_choices} for c in self.choices.values()],
+            "capped": [f"{r.src} -> {r.dst}" for r in self.records if r.capped],
             "compute": {"path_epochs": self.path_epochs, "epochs_trained": self.total_epochs_trained,
                         "seconds": self.total_seconds, "transitions": len(self.records)},
         }
@@ -206,16 +354,17 @@ class _Explored:
     path_epochs: dict[Node, int] = field(default_factory=lambda: {S0: 0})
     records: list[TransitionRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    choices: dict[str, Choice] = field(default_factory=dict)
 
 
-def _explore(graph: TransitionGraph, run_transition: RunTransition, prefer: Prefer, *,
+def _explore(graph: TransitionGraph, run_transition: RunTransition, prefer: Prefer, rule: Rule = ARGMAX, *,
              quiet: bool = False) -> _Explored:
     """Steps 1–3 of the module docstring; ``quiet`` for replays (:func:`ready_transitions`)."""
     info = log.debug if quiet else log.info
     warn = log.debug if quiet else log.warning
     dp = _Explored()
     for dst in graph.states:  # 1. topological order
-        candidates: list[tuple[tuple[float, int, str], Node, TransitionRecord]] = []
+        candidates: list[tuple[Candidate, Node, TransitionRecord]] = []
         for src in graph.predecessors(dst):
             if src != S0 and src not in dp.best:  # 2. no model at src
                 dp.skipped.append((src.name, dst.name))
@@ -227,11 +376,15 @@ def _explore(graph: TransitionGraph, run_transition: RunTransition, prefer: Pref
             info("V(%s -> %s) = %s (%s, t* = %s)", src.name, dst.name, f"{v:.4f}", record.status,
                  record.chosen_epoch)
             if record.finished:
-                candidates.append(((-v, dp.path_epochs[src] + record.epochs, src.name), src, record))
+                option = Candidate(src.name, v, record.se_value(), dp.path_epochs[src] + record.epochs)
+                candidates.append((option, src, record))
         if candidates:  # 3. best predecessor
-            _, src, record = min(candidates, key=lambda c: c[0])
+            pick, choice = choose(dst.name, [c for c, _, _ in candidates], rule)
+            _, src, record = candidates[pick]
             dp.best[dst], dp.parent[dst], dp.value[dst] = record, src, record.value(prefer)
             dp.path_epochs[dst] = dp.path_epochs[src] + record.epochs
+            dp.choices[dst.name] = choice
+            info("decision %s", choice.describe())
         else:
             warn("no transition into %s finished: it is not trained from", dst.name)
     return dp
@@ -242,16 +395,17 @@ def _check_prefer(prefer: str) -> None:
         raise ValueError(f"prefer must be 'score', 'fitted' or 'observed', got {prefer!r}")
 
 
-def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: Prefer = "score") -> PlanResult:
+def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: Prefer = "score",
+              rule: Rule = ARGMAX) -> PlanResult:
     """Explore ``graph`` with ``run_transition`` and return the best path (see the module docstring).
 
     ``prefer`` picks ``V`` from each record: its ``score`` (default; the caller decides,
     e.g. by ``plan.score``), or its ``fitted`` / ``observed`` value. Records are kept with
-    ``score`` set to the ``V`` used. Raises :class:`PlanningError` when no final state
-    got a model.
+    ``score`` set to the ``V`` used. ``rule`` chooses among candidates (step 3; default the
+    paper's argmax). Raises :class:`PlanningError` when no final state got a model.
     """
     _check_prefer(prefer)
-    dp = _explore(graph, run_transition, prefer)
+    dp = _explore(graph, run_transition, prefer, rule)
     reached = [f for f in graph.final_states if f in dp.best]  # 4. best final state
     if not reached:
         failed = sum(not r.finished for r in dp.records)
@@ -259,7 +413,10 @@ def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: 
             f"every route to the final state(s) {', '.join(f.name for f in graph.final_states)} failed "
             f"({failed} of {len(dp.records)} transitions run failed, {len(dp.skipped)} skipped); see the failed "
             "transitions' runs for their errors")
-    final = min(reached, key=lambda f: (-dp.value[f], dp.path_epochs[f], f.name))
+    options = [Candidate(f.name, dp.value[f], dp.best[f].se_value(), dp.path_epochs[f]) for f in reached]
+    pick, choice = choose(FINAL, options, rule)
+    final = reached[pick]
+    log.info("decision %s", choice.describe())
     path: list[Node] = [final]
     while path[-1] != S0:
         path.append(dp.parent[path[-1]])
@@ -272,6 +429,8 @@ def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: 
         skipped=tuple(dp.skipped),
         final_scores={f.name: dp.value[f] for f in reached},
         prefer=prefer,
+        choices={**dp.choices, FINAL: choice},
+        rule=rule,
     )
 
 
@@ -283,7 +442,7 @@ Submit = Callable[[Node, State, Union[TransitionRecord, None]], Future]
 
 
 def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord], *,
-                      prefer: Prefer = "score") -> list[Ready]:
+                      prefer: Prefer = "score", rule: Rule = ARGMAX) -> list[Ready]:
     """The transitions not in ``done`` (keyed ``(src name, dst name)``) that can run now, in DP order.
 
     A transition is ready when its source's model is final: the source is ``S0``, or
@@ -307,12 +466,12 @@ def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], Tra
         tainted.add(dst)
         return TransitionRecord(src, dst, FINISHED, chosen_epoch=0)  # placeholder: V = -inf
 
-    _explore(graph, replay, prefer, quiet=True)
+    _explore(graph, replay, prefer, rule, quiet=True)
     return ready
 
 
 def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
-                       prefer: Prefer = "score") -> PlanResult:
+                       prefer: Prefer = "score", rule: Rule = ARGMAX) -> PlanResult:
     """:func:`plan_path` with up to ``workers`` transitions running at once.
 
     ``submit(src, dst, record_of_src)`` starts one transition (as ``run_transition``
@@ -333,7 +492,7 @@ def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
     try:
         while True:
             if error is None:
-                _submit_ready(graph, done, running, submit, workers, prefer)
+                _submit_ready(graph, done, running, submit, workers, prefer, rule)
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -358,15 +517,15 @@ def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
         raise
     if error is not None:
         raise error
-    return plan_path(graph, lambda s, d, r: done[(s.name, d.name)], prefer=prefer)
+    return plan_path(graph, lambda s, d, r: done[(s.name, d.name)], prefer=prefer, rule=rule)
 
 
 def _submit_ready(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord],
                   running: dict[Future[TransitionRecord], tuple[Node, State]], submit: Submit, workers: int,
-                  prefer: Prefer) -> None:
+                  prefer: Prefer, rule: Rule = ARGMAX) -> None:
     """Submit ready transitions, in DP order, until ``workers`` run."""
     busy = {(s.name, d.name) for s, d in running.values()}
-    for src, dst, src_record in ready_transitions(graph, done, prefer=prefer):
+    for src, dst, src_record in ready_transitions(graph, done, prefer=prefer, rule=rule):
         if len(running) >= workers:
             return
         if (src.name, dst.name) not in busy:

@@ -1,7 +1,7 @@
 """The transition graph as a figure (paper Figure 1; with a chosen path, Figures 4/5).
 
-Kept apart from :mod:`opplan.planning.graph` so that building a graph never imports
-matplotlib. Always the non-interactive Agg backend; written atomically.
+Kept apart from :mod:`opplan.planning.graph` (which it imports, never the reverse), and
+matplotlib is imported only when drawing. Always the non-interactive Agg backend; written atomically.
 """
 
 from __future__ import annotations
@@ -49,9 +49,17 @@ def _chosen_edges(chosen: Sequence[Node | str] | None) -> tuple[set[str], set[tu
     return set(names), set(zip(names, names[1:]))
 
 
-def render_graph(graph: TransitionGraph, path: Path, *, chosen: Sequence[Node | str] | None = None,
-                 labels: Mapping[tuple[str, str], str] | None = None) -> Path:
-    """See :func:`opplan.planning.graph.draw_graph`."""
+def draw_graph(graph: TransitionGraph, path: str | Path, *, chosen: Sequence[Node | str] | None = None,
+               labels: Mapping[tuple[str, str], str] | None = None) -> Path:
+    """Draw ``graph`` as a PNG like the paper's Figure 1 (and Figures 4/5 with ``chosen``/``labels``).
+
+    One grid per sampling strategy (x: clip length, y: learning rate, highest on top),
+    ``S0`` on the left, an arrow per edge; final states drawn with a thick rim, grid
+    positions pruned from the graph as dotted rings. ``chosen`` (a path, ``S0`` first or
+    not, nodes or names) is drawn in red; ``labels`` maps ``(src_name, dst_name)`` to a
+    text written on that edge (epochs, scores).
+    """
+    path = Path(path)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -31,7 +31,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from opplan.errors import OpplanError
@@ -265,17 +264,3 @@ def graph_from_params(plan: PlanParams) -> TransitionGraph:
     return build_graph(plan.sampling, plan.clip_lengths, plan.lrs, kind=plan.graph, max_jump=plan.max_jump,
                        start_lengths=plan.start_lengths, final_states=plan.final_states)
 
-
-def draw_graph(graph: TransitionGraph, path: str | Path, *, chosen: Sequence[Node | str] | None = None,
-               labels: Mapping[tuple[str, str], str] | None = None) -> Path:
-    """Draw ``graph`` as a PNG like the paper's Figure 1 (and Figures 4/5 with ``chosen``/``labels``).
-
-    One grid per sampling strategy (x: clip length, y: learning rate, highest on top),
-    ``S0`` on the left, an arrow per edge; final states drawn with a thick rim, grid
-    positions pruned from the graph as dotted rings. ``chosen`` (a path, ``S0`` first or
-    not, nodes or names) is drawn in red; ``labels`` maps ``(src_name, dst_name)`` to a
-    text written on that edge (epochs, scores).
-    """
-    from opplan.planning.drawing import render_graph  # matplotlib only when drawing
-
-    return render_graph(graph, Path(path), chosen=chosen, labels=labels)

@@ -327,6 +327,9 @@ class KneeDecision:
     ``chosen_epoch`` is the epoch whose checkpoint to keep (``<= t``) and ``chosen_value``
     is ``f(chosen_epoch)`` of the fit used (``None`` when there is none: then the caller's
     fitted score falls back on the observed one). ``reason``: ``"knee"`` or ``"max_epochs"``.
+    ``capped``: stopped by ``max_epochs`` while the curve still rose: the latest fit's knee
+    lies at or beyond the last epoch (``t* >= t``), or, with no fit, the best observed value
+    is the last one. Such a transition was cut short by the cap, not by its knee.
     """
 
     t: int
@@ -337,6 +340,7 @@ class KneeDecision:
     chosen_epoch: int | None = None
     chosen_value: float | None = None
     reason: str | None = None
+    capped: bool = False
 
 
 class KneeStopper:
@@ -371,8 +375,54 @@ class KneeStopper:
             ref = fit or self.last_fit
             chosen = min(ref.t_star, t) if ref is not None else observed_argmax(self.curve)
             chosen_value = float(ref.predict(chosen)) if ref is not None else None
-            return KneeDecision(t, True, **now, chosen_epoch=chosen, chosen_value=chosen_value, reason="max_epochs")
+            capped = ref.t_star >= t if ref is not None else chosen == t
+            return KneeDecision(t, True, **now, chosen_epoch=chosen, chosen_value=chosen_value, reason="max_epochs",
+                                capped=capped)
         return KneeDecision(t, False, **now)
+
+
+@dataclass(frozen=True)
+class KeepStart:
+    """The outcome of :func:`keep_start_rule`: the epoch to keep and why.
+
+    ``reason``: ``"knee"`` (the knee's epoch stands: it is not 0, or the rule is off),
+    ``"start"`` (epoch 0 is better than every later epoch by more than the noise) or
+    ``"best_later"`` (the knee said 0 but the start is not better by more than the noise:
+    the best later epoch is kept instead). ``margin_se``: how far the start lies above the
+    best later epoch in standard errors of their difference (``None`` when not compared).
+    """
+
+    epoch: int
+    reason: str
+    margin_se: float | None = None
+
+
+def keep_start_rule(curve: Sequence[float], curve_se: Sequence[float] | None, chosen: int,
+                    z: float | None) -> KeepStart:
+    """Whether a transition whose knee says ``t* = 0`` really keeps its start model (issue 12, item 8).
+
+    The rule: when the knee's epoch ``chosen`` is 0 and the transition trained at least one
+    epoch, let ``b`` be the first epoch ``1 .. t`` with the best observed value. The start is
+    kept only when ``(y_0 - y_b) / sqrt(se_0^2 + se_b^2) > z`` (:func:`opplan.stats.margin_in_se`:
+    the start is better than the best later epoch by more than ``z`` standard errors of the
+    difference); otherwise epoch ``b`` is kept. Unknown SEs count as 0 (the start must then be
+    strictly better). ``z = None`` turns the rule off (the paper: keep what the knee says).
+    On a flat, noisy curve the knee often lands at 0 because epoch 0 happens to be high; the
+    rule stops such noise from handing the next state an untrained model.
+    """
+    from opplan.stats import margin_in_se
+
+    y = np.asarray(curve, dtype=float)
+    if z is None or chosen != 0 or y.size < 2 or not np.isfinite(y[1:]).any():
+        return KeepStart(chosen, "knee")
+    later = y[1:]
+    b = 1 + int(np.argmax(np.where(np.isfinite(later), later, -np.inf)))
+    se = np.zeros(y.size) if curve_se is None else np.asarray(curve_se, dtype=float)
+    se0, seb = (float(v) if math.isfinite(v) else 0.0 for v in (se[0], se[b]))
+    margin = margin_in_se(float(y[0]), float(y[b]), se0, seb) if math.isfinite(y[0]) else -math.inf
+    if margin > z:
+        return KeepStart(0, "start", margin)
+    return KeepStart(b, "best_later", margin)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from opplan.errors import OpplanError
 
 log = logging.getLogger(__name__)
 
-BASELINES_SUFFIX = "-baselines"
+BASELINES_SUFFIX = t.BASELINES_SUFFIX
 EVAL_METRICS = (t.M_TOP1, t.M_TOP5, t.M_MEAN_CLASS_ACC, t.M_SINGLE_VIEW_TOP1)
 COST_METRICS = (t.M_EPOCHS_TRAINED, t.M_CLIPS_SEEN, t.M_COMPUTE_SECONDS)
 # The planning-noise metrics (V's SE, the DP margin in SEs, the knee cap) are read when logged.
@@ -200,7 +200,7 @@ def pick_final(finals: pd.DataFrame, planning_run: str) -> pd.Series | None:
     return rank.drop(columns=["_evaluated", "_finished"]).iloc[-1]
 
 
-def _read_primary(data: StoreData, reader: t.StoreReader, mine: pd.DataFrame) -> None:
+def _read_primary(data: StoreData, reader: t.Store, mine: pd.DataFrame) -> None:
     data.primary = pick_primary(mine)
     run = reader.get_run(data.primary)
     data.plan_section = {k.removeprefix("plan."): _literal(v) for k, v in run.data.params.items()
@@ -221,7 +221,7 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _histories(reader: t.StoreReader, run_id: str, keys: tuple[str, ...]) -> pd.DataFrame:
+def _histories(reader: t.Store, run_id: str, keys: tuple[str, ...]) -> pd.DataFrame:
     """Per-step metrics of one run: index ``epoch`` (the step), one column per key."""
     series = {key: pd.Series(dict(reader.history(run_id, key)), dtype=float) for key in keys}
     frame = pd.DataFrame(series).sort_index()
@@ -229,7 +229,7 @@ def _histories(reader: t.StoreReader, run_id: str, keys: tuple[str, ...]) -> pd.
     return frame
 
 
-def _label_clip_schedules(data: StoreData, reader: t.StoreReader) -> None:
+def _label_clip_schedules(data: StoreData, reader: t.Store) -> None:
     """The clip lengths a baseline schedule went through, from one run's per-epoch ``clip_length``."""
     mine = data.baselines[data.baselines.experiment == data.experiment]
     for _, group in mine.groupby(["config_hash", "clip_schedule"], sort=False):
@@ -240,7 +240,7 @@ def _label_clip_schedules(data: StoreData, reader: t.StoreReader) -> None:
             data.baselines.loc[group.index, "clip_lengths"] = "→".join(map(str, lengths))
 
 
-def _read_predictions(data: StoreData, readers: dict[str, t.StoreReader]) -> None:
+def _read_predictions(data: StoreData, readers: dict[str, t.Store]) -> None:
     """``predictions.json`` of the runs the primary comparison pairs: the primary's final run,
     its further OP seeds and every HS retrain of the experiment (finished runs only)."""
     wanted: list[tuple[str, str]] = []

@@ -1,7 +1,7 @@
 """The report's figures (matplotlib Agg, written atomically):
 
 - the explored transition graph with the chosen path (paper Figures 4/5), drawn by
-  :func:`opplan.planning.graph.draw_graph`, every explored edge labelled ``t* ep / V``;
+  :func:`opplan.planning.drawing.draw_graph`, every explored edge labelled ``t* ep / V``;
 - every transition's validation curve with its logged fit and knee (Figure 2 style),
   as one small-multiples PNG;
 - the final run's schedule: clip length, learning rate and training loss per epoch.
@@ -21,7 +21,8 @@ from opplan import tracking as t
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_savefig
 from opplan.planning import knee
-from opplan.planning.graph import build_graph, draw_graph
+from opplan.planning.drawing import draw_graph
+from opplan.planning.graph import build_graph
 from opplan.report.compare import Comparison
 
 log = logging.getLogger(__name__)

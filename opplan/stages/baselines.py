@@ -1,17 +1,18 @@
-"""Stage ``baselines``: the hand-tuned grid the paper compares against (SPEC §6).
+"""Stage ``baselines``: the hand-tuned grid the paper compares against (docs/design.md §6).
 
 Clip schedules ``l1->lN``, ``l2->lN``, ``l1->...->lN`` (equal epochs per length) x
 learning-rate decay {3-step, cosine} x sampling x total epochs. Each candidate is an
 MLflow run in ``<experiment>-baselines`` with its compute (epochs, clips seen, wall
 seconds), trained on the internal training split, like a planning transition, and scored
 with the planned model's multi-view protocol on the internal validation split (``val_top1``)
-and on the held-out split. The sum of the grid's compute is the grid-search cost.
+and on the held-out split. The sum of the grid's compute is the grid-search cost. Which
+run a candidate uses (reuse, resume, kill, create) follows :mod:`opplan.tracking.lifecycle`.
 
-HS is chosen as a user would choose it (issue 12): the best candidate on internal validation,
-then retrained on the full training set (internal train + validation) with each of
-``final.seeds`` seeds and tested once per seed, as OP's path is. The paper's view, the best
-candidate on the held-out split itself (an optimistic order statistic), is kept beside it as
-the *oracle* HS (``baselines.json``, the report).
+HS is chosen as a user would choose it (docs/design.md §10): the best candidate on internal
+validation, then retrained on the full training set (internal train + validation) with each
+of ``final.seeds`` seeds and tested once per seed, as OP's path is. The paper's view, the
+best candidate on the held-out split itself (an optimistic order statistic), is kept beside
+it as the *oracle* HS (``baselines.json``, the report).
 """
 
 from __future__ import annotations
@@ -22,21 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opplan import tracking as t
 from opplan.config import Params
 from opplan.fileio import atomic_write_json
-from opplan.predictions import log_predictions
 from opplan.planning.graph import State
-from opplan.stages.common import WORK_ROOT, project_lock, require_shards
-from opplan.stages.evaluate import score_model
-from opplan.stages.plan import config_hash, planning_config
+from opplan.predictions import log_predictions
+from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.repeats import retrain_and_score, seeds
+from opplan.stages.scoring import score_model
+from opplan.tracking import names as n
+from opplan.tracking.client import Tracker
+from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
+from opplan.train.checkpoint import clear_work_dir
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
-from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -86,43 +87,42 @@ def build_schedule(c: Candidate, params: Params) -> list[ScheduledEpoch]:
     return epochs
 
 
-def run_candidate(tracker: t.Tracker, setup: TrainSetup, c: Candidate, digest: str) -> dict[str, Any]:
-    runs = tracker.search({t.TAG_KIND: t.KIND_BASELINE, t.TAG_SCHEDULE: c.name, t.TAG_CONFIG_HASH: digest})
-    finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) in (t.STATUS_FINISHED, t.STATUS_FAILED)]
-    if finished:
-        run = finished[-1]
-        log.info("baseline %s: reusing MLflow run %s", c.name, run.info.run_id)
-        return _summary(c, run.info.run_id, run.data.tags[t.TAG_STATUS], run.data.metrics)
-    running = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_RUNNING]
-    run_id = running[-1].info.run_id if running else tracker.create_run(f"HS {c.name}", {
-        t.TAG_KIND: t.KIND_BASELINE, t.TAG_SCHEDULE: c.name, t.TAG_CONFIG_HASH: digest, t.TAG_SAMPLING: c.sampling,
-        t.TAG_CLIP_SCHEDULE: c.schedule, t.TAG_DECAY: c.decay, t.TAG_EPOCHS: c.epochs,
-        t.TAG_STATUS: t.STATUS_RUNNING})
+def candidate_work(c: Candidate, digest: str) -> Work:
+    return Work(label=f"baseline {c.name}", run_name=f"HS {c.name}",
+                key={n.TAG_KIND: n.KIND_BASELINE, n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest},
+                tags={n.TAG_SAMPLING: c.sampling, n.TAG_CLIP_SCHEDULE: c.schedule, n.TAG_DECAY: c.decay,
+                      n.TAG_EPOCHS: c.epochs},
+                work_root=WORK_ROOT / "baselines", progress_metric=n.M_TRAIN_LOSS)
+
+
+def run_candidate(tracker: Tracker, setup: TrainSetup, c: Candidate, digest: str) -> dict[str, Any]:
+    claim = claim_run(tracker, candidate_work(c, digest))
+    if claim.ended is not None:
+        return _summary(c, claim.run_id, claim.status, claim.ended.data.metrics)
     schedule = build_schedule(c, setup.params)
-    work = WORK_ROOT / "baselines" / run_id
-    outcome = train_schedule(setup, schedule, work, label=f"HS {c.name}",
-                             on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
-    metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
-               t.M_COMPUTE_SECONDS: sum(outcome.seconds)}
-    status = t.STATUS_FAILED
+    outcome = train_schedule(setup, schedule, claim.work_dir, label=f"HS {c.name}",
+                             on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
+    metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
+               n.M_COMPUTE_SECONDS: sum(outcome.seconds)}
+    status = n.STATUS_FAILED
     if outcome.status == "finished":
         scores, _, predictions = score_model(setup, outcome.checkpoint, schedule[-1].state, val=True)
         metrics |= scores
-        log_predictions(tracker, run_id, predictions)
-        status = t.STATUS_FINISHED
+        log_predictions(tracker, claim.run_id, predictions)
+        status = n.STATUS_FINISHED
     else:
-        tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
-    tracker.log_metrics(run_id, metrics, step=len(outcome.losses))
-    tracker.end_run(run_id, status)
-    clear_work_dir(work)
-    return _summary(c, run_id, status, metrics)
+        tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
+    log_summary_once(tracker, claim.run_id, metrics, step=len(outcome.losses))
+    tracker.end_run(claim.run_id, status)
+    clear_work_dir(claim.work_dir)
+    return _summary(c, claim.run_id, status, tracker.get_run(claim.run_id).data.metrics)
 
 
 def _summary(c: Candidate, run_id: str, status: str, metrics: dict[str, float]) -> dict[str, Any]:
     return {"name": c.name, "sampling": c.sampling, "schedule": c.schedule, "decay": c.decay, "epochs": c.epochs,
-            "run_id": run_id, "status": status, "top1": metrics.get(t.M_TOP1), "val_top1": metrics.get(t.M_VAL_TOP1),
-            "compute_seconds": metrics.get(t.M_COMPUTE_SECONDS, 0.0),
-            "clips_seen": metrics.get(t.M_CLIPS_SEEN, 0), "epochs_trained": metrics.get(t.M_EPOCHS_TRAINED, 0)}
+            "run_id": run_id, "status": status, "top1": metrics.get(n.M_TOP1), "val_top1": metrics.get(n.M_VAL_TOP1),
+            "compute_seconds": metrics.get(n.M_COMPUTE_SECONDS, 0.0),
+            "clips_seen": metrics.get(n.M_CLIPS_SEEN, 0), "epochs_trained": metrics.get(n.M_EPOCHS_TRAINED, 0)}
 
 
 def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
     grid = candidates(params)
     results = []
     with project_lock("baselines"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker.from_params(params.tracking, suffix="-baselines")
+        tracker = Tracker.from_params(params.tracking, baselines=True)
         for i, c in enumerate(grid, start=1):
             log.info("baseline %d/%d: %s", i, len(grid), c.name)
             results.append(run_candidate(tracker, setup, c, digest))
@@ -158,15 +158,15 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
 def best_of(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The finished candidate with the highest ``key`` (``val_top1``: HS as a user picks it;
     ``top1``: the oracle), ties toward fewer epochs."""
-    scored = [r for r in results if r["status"] == t.STATUS_FINISHED and r.get(key) is not None]
+    scored = [r for r in results if r["status"] == n.STATUS_FINISHED and r.get(key) is not None]
     return max(scored, key=lambda r: (r[key], -r["epochs"]), default=None)
 
 
-def _retrain(tracker: t.Tracker, params: Params, shards: Path, grid: list[Candidate], selected: dict[str, Any],
+def _retrain(tracker: Tracker, params: Params, shards: Path, grid: list[Candidate], selected: dict[str, Any],
              digest: str) -> list[dict[str, Any]]:
     """The selected candidate on the full training set, once per seed, each tested once."""
     c = next(c for c in grid if c.name == selected["name"])
     schedule = build_schedule(c, params)
-    tags = {t.TAG_SCHEDULE: c.name, t.TAG_CONFIG_HASH: digest}
+    tags = {n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest}
     return [retrain_and_score(tracker, params, shards, schedule, state=schedule[-1].state, seed=seed,
-                              kind=t.KIND_HS_RETRAIN, name=f"HS {c.name}", tags=tags) for seed in seeds(params)]
+                              kind=n.KIND_HS_RETRAIN, name=f"HS {c.name}", tags=tags) for seed in seeds(params)]

@@ -1,8 +1,11 @@
-"""What every stage needs: its inputs checked up front and the project lock."""
+"""What several stages share: inputs checked up front, the planning configuration that
+identifies their runs, and the project lock."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +13,15 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
+from opplan.data.shards import shards_fingerprint, verify_shards
 from opplan.errors import OpplanError
 from opplan.planning.graph import State, parse_state
 
 LOCK_DIR = Path(".opplan")
 WORK_ROOT = LOCK_DIR / "work"
 """Resumable epoch states of unfinished runs (removed when a run ends)."""
+FINAL_RECORD = "run.json"
+"""What ``final`` writes beside its ``model.pt`` (run id, config hash, schedule); ``evaluate`` reads it."""
 FULL_TRAIN = ("train", "val")
 """The full training set (internal train + internal validation) of final and baselines (SPEC §5)."""
 
@@ -28,7 +34,44 @@ def require_shards(params: Params) -> Path:
             f"{shards}/videos.csv not found: the dataset has not been prepared. "
             f"Run `dvc repro prepare` (or `python pipeline/prepare.py`) first."
         )
+    verify_shards(shards)  # size + sampled content of every shard, before any training
     return shards
+
+
+PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
+SPEED_ONLY_TRAIN_KEYS = ("num_workers", "prefetch_factor", "progress_seconds")
+
+
+def planning_config(params: Params, shards: Path) -> dict[str, Any]:
+    """Everything a transition's result depends on; its hash identifies a planning (and,
+    with the ``baselines`` section added, a baseline grid).
+
+    Left out, because they change how fast, not what is computed: ``plan.workers`` (a rerun
+    with another number of workers reuses the finished runs) and the loader settings
+    ``train.num_workers``, ``train.prefetch_factor`` and ``train.progress_seconds`` (the
+    loaders give the same clips for any of them).
+    """
+    manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
+    sections = params.section_dict(*PLANNING_SECTIONS)
+    sections["plan"].pop("workers", None)
+    for key in SPEED_ONLY_TRAIN_KEYS:
+        sections["train"].pop(key, None)
+    return {"seed": params.seed, **sections, "manifest_hash": manifest, "shards_hash": shards_fingerprint(shards)}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def require_current(document: dict[str, Any], path: Path, params: Params, shards: Path) -> None:
+    """Refuse ``plan.json`` or ``final/run.json`` made under other planning params than the
+    current ones (edited since, or while, the stage that wrote it ran)."""
+    current = config_hash(planning_config(params, shards))
+    if document.get("config_hash") != current:
+        raise OpplanError(
+            f"{path} was made under planning configuration {document.get('config_hash')}, but the current params "
+            f"and data give {current}: they changed since. Run `dvc repro` (or `opplan plan`, then this stage) "
+            f"to plan again, or restore the params it was made with")
 
 
 def final_state(document: dict[str, Any], params: Params) -> State:

@@ -1,57 +1,30 @@
-"""Stage ``evaluate``: score the held-out split, which planning never sees (SPEC §5).
-
-Ten uniformly spaced clips x three crops per video, softmax scores averaged: top-1,
-top-5 and mean class accuracy, plus the single-view figure (centre clip, centre crop,
-as in planning). Logged to the final MLflow run and written as DVC metrics, with a
-confusion-matrix PNG.
+"""Stage ``evaluate``: score the final model on the held-out split, which planning never
+sees (:mod:`opplan.stages.scoring`). Logged to the final MLflow run and written as DVC
+metrics, with a confusion-matrix PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
-from opplan import distributed
-from opplan import tracking as t
 from opplan.config import Params
-from opplan.fileio import atomic_savefig, atomic_write_json
-from opplan.predictions import log_predictions, predictions_json
-from opplan.stages.common import final_state, require_file, require_shards
-from opplan.train.loop import accuracy, confusion_matrix, mean_class_accuracy, topk_accuracy
+from opplan.errors import OpplanError
+from opplan.fileio import atomic_savefig, atomic_write_json, file_digest
+from opplan.stages.common import FINAL_RECORD, final_state, require_current, require_file, require_shards
+from opplan.stages.scoring import score_model
+from opplan.tracking import names as n
+from opplan.tracking.client import Tracker, open_store, resolve_uri
+from opplan.train.checkpoint import MODEL_FILE
+from opplan.predictions import log_predictions
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
-
-
-@distributed.collective
-def score_model(setup: TrainSetup, checkpoint: Path, state: Any, *, val: bool = False
-                ) -> tuple[dict[str, float], np.ndarray, dict[str, Any]]:
-    """Multi-view and single-view scores of a model checkpoint on the held-out split, its
-    confusion matrix and its per-video results (:func:`opplan.predictions.predictions_json`).
-    ``val``: also the multi-view top-1 on the internal validation split (``val_top1``: how a
-    user picks a hand-tuned candidate without looking at the test split).
-
-    Collective: under ``torchrun`` rank 0 loads ``checkpoint`` and every process scores
-    its share of the videos.
-    """
-    model = setup.new_model(state.clip_length)
-    distributed.on_main(lambda: setup.load_weights(model, checkpoint))
-    distributed.sync_module(model)
-    scores, labels = setup.predict(model, "test", state, mode="test")
-    single, single_labels = setup.predict(model, "test", state, mode="val")
-    extra = {t.M_VAL_TOP1: accuracy(*setup.predict(model, "val", state, mode="test"))} if val else {}
-    metrics = {
-        t.M_TOP1: accuracy(scores, labels),
-        t.M_TOP5: topk_accuracy(scores, labels, 5),
-        t.M_MEAN_CLASS_ACC: mean_class_accuracy(scores, labels),
-        t.M_SINGLE_VIEW_TOP1: accuracy(single, single_labels),
-        **extra,
-    }
-    return metrics, confusion_matrix(scores, labels, setup.num_classes), predictions_json(scores, labels)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
@@ -80,20 +53,42 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
 def run_evaluate(params: Params, *, final_dir: Path = Path("final"), metrics_path: Path = Path("metrics.json"),
                  out_dir: Path = Path("evaluation")) -> dict[str, float]:
     shards = require_shards(params)
-    record = json.loads(require_file(final_dir / "run.json", "final").read_text())
+    record_path = require_file(final_dir / FINAL_RECORD, "final")
+    record = json.loads(record_path.read_text())
+    require_current(record, record_path, params, shards)
+    model = require_file(final_dir / MODEL_FILE, "final")
+    if record.get("model_sha256") not in (None, file_digest(model)):
+        raise OpplanError(f"{model} is not the model {record_path} describes (another run's, or replaced since): "
+                          f"run `dvc repro final` (or `opplan final`) again")
+    tracker = final_run_tracker(params, record["run_id"], record_path)  # before scoring: minutes of work
     setup = TrainSetup(params, shards)
-    state = final_state(record, params)
-    metrics, matrix, predictions = score_model(setup, require_file(final_dir / "model.pt", "final"), state)
+    metrics, matrix, predictions = score_model(setup, model, final_state(record, params))
     classes = (shards / "classes.txt").read_text().split("\n")[: setup.num_classes]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(matrix, classes, out_dir / "confusion.png")
-    tracker = t.Tracker.from_params(params.tracking)
     tracker.log_metrics(record["run_id"], metrics, step=record["epochs"])
-    tracker.log_artifact(record["run_id"], out_dir / "confusion.png", t.ARTIFACT_PLOTS_DIR)
+    tracker.log_artifact(record["run_id"], out_dir / "confusion.png", n.ARTIFACT_PLOTS_DIR)
     log_predictions(tracker, record["run_id"], predictions)
     document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record["epochs"],
-                "compute_seconds": round(record[t.M_COMPUTE_SECONDS], 2), "final_state": record["final_state"]}
+                "compute_seconds": round(record[n.M_COMPUTE_SECONDS], 2), "final_state": record["final_state"]}
     atomic_write_json(metrics_path, document)
-    log.info("held-out: top-1 %.4f, top-5 %.4f, mean class %.4f (single view %.4f)", metrics[t.M_TOP1],
-             metrics[t.M_TOP5], metrics[t.M_MEAN_CLASS_ACC], metrics[t.M_SINGLE_VIEW_TOP1])
+    log.info("held-out: top-1 %.4f, top-5 %.4f, mean class %.4f (single view %.4f)", metrics[n.M_TOP1],
+             metrics[n.M_TOP5], metrics[n.M_MEAN_CLASS_ACC], metrics[n.M_SINGLE_VIEW_TOP1])
     return metrics
+
+
+def final_run_tracker(params: Params, run_id: str, record_path: Path) -> Tracker:
+    """The tracker that logs the evaluation, once the store is known to hold the final run
+    (evaluate never creates a store: the run it logs to would not be in it)."""
+    uri = resolve_uri(params.tracking.uri)
+    readers = open_store(uri, retry_seconds=params.tracking.retry_seconds)
+    reader = readers.get(params.tracking.experiment)
+    run = None
+    if reader is not None:
+        with contextlib.suppress(MlflowException):
+            run = reader.get_run(run_id)
+    if run is None or run.info.experiment_id != reader.experiment_id:
+        raise OpplanError(f"{record_path} names MLflow run {run_id} of experiment {params.tracking.experiment!r}, "
+                          f"which the store at {uri} does not hold (was the store deleted or replaced?). Restore "
+                          f"the store, or train the final model again into this one: `dvc repro -f final`")
+    return Tracker.from_params(params.tracking)

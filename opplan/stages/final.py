@@ -1,8 +1,9 @@
-"""Stage ``final``: retrain from S0 along the planned path (SPEC §5).
+"""Stage ``final``: retrain from S0 along the planned path.
 
 The chosen epochs of every transition on the path, on the full training set
 (internal train + internal validation), as one MLflow run whose per-epoch metrics
-show the whole schedule (clip length, sampling and learning rate per epoch).
+show the whole schedule (clip length, sampling and learning rate per epoch). Which run
+is used (reuse, resume, kill, create) follows :mod:`opplan.tracking.lifecycle`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import math
 from pathlib import Path
 from typing import Any
 
-from opplan import tracking as t
 from opplan.config import Params
 from opplan.errors import OpplanError
-from opplan.fileio import atomic_write_json, atomic_write_text
+from opplan.fileio import atomic_write_json, atomic_write_text, file_digest
 from opplan.planning.graph import parse_state
-from opplan.stages.common import FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_file, require_shards
+from opplan.stages.common import (
+    FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_file, require_shards,
+)
 from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds
+from opplan.tracking import names as n
+from opplan.tracking.client import Tracker
+from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
+from opplan.train.checkpoint import MODEL_FILE, clear_work_dir
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
-from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
-
-
 
 def path_schedule(plan_doc: dict[str, Any], params: Params, scale: float = 1.0) -> list[ScheduledEpoch]:
     """The planned path as one epoch-by-epoch schedule; transitions with t* = 0 add nothing.
@@ -56,77 +59,119 @@ def step_scale(params: Params, shards: Path) -> float:
     return TrainSetup(params, shards).train_videos / TrainSetup(params, shards, train_splits=FULL_TRAIN).train_videos
 
 
+def final_work(plan_doc: dict[str, Any], params: Params) -> Work:
+    """The final run of a planning, one per ``final.match_steps`` (the schedules differ)."""
+    plan_run = plan_doc["mlflow"]["planning_run_id"]
+    return Work(label="final", run_name=f"final: {' → '.join(plan_doc['path'])}",
+                key={n.TAG_KIND: n.KIND_FINAL, n.TAG_PLAN_RUN: plan_run,
+                     n.TAG_MATCH_STEPS: str(params.final.match_steps)},
+                tags={n.TAG_CONFIG_HASH: plan_doc["config_hash"]},
+                work_root=WORK_ROOT / "final", progress_metric=n.M_TRAIN_LOSS)
+
+
+def read_record(out_dir: Path) -> dict[str, Any] | None:
+    """``final/run.json`` when it and the model it names are both there, else ``None``."""
+    try:
+        record = json.loads((out_dir / FINAL_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    model = out_dir / MODEL_FILE
+    if not isinstance(record, dict) or not model.is_file():
+        return None
+    return record if record.get("model_sha256") in (None, file_digest(model)) else None
+
+
 def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: Path = Path("final")) -> dict[str, Any]:
     """Retrain along ``plan.json``'s path; write ``final/model.pt`` and ``final/run.json``."""
     shards = require_shards(params)
     plan_doc = json.loads(require_file(plan_path, "plan").read_text())
+    require_current(plan_doc, plan_path, params, shards)
     schedule = path_schedule(plan_doc, params, step_scale(params, shards))
     if not schedule:
         log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
                     "final model is S0 itself, untrained", plan_path)
-    plan_run = plan_doc["mlflow"]["planning_run_id"]
-    digest = plan_doc["config_hash"]
     with project_lock("final"):  # before the store is opened: a second process must not create it too
-        tracker = t.Tracker.from_params(params.tracking)
-        runs = [r for r in tracker.search({t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run,
-                                           t.TAG_MATCH_STEPS: str(params.final.match_steps)})
-                if r.data.tags.get(t.TAG_STATUS) != t.STATUS_KILLED]
-        finished = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED]
-        run_id = (finished or runs)[-1].info.run_id if runs else None
-        if finished and (out_dir / "model.pt").is_file() and (out_dir / "run.json").is_file():
-            log.info("final model of planning %s already trained (MLflow run %s)", digest, run_id)
-            clear_work_dir(WORK_ROOT / "final" / run_id)  # killed after the run ended, before this
-            _further_seeds(tracker, params, shards, schedule, plan_doc)
-            return json.loads((out_dir / "run.json").read_text())
-        if (run_id is not None and not finished and not any((WORK_ROOT / "final" / run_id).glob("epoch_*.pt"))
-                and tracker.history(run_id, t.M_TRAIN_LOSS)):
-            log.warning("final MLflow run %s was interrupted and its work folder is gone; marking it killed and "
-                        "training again in a new run", run_id)
-            tracker.end_run(run_id, t.STATUS_KILLED)
-            run_id = None
-        if run_id is None or finished:  # a finished run whose outputs are gone is retrained in a new one
-            path_names = " → ".join(plan_doc["path"])
-            run_id = tracker.create_run(f"final: {path_names}", {
-                t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: plan_run, t.TAG_CONFIG_HASH: digest,
-                t.TAG_MATCH_STEPS: str(params.final.match_steps), t.TAG_STATUS: t.STATUS_RUNNING})
-            tracker.log_params(run_id, {"path": path_names, "epochs": len(schedule)})
+        tracker = Tracker.from_params(params.tracking)
+        claim = claim_run(tracker, final_work(plan_doc, params))
+        if claim.status == n.STATUS_FAILED:
+            raise OpplanError(f"final training along the planned path diverged (MLflow run {claim.run_id}): "
+                              f"{claim.ended.data.tags.get(n.TAG_FAILURE, '')}")
+        if claim.ended is not None:
+            existing = read_record(out_dir)
+            if existing is not None and existing.get("run_id") == claim.run_id and "seeds" in existing:
+                return existing
+            record = restore_outputs(tracker, claim, plan_doc, schedule, out_dir)
+            return _with_further_seeds(tracker, params, shards, schedule, plan_doc, record, out_dir)
+        tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc["path"]), "epochs": len(schedule)})
         setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
-        work = WORK_ROOT / "final" / run_id
-        outcome = train_schedule(setup, schedule, work, label="final",
-                                 on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
+        outcome = train_schedule(setup, schedule, claim.work_dir, label="final",
+                                 on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
         if outcome.status != "finished":
-            tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
-            tracker.end_run(run_id, t.STATUS_FAILED)
+            tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
+            tracker.end_run(claim.run_id, n.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
-        summary = {t.M_EPOCHS_TRAINED: len(schedule), t.M_CLIPS_SEEN: len(schedule) * setup.train_videos,
-                   t.M_COMPUTE_SECONDS: sum(outcome.seconds), t.M_STEPS: optimizer_steps(setup, schedule),
-                   t.M_PLANNED_STEPS: planned_steps(plan_doc, params, TrainSetup(params, shards).train_videos)}
-        if t.M_EPOCHS_TRAINED not in tracker.get_run(run_id).data.metrics:  # not yet, or killed after
-            tracker.log_metrics(run_id, summary, step=len(schedule))
-        tracker.log_artifact(run_id, outcome.checkpoint, t.ARTIFACT_CHECKPOINT_DIR)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        outcome.checkpoint.replace(out_dir / "model.pt")
-        record = {"run_id": run_id, "config_hash": digest, "planning_run_id": plan_run,
-                  "final_state": plan_doc["final_state"], "epochs": len(schedule), **summary,
-                  "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
-                  "losses": outcome.losses}
-        atomic_write_json(out_dir / "run.json", record)
-        rows = ["epoch,state,clip_length,sampling,lr,train_loss"] + [
-            f"{i + 1},{e.state.name},{e.state.clip_length},{e.state.sampling},{e.lr:g},{loss:.6f}"
-            for i, (e, loss) in enumerate(zip(schedule, outcome.losses))]
-        atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")
-        tracker.end_run(run_id, t.STATUS_FINISHED)
-        clear_work_dir(work)
-        record["seeds"] = _further_seeds(tracker, params, shards, schedule, plan_doc)
-        atomic_write_json(out_dir / "run.json", record)
+        summary = {n.M_EPOCHS_TRAINED: len(schedule), n.M_CLIPS_SEEN: len(schedule) * setup.train_videos,
+                   n.M_COMPUTE_SECONDS: sum(outcome.seconds), n.M_STEPS: optimizer_steps(setup, schedule),
+                   n.M_PLANNED_STEPS: planned_steps(plan_doc, params, TrainSetup(params, shards).train_videos)}
+        log_summary_once(tracker, claim.run_id, summary, step=len(schedule))
+        tracker.log_artifact(claim.run_id, outcome.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
+        record = final_record(claim.run_id, plan_doc, schedule, summary, outcome.losses, outcome.checkpoint)
+        write_outputs(out_dir, outcome.checkpoint, record, schedule)
+        tracker.end_run(claim.run_id, n.STATUS_FINISHED)
+        clear_work_dir(claim.work_dir)
+        return _with_further_seeds(tracker, params, shards, schedule, plan_doc, record, out_dir)
+
+
+def _with_further_seeds(tracker: Tracker, params: Params, shards: Path, schedule: list[ScheduledEpoch],
+                        plan_doc: dict[str, Any], record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``final.seeds`` > 1: the path retrained and scored with each further seed (one run per
+    seed, found again by the same lifecycle rules), listed in ``run.json``."""
+    state = final_state(plan_doc, params)
+    tags = {n.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], n.TAG_CONFIG_HASH: plan_doc["config_hash"],
+            n.TAG_MATCH_STEPS: str(params.final.match_steps)}
+    record = {**record, "seeds": [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed,
+                                                    kind=n.KIND_OP_RETRAIN, name="OP", tags=tags)
+                                  for seed in seeds(params)[1:]]}
+    atomic_write_json(out_dir / FINAL_RECORD, record)
     return record
 
 
-def _further_seeds(tracker: t.Tracker, params: Params, shards: Path, schedule: list[ScheduledEpoch],
-                   plan_doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """``final.seeds`` > 1: the path retrained and scored with each further seed (issue 12)."""
-    state = final_state(plan_doc, params)
-    tags = {t.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], t.TAG_CONFIG_HASH: plan_doc["config_hash"],
-            t.TAG_MATCH_STEPS: str(params.final.match_steps)}
-    return [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed, kind=t.KIND_OP_RETRAIN,
-                              name="OP", tags=tags) for seed in seeds(params)[1:]]
+def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch],
+                    out_dir: Path) -> dict[str, Any]:
+    """The files of a finished run that are gone (``dvc repro`` removes a stage's outputs before
+    it runs the stage again), made again from MLflow: the model from the run's artifact, the
+    record from its metrics. Nothing is trained again."""
+    metrics = claim.ended.data.metrics
+    summary = {n.M_EPOCHS_TRAINED: int(metrics[n.M_EPOCHS_TRAINED]), n.M_CLIPS_SEEN: int(metrics[n.M_CLIPS_SEEN]),
+               n.M_COMPUTE_SECONDS: metrics[n.M_COMPUTE_SECONDS]}
+    summary |= {key: int(metrics[key]) for key in (n.M_STEPS, n.M_PLANNED_STEPS) if key in metrics}
+    losses = [value for _, value in tracker.history(claim.run_id, n.M_TRAIN_LOSS)]
+    checkpoint = tracker.download_artifact(claim.run_id, n.ARTIFACT_CHECKPOINT, claim.work_dir)
+    record = final_record(claim.run_id, plan_doc, schedule, summary, losses, checkpoint)
+    write_outputs(out_dir, checkpoint, record, schedule)
+    clear_work_dir(claim.work_dir)
+    log.info("final: wrote %s again from finished MLflow run %s", out_dir, claim.run_id)
+    return record
+
+
+def final_record(run_id: str, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch], summary: dict[str, Any],
+                 losses: list[float], checkpoint: Path) -> dict[str, Any]:
+    """What ``final/run.json`` holds about the final model of ``run_id``."""
+    return {"run_id": run_id, "config_hash": plan_doc["config_hash"],
+            "planning_run_id": plan_doc["mlflow"]["planning_run_id"], "final_state": plan_doc["final_state"],
+            "epochs": len(schedule), **summary,
+            "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
+            "losses": losses, "model_sha256": file_digest(checkpoint)}
+
+
+def write_outputs(out_dir: Path, checkpoint: Path, record: dict[str, Any], schedule: list[ScheduledEpoch]) -> None:
+    """``model.pt`` and ``run.json`` so that a reader never pairs one run's model with another's
+    record: the old record goes first, the new one last, and it names the model's digest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FINAL_RECORD).unlink(missing_ok=True)
+    checkpoint.replace(out_dir / MODEL_FILE)
+    atomic_write_json(out_dir / FINAL_RECORD, record)
+    rows = ["epoch,state,clip_length,sampling,lr,train_loss"] + [
+        f"{i + 1},{e.state.name},{e.state.clip_length},{e.state.sampling},{e.lr:g},{loss:.6f}"
+        for i, (e, loss) in enumerate(zip(schedule, record["losses"]))]
+    atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")

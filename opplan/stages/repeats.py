@@ -13,15 +13,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opplan import tracking as t
 from opplan.config import Params
 from opplan.planning.graph import State
 from opplan.predictions import log_predictions
 from opplan.stages.common import FULL_TRAIN, WORK_ROOT
-from opplan.stages.evaluate import score_model
+from opplan.stages.scoring import score_model
+from opplan.tracking import names as n
+from opplan.tracking.client import Tracker
+from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
+from opplan.train.checkpoint import clear_work_dir
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
-from opplan.train.transition import clear_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,47 +44,43 @@ def optimizer_steps(setup: TrainSetup, schedule: Sequence[ScheduledEpoch]) -> in
     return sum(math.ceil(setup.train_videos / batch(e.state.clip_length)) for e in schedule)
 
 
-def retrain_and_score(tracker: t.Tracker, params: Params, shards: Any, schedule: Sequence[ScheduledEpoch], *,
+def retrain_and_score(tracker: Tracker, params: Params, shards: Any, schedule: Sequence[ScheduledEpoch], *,
                       state: State, seed: int, kind: str, name: str, tags: Mapping[str, Any]) -> dict[str, Any]:
     """Train ``schedule`` from S0 with ``seed`` on the full training set and score it as
     ``state`` (the schedule's last state; S0's when the schedule is empty).
 
-    The run is found again by ``kind``, ``tags`` and the seed: a finished one is reused,
-    an unfinished one resumes from its last epoch state. Returns the run's summary
-    (``run_id``, ``seed``, ``status``, held-out metrics, compute).
+    The run is identified by ``kind``, ``tags`` and the seed, and found again by the one
+    lifecycle of every stage (:mod:`opplan.tracking.lifecycle`): an ended run is reused, an
+    interrupted one resumes from its last epoch state. Returns the run's summary (``run_id``,
+    ``seed``, ``status``, held-out metrics, compute).
     """
-    keys = {t.TAG_KIND: kind, **{k: str(v) for k, v in tags.items()}, t.TAG_SEED: str(seed)}
-    runs = tracker.search(keys)
-    done = [r for r in runs if r.data.tags.get(t.TAG_STATUS) in (t.STATUS_FINISHED, t.STATUS_FAILED)]
-    if done:
-        run = done[-1]
-        log.info("%s seed %d: reusing MLflow run %s", name, seed, run.info.run_id)
-        return _summary(run.info.run_id, seed, run.data.tags[t.TAG_STATUS], run.data.metrics)
-    running = [r for r in runs if r.data.tags.get(t.TAG_STATUS) == t.STATUS_RUNNING]
-    run_id = running[-1].info.run_id if running else tracker.create_run(
-        f"{name} (seed {seed})", {**keys, t.TAG_STATUS: t.STATUS_RUNNING})
+    key = {n.TAG_KIND: kind, **{k: str(v) for k, v in tags.items()}, n.TAG_SEED: str(seed)}
+    work = Work(label=f"{name} seed {seed}", run_name=f"{name} (seed {seed})", key=key, work_root=WORK_ROOT / kind,
+                progress_metric=n.M_TRAIN_LOSS)
+    claim = claim_run(tracker, work)
+    if claim.ended is not None:
+        return _summary(claim.run_id, seed, claim.status, claim.ended.data.metrics)
     setup = TrainSetup(seeded(params, seed), shards, train_splits=FULL_TRAIN)
-    work = WORK_ROOT / kind / run_id
-    outcome = train_schedule(setup, schedule, work, label=f"{name} seed {seed}",
-                             on_epoch=tracker.epoch_logger(run_id, t.M_TRAIN_LOSS))
-    metrics = {t.M_EPOCHS_TRAINED: len(outcome.losses), t.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
-               t.M_COMPUTE_SECONDS: sum(outcome.seconds), t.M_STEPS: optimizer_steps(setup, schedule)}
-    status = t.STATUS_FAILED
+    outcome = train_schedule(setup, schedule, claim.work_dir, label=work.label,
+                             on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
+    metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
+               n.M_COMPUTE_SECONDS: sum(outcome.seconds), n.M_STEPS: optimizer_steps(setup, schedule)}
+    status = n.STATUS_FAILED
     if outcome.status == "finished":
         scores, _, predictions = score_model(setup, outcome.checkpoint, state)
         metrics |= scores
-        log_predictions(tracker, run_id, predictions)
-        status = t.STATUS_FINISHED
+        log_predictions(tracker, claim.run_id, predictions)
+        status = n.STATUS_FINISHED
     else:
-        tracker.set_tags(run_id, {t.TAG_FAILURE: outcome.failure or ""})
-    tracker.log_metrics(run_id, metrics, step=len(outcome.losses))
-    tracker.end_run(run_id, status)
-    clear_work_dir(work)
-    log.info("%s seed %d: held-out top-1 %s", name, seed, metrics.get(t.M_TOP1))
-    return _summary(run_id, seed, status, metrics)
+        tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
+    log_summary_once(tracker, claim.run_id, metrics, step=len(outcome.losses))
+    tracker.end_run(claim.run_id, status)
+    clear_work_dir(claim.work_dir)
+    log.info("%s seed %d: held-out top-1 %s", name, seed, metrics.get(n.M_TOP1))
+    return _summary(claim.run_id, seed, status, metrics)
 
 
 def _summary(run_id: str, seed: int, status: str, metrics: Mapping[str, float]) -> dict[str, Any]:
-    return {"run_id": run_id, "seed": seed, "status": status, "top1": metrics.get(t.M_TOP1),
-            "single_view_top1": metrics.get(t.M_SINGLE_VIEW_TOP1),
-            "compute_seconds": metrics.get(t.M_COMPUTE_SECONDS, 0.0), "epochs_trained": metrics.get(t.M_EPOCHS_TRAINED, 0)}
+    return {"run_id": run_id, "seed": seed, "status": status, "top1": metrics.get(n.M_TOP1),
+            "single_view_top1": metrics.get(n.M_SINGLE_VIEW_TOP1),
+            "compute_seconds": metrics.get(n.M_COMPUTE_SECONDS, 0.0), "epochs_trained": metrics.get(n.M_EPOCHS_TRAINED, 0)}

@@ -10,6 +10,8 @@ Two kinds:
 from __future__ import annotations
 
 import io
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_bytes
 
 FORMAT = "opplan-checkpoint-v1"
+MODEL_FILE = "model.pt"
+"""The kept weights a training run leaves in its work folder."""
+_EPOCH_STATE = re.compile(r"epoch_(\d+)\.pt")
 
 
 def model_identity(model_config: dict[str, Any], num_classes: int) -> dict[str, Any]:
@@ -134,3 +139,33 @@ def load_epoch_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if bad or not isinstance(obj["rng"].get("torch"), torch.Tensor):
         raise OpplanError(f"{path}: damaged epoch state ({', '.join(bad) or 'rng'} missing or of the wrong type)")
     return obj
+
+
+# --- a run's work folder: where its epoch states live until the run ends ---------------------
+
+
+def run_work_dir(root: Path, run_id: str) -> Path:
+    """The work folder of MLflow run ``run_id`` under a stage's ``root``."""
+    return Path(root) / run_id
+
+
+def epoch_state_path(work_dir: Path, epoch: int) -> Path:
+    """Where the state after ``epoch`` is saved (0: the starting model, evaluated)."""
+    return Path(work_dir) / f"epoch_{epoch:03d}.pt"
+
+
+def epoch_states(work_dir: Path) -> list[Path]:
+    """The saved epoch states of a work folder, in epoch order."""
+    found = [(int(m.group(1)), p) for p in Path(work_dir).glob("epoch_*.pt") if (m := _EPOCH_STATE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_epoch_state(work_dir: Path) -> Path | None:
+    """The state to resume from, or ``None`` when the run starts afresh."""
+    states = epoch_states(work_dir)
+    return states[-1] if states else None
+
+
+def clear_work_dir(work_dir: Path) -> None:
+    """Drop a work folder whose run has ended (its epoch states are no longer needed)."""
+    shutil.rmtree(work_dir, ignore_errors=True)

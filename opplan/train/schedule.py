@@ -16,10 +16,12 @@ from typing import Any
 import torch
 
 from opplan import distributed
-from opplan import tracking as t
+from opplan.tracking import names as n
 from opplan.models import set_bn_freeze
 from opplan.planning.graph import State
-from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
+from opplan.train.checkpoint import (
+    MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
+)
 from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
 from opplan.train.transition import epoch_seed
@@ -80,7 +82,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
             optimizer = setup.optimizer(model, step.lr)
             net = distributed.wrap(model, setup.device)  # the trainable parameters changed
         for group in optimizer.param_groups:
-            group["lr"] = step.lr
+            group["lr"] = setup.params.train.lr_for(step.state.clip_length, step.lr)
         seed = epoch_seed(setup.params.seed, label, index + 1)
         if world.enabled:  # dropout differs per process, yet is the same on every rerun
             torch.manual_seed(epoch_seed(seed, world.rank))
@@ -94,7 +96,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
         seconds.append(result.seconds)
 
         def record() -> None:
-            save_epoch_state(work_dir / f"epoch_{index + 1:03d}.pt", model=model, optimizer=optimizer, scaler=scaler,
+            save_epoch_state(epoch_state_path(work_dir, index + 1), model=model, optimizer=optimizer, scaler=scaler,
                              identity=setup.identity, epoch=index + 1, curve=[], losses=losses, seconds=seconds)
             if on_epoch is not None:
                 on_epoch(index + 1, _epoch_metrics(step, result.loss, result.seconds))
@@ -104,7 +106,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
         distributed.on_main(record)
 
     def finish() -> Path:
-        checkpoint = work_dir / "model.pt"
+        checkpoint = work_dir / MODEL_FILE
         save_model(checkpoint, model, setup.identity, epochs=len(schedule))
         return checkpoint
 
@@ -117,10 +119,10 @@ def _restore(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Pa
     """Rank 0: load the last epoch state, if any, into ``model`` and ``scaler``; returns what
     the caller (and the other processes) need to continue."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    states = sorted(work_dir.glob("epoch_*.pt"))
-    if not states:
+    latest = latest_epoch_state(work_dir)
+    if latest is None:
         return {"losses": [], "seconds": [], "optimizer": None, "scaler": None}
-    saved = load_epoch_state(states[-1], setup.identity)
+    saved = load_epoch_state(latest, setup.identity)
     losses, seconds = saved["losses"], saved["seconds"]
     last = schedule[len(losses) - 1]
     set_bn_freeze(model, last.state.clip_length, setup.params.model.bn_freeze_min_length)
@@ -135,5 +137,5 @@ def _restore(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Pa
 
 
 def _epoch_metrics(step: ScheduledEpoch, loss: float, seconds: float) -> dict[str, float]:
-    return {t.M_TRAIN_LOSS: loss, t.M_LR: step.lr, t.M_CLIP_LENGTH: step.state.clip_length,
-            t.M_SAMPLING_US: float(step.state.sampling == "us"), t.M_EPOCH_SECONDS: seconds}
+    return {n.M_TRAIN_LOSS: loss, n.M_LR: step.lr, n.M_CLIP_LENGTH: step.state.clip_length,
+            n.M_SAMPLING_US: float(step.state.sampling == "us"), n.M_EPOCH_SECONDS: seconds}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,22 +15,23 @@ from torch.utils.data import DataLoader
 
 from opplan import distributed
 from opplan.config import Params
-from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos
-from opplan.device import pick_device
+from opplan.data.dataset import ClipDataset, make_loader, num_classes, read_videos, reseed
+from opplan.device import (
+    amp_dtype,
+    auto_workers,
+    compile_model,
+    grad_scaler,
+    pick_device,
+    set_deterministic,
+    use_channels_last,
+)
 from opplan.models import build_model_from_params, set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import load_model, model_identity
-from opplan.train.loop import EpochResult, accuracy, predict, train_epoch
+from opplan.train.loop import EpochResult, LoopOptions, accuracy, predict, train_epoch
+from opplan.train.objective import Objective, make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-def make_deterministic() -> None:
-    """Ask torch for deterministic kernels (see docs/determinism.md). Ops without one warn
-    instead of failing. cuBLAS needs its workspace size fixed before its first use."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:
@@ -48,8 +49,16 @@ class TrainSetup:
     """Which GPU, when there are several and this process is one of the planning workers
     (``plan.workers``); a distributed process always uses the GPU of its local rank."""
 
+    _loaders: dict[str, tuple[tuple[Any, ...], DataLoader]] = field(default_factory=dict, init=False, repr=False)
+    """The last loader per mode, whose workers persist while its split and state stay the same."""
+
     def __post_init__(self) -> None:
-        make_deterministic()
+        set_deterministic(self.params.train.deterministic)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the loaders: a distributed collective call sends this object from rank 0 to
+        the others, whose loaders must load their own shares."""
+        return {**self.__dict__, "_loaders": {}}
 
     @property
     def device(self) -> torch.device:
@@ -57,9 +66,36 @@ class TrainSetup:
         return pick_device(self.params.device, world.local_rank if world.enabled else self.device_index)
 
     @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``train.amp`` on this device (None: full precision, e.g. on CPU)."""
+        return amp_dtype(self.params.train.amp, self.device)
+
+    @property
     def amp(self) -> bool:
         """Mixed precision: asked for in params, and on CUDA."""
-        return self.params.train.amp and self.device.type == "cuda"
+        return self.amp_dtype is not None
+
+    @property
+    def channels_last(self) -> bool:
+        return use_channels_last(self.params.train.channels_last, self.params.model.name, self.device)
+
+    @property
+    def loop_options(self) -> LoopOptions:
+        return LoopOptions(amp=self.amp_dtype, channels_last=self.channels_last,
+                           progress_seconds=self.params.train.progress_seconds)
+
+    @property
+    def num_workers(self) -> int:
+        """``train.num_workers``, with ``auto`` resolved for this device (``TrainParams.num_workers``)."""
+        workers = self.params.train.num_workers
+        if workers != "auto":
+            return workers
+        world = distributed.world()
+        if world.enabled:
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+        else:
+            per_node = self.params.plan.workers if self.device_index is not None else 1
+        return auto_workers(self.device, per_node)
 
     @cached_property
     def num_classes(self) -> int:
@@ -81,33 +117,48 @@ class TrainSetup:
         seed_everything(self.params.seed)
         model = build_model_from_params(self.params.model, self.num_classes)
         set_bn_freeze(model, clip_length, self.params.model.bn_freeze_min_length)
-        return model.to(self.device)
+        layout = {"memory_format": torch.channels_last_3d} if self.channels_last else {}
+        model = model.to(self.device, **layout)
+        return compile_model(model, self.params.train.compile, self.device)
 
     def load_weights(self, model: torch.nn.Module, path: Path) -> None:
         load_model(path, model, self.identity)
         model.to(self.device)
 
     def optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        train = self.params.train
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        """SGD from ``train`` (:func:`opplan.train.objective.make_optimizer`); fused on CUDA (but
+        not with float16's gradient scaler: see ``opplan.train.loop._skips_on_device``), where a
+        step can then be skipped on the device (a non-finite loss) without waiting for the GPU."""
+        return make_optimizer(model, lr, self.params.train, fused=self._fused())
 
-    def dataset(self, split: str, state: State, *, mode: str) -> ClipDataset:
+    def _fused(self) -> bool | None:
+        return True if self.device.type == "cuda" and self.amp_dtype != torch.float16 else None
+
+    def dataset(self, split: str, state: State, *, mode: str, clips: int = 1) -> ClipDataset:
         splits = self.train_splits if split == "train" else (split,)
         return ClipDataset(self.shards, splits, sampling=state.sampling, clip_length=state.clip_length,
-                           mode=mode, train=self.params.train, evaluate=self.params.evaluate)
+                           mode=mode, train=self.params.train, evaluate=self.params.evaluate, clips=clips)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """Scales float16 losses under mixed precision; a pass-through otherwise."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        return grad_scaler(self.amp_dtype, self.device)
 
-    def loader(self, split: str, state: State, *, mode: str, seed: int | None = None) -> DataLoader:
+    def loader(self, split: str, state: State, *, mode: str, seed: int | None = None, clips: int = 1) -> DataLoader:
         """Training batches are shuffled and seeded per epoch; evaluation is in order.
 
         Distributed, each process loads its share: ``batch_size / processes`` clips of every
         training batch, and every ``processes``-th video when evaluating.
+
+        The loader of the last call with the same ``split``, ``state``, ``mode`` and ``clips`` is reused,
+        reseeded (:func:`opplan.data.dataset.reseed`): its workers persist across the epochs
+        of a transition or schedule segment, with the clips a new loader would give.
         """
-        dataset = self.dataset(split, state, mode=mode)
+        seed = self.params.seed if seed is None else seed
+        key = (split, state, mode, clips)
+        cached = self._loaders.get(mode)
+        if cached is not None and cached[0] == key:
+            return reseed(cached[1], seed)
+        self._loaders.pop(mode, None)  # its workers stop before the new loader's start
         train = self.params.train
         world = distributed.world()
         if mode == "train":
@@ -116,23 +167,34 @@ class TrainSetup:
             batch = train.eval_batch_size
         else:
             batch = self.params.evaluate.batch_size
-        return make_loader(dataset, batch, shuffle=mode == "train", num_workers=train.num_workers,
-                           seed=self.params.seed if seed is None else seed, rank=world.rank, replicas=world.size)
+        loader = make_loader(self.dataset(split, state, mode=mode, clips=clips), batch, shuffle=mode == "train",
+                             num_workers=self.num_workers, seed=seed, rank=world.rank, replicas=world.size,
+                             pin_memory=self.device.type == "cuda", prefetch_factor=train.prefetch_factor)
+        self._loaders[mode] = (key, loader)
+        return loader
+
+    def close_loaders(self) -> None:
+        """Stop the persistent loader workers (they also stop with this object)."""
+        self._loaders.clear()
 
     def train_epoch(self, model: torch.nn.Module, state: State, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, *, seed: int, progress: str = "") -> EpochResult:
         """One epoch of ``state``'s clips (seeded by ``seed``) through ``model`` (wrapped by
         :func:`opplan.distributed.wrap` when distributed)."""
         loader = self.loader("train", state, mode="train", seed=seed)
-        return train_epoch(model, loader, optimizer, self.device, scaler=scaler, amp=self.amp,
-                           micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress)
+        return train_epoch(model, loader, optimizer, self.device, scaler=scaler,
+                           micro_batch=self.params.train.micro_batch_for(state.clip_length), progress=progress,
+                           options=self.loop_options, objective=Objective.from_params(self.params.train))
 
-    def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, model: torch.nn.Module, split: str, state: State, *, mode: str,
+                clips: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(videos, classes)`` and labels ``(videos,)`` of a split, in video order
-        (distributed: each process scores its share and all get the whole)."""
+        (distributed: each process scores its share and all get the whole). ``clips``: the
+        uniformly spaced clips per video in ``mode="val"``, softmax scores averaged."""
         model = distributed.unwrap(model)
         distributed.sync_module(model, buffers_only=True)
-        scores, labels = predict(model, self.loader(split, state, mode=mode), self.device)
+        scores, labels = predict(model, self.loader(split, state, mode=mode, clips=clips), self.device,
+                                 options=self.loop_options, what=f"{state.name} {split}: ")
         return distributed.gather_strided(scores), distributed.gather_strided(labels)
 
     def accuracy(self, model: torch.nn.Module, state: State) -> float:

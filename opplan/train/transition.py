@@ -2,8 +2,16 @@
 
 Start from ``Si``'s kept checkpoint (or a fresh ``S0`` model), train with ``Sj``'s
 sampling, clip length and learning rate, evaluate the internal validation set after
-every epoch (single centre clip, centre crop), refit the knee, stop at the first epoch
-``t >= t* + T`` and keep the checkpoint of epoch ``t*``.
+every epoch, refit the knee, stop at the first epoch ``t >= t* + T`` and keep the
+checkpoint of epoch ``t*``.
+
+The curve's points are the planning signal ``plan.metric`` (top-1 as the paper, top-1/3/5
+as the authors' code, or the mean true-class probability) over the internal-validation
+videos, each scored on ``plan.val_clips`` uniformly spaced clips (1: the centre clip),
+centre crop; with each point its standard error over the videos (``curve_se``,
+:func:`opplan.stats.mean_se`). The kept epoch is the knee's, except that ``t* = 0`` stands
+only when the start beats the best later epoch by more than ``plan.keep_start_se`` SEs
+(:func:`opplan.planning.knee.keep_start_rule`); the score's SE is that of the kept epoch.
 
 Every completed epoch is saved as an epoch state in the transition's work folder, so a
 killed transition resumes from its last completed epoch (at most one epoch is lost).
@@ -14,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +30,14 @@ from typing import Any
 import torch
 
 from opplan import distributed
-from opplan import tracking as t
+from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
-from opplan.planning.knee import KneeDecision, KneeStopper
-from opplan.train.checkpoint import load_epoch_state, save_epoch_state, save_model, set_rng_state
+from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule
+from opplan.stats import mean_se, per_video_scores
+from opplan.tracking import names as n
+from opplan.train.checkpoint import (
+    MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
+)
 from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
 
@@ -37,10 +48,18 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class TransitionOutcome:
-    """What one transition produced; ``curve[k]`` is the validation accuracy after epoch k."""
+    """What one transition produced; ``curve[k]`` is the planning signal after epoch k.
+
+    ``curve_se[k]``: its standard error over the validation videos; ``se``: that of the kept
+    epoch ``t_star``. ``capped``: stopped by ``plan.max_epochs`` while the curve still rose.
+    ``keep``: why ``t_star`` was kept (:class:`~opplan.planning.knee.KeepStart`'s ``reason``)
+    and ``start_margin_se`` how far the start lay above the best later epoch when the knee
+    said 0.
+    """
 
     status: str  # "finished" | "failed"
     curve: list[float] = field(default_factory=list)
+    curve_se: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     clips_seen: int = 0
@@ -52,6 +71,10 @@ class TransitionOutcome:
     r2: float | None = None
     checkpoint: Path | None = None
     failure: str | None = None
+    se: float | None = None
+    capped: bool = False
+    keep: str | None = None
+    start_margin_se: float | None = None
 
     @property
     def epochs_trained(self) -> int:
@@ -64,9 +87,16 @@ def epoch_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _latest_state(work_dir: Path) -> Path | None:
-    states = sorted(work_dir.glob("epoch_*.pt"))
-    return states[-1] if states else None
+CURVE_SE = "curve_se.json"  # beside the epoch states: the SEs of their curve (written first)
+
+
+def validate(setup: TrainSetup, model: torch.nn.Module, dst: State) -> tuple[float, float]:
+    """Planning's validation of ``model``: the mean of ``plan.metric`` over the internal-validation
+    videos (each on ``plan.val_clips`` clips) and its standard error. Collective, like ``predict``."""
+    plan = setup.params.plan
+    scores, labels = setup.predict(model, "val", dst, mode="val", clips=plan.val_clips)
+    values = per_video_scores(scores, labels, plan.metric)
+    return (float(values.mean()) if len(values) else math.nan), mean_se(values)
 
 
 @distributed.collective
@@ -80,7 +110,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     """
     world = distributed.world()
     model = setup.new_model(dst.clip_length)
-    optimizer = setup.optimizer(model, dst.lr)
+    optimizer = setup.optimizer(model, setup.params.train.lr_for(dst.clip_length, dst.lr))
     scaler = setup.grad_scaler()
     out = TransitionOutcome(status="running")
     ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label) if world.is_main else None
@@ -88,6 +118,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     start = distributed.on_main(lambda: ledger.restore(init))
     if not world.is_main:
         out.curve, out.losses, out.seconds = start["curve"], start["losses"], start["seconds"]
+        out.curve_se = start["curve_se"]
         if start["optimizer"] is not None:
             optimizer.load_state_dict(start["optimizer"])
             scaler.load_state_dict(start["scaler"])
@@ -95,7 +126,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
 
     stop = distributed.on_main(lambda: ledger.replay()) if out.curve else None
     if not out.curve:
-        out.curve = [setup.accuracy(net, dst)]
+        _append_point(out, validate(setup, net, dst))
         stop = distributed.on_main(lambda: ledger.record(0))
     while not stop:
         epoch = len(out.curve)
@@ -108,11 +139,16 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
             out.status, out.failure = "failed", str(exc)
             log.warning("%s failed: %s", label, exc)
             return out
-        out.curve.append(setup.accuracy(net, dst))
+        _append_point(out, validate(setup, net, dst))
         out.losses.append(result.loss)
         out.seconds.append(result.seconds)
         stop = distributed.on_main(lambda: ledger.record(epoch))
     return distributed.on_main(lambda: ledger.finish())
+
+
+def _append_point(out: TransitionOutcome, point: tuple[float, float]) -> None:
+    out.curve.append(point[0])
+    out.curve_se.append(point[1])
 
 
 class _Ledger:
@@ -133,11 +169,11 @@ class _Ledger:
         """Load the last epoch state (a resumed transition) or ``init``'s weights; returns what
         the other processes need besides the weights."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        latest = _latest_state(self.work_dir)
+        latest = latest_epoch_state(self.work_dir)
         if latest is None:
             if init is not None:
                 self.setup.load_weights(self.model, init)
-            return {"curve": [], "losses": [], "seconds": [], "optimizer": None, "scaler": None}
+            return {"curve": [], "curve_se": [], "losses": [], "seconds": [], "optimizer": None, "scaler": None}
         state = load_epoch_state(latest, self.setup.identity)
         self.model.load_state_dict(state["state_dict"])
         if state["optimizer"] is not None:
@@ -146,10 +182,11 @@ class _Ledger:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.out.curve, self.out.losses, self.out.seconds = state["curve"], state["losses"], state["seconds"]
+        self.out.curve_se = _read_curve_se(self.work_dir, len(self.out.curve))
         log.info("%s resuming after epoch %d (curve so far: %s)", self.label, state["epoch"],
                  ", ".join(f"{y:.3f}" for y in self.out.curve))
-        return {"curve": list(self.out.curve), "losses": list(self.out.losses), "seconds": list(self.out.seconds),
-                "optimizer": state["optimizer"], "scaler": self.scaler.state_dict()}
+        return {"curve": list(self.out.curve), "curve_se": list(self.out.curve_se), "losses": list(self.out.losses),
+                "seconds": list(self.out.seconds), "optimizer": state["optimizer"], "scaler": self.scaler.state_dict()}
 
     def replay(self) -> bool:
         """Feed a resumed curve to the knee again; returns whether it already says stop."""
@@ -164,61 +201,88 @@ class _Ledger:
         epoch state, report it; returns whether to stop."""
         out = self.out
         self.decision = self.stopper.update(out.curve[-1])
-        save_epoch_state(self.work_dir / f"epoch_{epoch:03d}.pt", model=self.model,
+        atomic_write_json(self.work_dir / CURVE_SE, [_json_float(v) for v in out.curve_se])  # before the state
+        save_epoch_state(epoch_state_path(self.work_dir, epoch), model=self.model,
                          optimizer=self.optimizer if epoch else None, scaler=self.scaler,
                          identity=self.setup.identity, epoch=epoch, curve=out.curve, losses=out.losses,
                          seconds=out.seconds)
         if self.on_epoch is not None:
             self.on_epoch(epoch, _epoch_metrics(out, self.dst, self.decision))
         if epoch == 0:
-            log.info("%s epoch 0 (start model): val_acc %.4f", self.label, out.curve[0])
+            log.info("%s epoch 0 (start model): val %.4f ± %.4f", self.label, out.curve[0], out.curve_se[0])
         else:
             t_star = self.decision.t_star
             knee = f", knee t*={t_star}" if t_star is not None else ", knee: not enough evidence yet"
-            log.info("%s epoch %d: loss %.4f, val_acc %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
-                     out.curve[-1], out.seconds[-1], knee)
+            log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
+                     out.curve[-1], out.curve_se[-1], out.seconds[-1], knee)
         return self.decision.stop
 
     def finish(self) -> TransitionOutcome:
-        return _finish(self.setup, self.out, self.decision, self.work_dir)
+        kept = keep_start_rule(self.out.curve, self.out.curve_se, self.decision.chosen_epoch,
+                               self.setup.params.plan.keep_start_se)
+        if kept.reason == "best_later":
+            log.info("%s: the knee keeps the start model, but the start (%.4f ± %.4f) beats the best later epoch "
+                     "%d (%.4f ± %.4f) by %.2f SE, not more than plan.keep_start_se = %g: keeping epoch %d",
+                     self.label, self.out.curve[0], self.out.curve_se[0], kept.epoch, self.out.curve[kept.epoch],
+                     self.out.curve_se[kept.epoch], kept.margin_se, self.setup.params.plan.keep_start_se, kept.epoch)
+        return _finish(self.setup, self.out, self.decision, kept, self.stopper.last_fit, self.work_dir)
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _read_curve_se(work_dir: Path, points: int) -> list[float]:
+    """The SEs of a resumed curve's ``points`` points (NaN where they were never written)."""
+    import json
+
+    try:
+        values = json.loads((work_dir / CURVE_SE).read_text())
+    except (OSError, ValueError):
+        values = []
+    values = [math.nan if v is None else float(v) for v in values[:points]]
+    return values + [math.nan] * (points - len(values))
 
 
 def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
     """What MLflow gets after each epoch: the curve point, and the knee fit when there is one."""
-    metrics = {t.M_VAL_ACC: out.curve[-1], t.M_LR: dst.lr}
+    metrics = {n.M_VAL_ACC: out.curve[-1], n.M_VAL_SE: out.curve_se[-1] if out.curve_se else None, n.M_LR: dst.lr}
     if out.losses and len(out.curve) > 1:
-        metrics[t.M_TRAIN_LOSS] = out.losses[-1]
-        metrics[t.M_EPOCH_SECONDS] = out.seconds[-1]
+        metrics[n.M_TRAIN_LOSS] = out.losses[-1]
+        metrics[n.M_EPOCH_SECONDS] = out.seconds[-1]
     fit = getattr(decision, "fit", None)
     if fit is not None:
-        metrics[t.M_KNEE_T] = fit.t_star
-        metrics[t.M_KNEE_VALUE] = fit.value
-        metrics[t.M_KNEE_RMSE] = fit.rmse
-        metrics[t.M_KNEE_R2] = fit.r2
+        metrics[n.M_KNEE_T] = fit.t_star
+        metrics[n.M_KNEE_VALUE] = fit.value
+        metrics[n.M_KNEE_RMSE] = fit.rmse
+        metrics[n.M_KNEE_R2] = fit.r2
         for i, value in enumerate(fit.params, start=1):
-            metrics[t.M_KNEE_PARAM.format(i)] = value
+            metrics[n.M_KNEE_PARAM.format(i)] = value
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, work_dir: Path) -> TransitionOutcome:
-    """Keep epoch ``t*``'s weights as ``model.pt``; drop the other epoch states."""
+def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, kept: KeepStart,
+            last_fit: KneeFit | None, work_dir: Path) -> TransitionOutcome:
+    """Keep epoch ``kept.epoch``'s weights as ``model.pt``; drop the other epoch states."""
     # The kept epoch: t* (min(t*, t) when stopped by max_epochs; the best observed epoch
-    # when no fit ever succeeded). Its fitted value is f at that epoch.
-    t_star = decision.chosen_epoch
+    # when no fit ever succeeded), or the best later epoch when the keep-start rule overrides
+    # t* = 0. Its fitted value is f at that epoch (of the latest fit).
+    t_star = kept.epoch
     fit = decision.fit
     out.t_star = t_star
     out.observed = out.curve[t_star]
-    out.fitted = decision.chosen_value if decision.chosen_value is not None else out.observed
+    if t_star == decision.chosen_epoch:
+        out.fitted = decision.chosen_value if decision.chosen_value is not None else out.observed
+    else:
+        out.fitted = float(last_fit.predict(t_star)) if last_fit is not None else out.observed
+    out.se = out.curve_se[t_star] if t_star < len(out.curve_se) and math.isfinite(out.curve_se[t_star]) else None
+    out.capped, out.keep, out.start_margin_se = decision.capped, kept.reason, kept.margin_se
     if fit is not None:
         out.fit_params, out.rmse, out.r2 = list(map(float, fit.params)), fit.rmse, fit.r2
-    kept = load_epoch_state(work_dir / f"epoch_{t_star:03d}.pt", setup.identity)
+    kept = load_epoch_state(epoch_state_path(work_dir, t_star), setup.identity)
     model = setup.new_model(0)
     model.load_state_dict(kept["state_dict"])
-    out.checkpoint = work_dir / "model.pt"
+    out.checkpoint = work_dir / MODEL_FILE
     save_model(out.checkpoint, model, setup.identity, chosen_epoch=t_star)
     out.status = "finished"
     return out
-
-
-def clear_work_dir(work_dir: Path) -> None:
-    shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,279 @@
+"""The MLflow client: the only module that creates, writes and reads runs.
+
+Every run opplan makes is created here with explicit run ids (``MlflowClient``), not
+through MLflow's global "active run", so nesting is explicit and nothing leaks
+between transitions. Names of tags and metrics: :mod:`opplan.tracking.names`; which run
+a piece of work uses: :mod:`opplan.tracking.lifecycle`; retries: :mod:`opplan.tracking.retries`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from opplan.config import TrackingParams
+from opplan.errors import OpplanError
+from opplan.tracking.names import (
+    BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED,
+    TAG_CREATE_TOKEN, TAG_STATUS, runs_page_url,
+)
+from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
+from opplan.tracking.store import ensure_store
+
+T = TypeVar("T")
+
+
+def resolve_uri(params_uri: str) -> str:
+    """``MLFLOW_TRACKING_URI`` wins over params; a relative SQLite path is made absolute."""
+    return absolute_uri(os.environ.get(ENV_URI) or params_uri)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute (other URIs as given)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def resolve_read_uri(explicit: str | None, params_uri: str) -> str:
+    """An explicit URI (``--tracking-uri``) wins over ``MLFLOW_TRACKING_URI`` and params."""
+    return resolve_uri(params_uri) if explicit is None else absolute_uri(explicit)
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The database file or folder of a local store; ``None`` for a tracking server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file://"):
+        from urllib.parse import urlparse
+
+        return Path(urlparse(uri).path)
+    return None if "://" in uri else Path(uri)
+
+
+class Store:
+    """Reading one experiment of an existing store (``opplan report``, ``bench/cost.py``, and
+    every stage through :class:`Tracker`). Reading never creates anything.
+
+    Every client call goes through :meth:`_call` (:func:`~opplan.tracking.retries.retrying`):
+    a tracking server or database that blinks delays the work instead of killing it.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+        self.uri = uri
+        self.retry_seconds = retry_seconds
+        set_mlflow_env_defaults()
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = experiment_id
+
+    def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``method(*args, **kwargs)``, a bound ``MlflowClient`` method, retried (see :func:`retrying`)."""
+        return retrying(lambda: method(*args, **kwargs), uri=self.uri, operation=method.__name__,
+                        budget=self.retry_seconds)
+
+    def search(self, filters: Mapping[str, str], *, parent_id: str | None = None) -> list[Run]:
+        """Active runs of this experiment whose tags equal ``filters``, oldest first."""
+        clauses = [f"tags.`{key}` = '{value}'" for key, value in filters.items()]
+        if parent_id is not None:
+            clauses.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'")
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self._call(
+                self.client.search_runs, [self.experiment_id], " and ".join(clauses), max_results=1000,
+                order_by=["attributes.start_time ASC"], page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def get_run(self, run_id: str) -> Run:
+        return self._call(self.client.get_run, run_id)
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A metric's ``(step, value)`` pairs in step order (the last value per step wins)."""
+        by_step: dict[int, float] = {}
+        for m in sorted(self._call(self.client.get_metric_history, run_id, key), key=lambda m: (m.step, m.timestamp)):
+            by_step[m.step] = m.value
+        return sorted(by_step.items())
+
+    def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return Path(self._call(self.client.download_artifacts, run_id, path, str(dst)))
+
+    def read_json_artifact(self, run_id: str, path: str) -> Any | None:
+        """A JSON artifact of a run, or ``None`` when the run has none at ``path``."""
+        parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
+        names = {a.path for a in self._call(self.client.list_artifacts, run_id, parent)}
+        if path not in names:
+            return None
+        with tempfile.TemporaryDirectory(prefix="opplan-artifact-") as tmp:
+            local = self._call(self.client.download_artifacts, run_id, path, tmp)
+            return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+class Tracker(Store):
+    """Writing runs of one experiment; the local store and the experiment are created when
+    missing (:mod:`opplan.tracking.store`), the experiment marked for MLflow's runs view."""
+
+    def __init__(self, uri: str, experiment: str, *, artifact_root: str | Path = "mlartifacts",
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+        uri = resolve_uri(uri)
+        ensure_store(uri)  # before the client: MlflowClient itself would create a missing store
+        super().__init__(uri, "", retry_seconds=retry_seconds)
+        self.experiment_id = self._experiment(experiment, Path(artifact_root))
+
+    @classmethod
+    def from_params(cls, tracking: TrackingParams, *, baselines: bool = False) -> Tracker:
+        """The tracker of params' ``tracking`` section; ``baselines``: on ``<experiment>-baselines``."""
+        return cls(tracking.uri, tracking.experiment + (BASELINES_SUFFIX if baselines else ""),
+                   retry_seconds=tracking.retry_seconds)
+
+    def _experiment(self, name: str, artifact_root: Path) -> str:
+        found = self._call(self.client.get_experiment_by_name, name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise OpplanError(f"MLflow experiment {name!r} is deleted in {self.uri}; restore it or pick another name")
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older opplan
+                self._call(self.client.set_experiment_tag, found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:") or "://" not in self.uri:
+            # A local store: keep artifacts beside the project, not in MLflow's cwd-relative default.
+            location = (artifact_root.resolve() / name).as_uri()
+        try:
+            return self._call(self.client.create_experiment, name, artifact_location=location,
+                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # created meanwhile by another process, or by a retry of a lost answer
+            found = self._call(self.client.get_experiment_by_name, name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def create_run(self, name: str, tags: Mapping[str, Any], *, parent_id: str | None = None) -> str:
+        """A new run's id. ``create_run`` is the one call that is not idempotent: when a blink
+        loses the answer, the server may have made the run anyway. So each run carries a
+        client-made token, and a retry first looks for a run with it. (Were a duplicate left
+        anyway, :mod:`opplan.tracking.lifecycle` marks the stale "running" one killed.)"""
+        token = uuid.uuid4().hex
+        tags = {**{k: str(v) for k, v in tags.items()}, TAG_CREATE_TOKEN: token}
+        if parent_id is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_id
+        attempts = 0
+
+        def create() -> Run:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                made = self.client.search_runs([self.experiment_id], f"tags.`{TAG_CREATE_TOKEN}` = '{token}'")
+                if made:
+                    return made[0]
+            return self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+
+        return retrying(create, uri=self.uri, operation="create_run", budget=self.retry_seconds).info.run_id
+
+    # log_batch, set_terminated and log_artifact are safe to repeat with the same arguments:
+    # MLflow skips a metric it has (same key, step, timestamp, value) and overwrites the rest.
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self._call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self._call(self.client.log_batch, run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        if batch:
+            self._call(self.client.log_batch, run_id, metrics=batch)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
+        self._call(self.client.log_artifact, run_id, str(path), artifact_dir)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """Close a run; ``status`` is opplan's status, mapped onto MLflow's run status."""
+        mlflow_status = {STATUS_FINISHED: "FINISHED", STATUS_FAILED: "FAILED", STATUS_KILLED: "KILLED"}[status]
+        self.set_tags(run_id, {TAG_STATUS: status})
+        self._call(self.client.set_terminated, run_id, status=mlflow_status)
+
+    def epoch_logger(self, run_id: str, key: str) -> Callable[[int, Mapping[str, float]], None]:
+        """An ``on_epoch`` callback that logs each epoch's metrics once. A resumed run replays
+        its last saved epoch, which the run already has unless the kill came between saving
+        the epoch and logging it; ``key`` (logged every epoch) tells which epochs it has."""
+        logged = {step for step, _ in self.history(run_id, key)}
+
+        def log_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+            if epoch not in logged:
+                self.log_metrics(run_id, metrics, step=epoch)
+                logged.add(epoch)
+
+        return log_epoch
+
+
+def flatten(prefix: str, data: Any) -> dict[str, Any]:
+    """``{"plan": {"lrs": [..]}}`` -> ``{"plan.lrs": "[..]"}`` for MLflow params."""
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+        return out
+    return {prefix: data}
+
+
+def tags_of(runs: Iterable[Run], key: str) -> list[str]:
+    return [run.data.tags.get(key, "") for run in runs]
+
+
+def open_store(uri: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> dict[str, Store]:
+    """Readers of every active experiment of an existing store, by name.
+
+    Raises :class:`OpplanError` when a local store does not exist (it is not created)
+    or the store cannot be read (a server that does not answer: after ``retry_seconds``).
+    """
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise OpplanError(f"no MLflow store at {uri}: {path} does not exist. Run the pipeline first "
+                          f"(`dvc repro`, or `opplan plan`), or pass the right --tracking-uri")
+    set_mlflow_env_defaults()
+    client = MlflowClient(tracking_uri=uri)
+    readers: dict[str, Store] = {}
+    token = None
+    try:
+        while True:
+            page = retrying(partial(client.search_experiments, max_results=1000, page_token=token), uri=uri,
+                            operation="search_experiments", budget=retry_seconds)
+            readers |= {e.name: Store(uri, e.experiment_id, retry_seconds=retry_seconds) for e in page}
+            token = page.token
+            if not token:
+                return readers
+    except OpplanError:
+        raise
+    except Exception as exc:  # any other backend failure: a broken file, a refused request
+        raise OpplanError(f"cannot read the MLflow store at {uri}: {exc}") from exc
+
+
+def runs_pages(uri: str, experiment: str, base_url: str) -> dict[str, str]:
+    """The UI's runs page of ``experiment`` and its baselines, those that exist in the store at
+    ``uri`` (nothing is created; an unreadable or missing store gives none)."""
+    try:
+        readers = open_store(uri, retry_seconds=5.0)
+    except OpplanError:
+        return {}
+    names = (experiment, experiment + BASELINES_SUFFIX)
+    return {name: runs_page_url(base_url, readers[name].experiment_id) for name in names if name in readers}

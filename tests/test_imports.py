@@ -1,0 +1,58 @@
+"""The shape of the package's imports: no module imports another that imports it back (also
+through imports inside functions), and training code runs without loading MLflow."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def opplan_modules() -> dict[str, Path]:
+    modules = {}
+    for path in (ROOT / "opplan").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports_of(path: Path, known: dict[str, Path]) -> set[str]:
+    """The opplan modules ``path`` imports anywhere in it (``from pkg import mod`` counts ``pkg.mod``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in known}
+
+
+def cycle_through(start: str, graph: dict[str, set[str]]) -> list[str] | None:
+    """A path of imports from ``start`` back to itself, if there is one."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        module, path = stack.pop()
+        for imported in sorted(graph[module]):
+            if imported == start:
+                return [*path, start]
+            if imported not in seen:
+                seen.add(imported)
+                stack.append((imported, [*path, imported]))
+    return None
+
+
+def test_no_module_imports_itself_back() -> None:
+    modules = opplan_modules()
+    graph = {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+    cycles = [cycle for name in sorted(graph) if (cycle := cycle_through(name, graph))]
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_training_code_does_not_load_mlflow() -> None:
+    code = ("import sys, opplan.train.transition, opplan.train.schedule, opplan.tracking.names; "
+            "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]"

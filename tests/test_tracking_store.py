@@ -1,0 +1,107 @@
+"""The local MLflow store as damage finds it: two stages creating it at once, a kill during
+its creation, a read-only database; and how opplan's experiments show in MLflow's UI."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+from mlflow.protos import databricks_pb2 as codes
+
+from opplan.cli import cli
+from opplan.errors import OpplanError
+from opplan.tracking import names as n
+from opplan.tracking import retries
+from opplan.tracking.client import Tracker, open_store
+from opplan.tracking.store import half_made
+
+
+@pytest.fixture(autouse=True)
+def no_outside_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(n.ENV_URI, raising=False)
+
+
+def make_tracker(db: str, experiment: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    Tracker(f"sqlite:///{db}", experiment, artifact_root=Path(db).parent / "mlartifacts")
+
+
+def test_stages_creating_a_fresh_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """plan and baselines started together on a fresh project (two experiments, one store)."""
+    db = tmp_path / "mlflow.db"
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)
+    processes = [context.Process(target=make_tracker, args=(str(db), name, start))
+                 for name in ("demo", "demo-baselines", "demo")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(300)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    assert sorted(open_store(f"sqlite:///{db}")) == ["Default", "demo", "demo-baselines"]
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))
+
+
+def test_a_store_whose_creation_was_killed_is_made_again_and_nothing_with_runs_is_touched(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    leftover = tmp_path / ".mlflow.db.creating-4242"  # killed while this opplan built it aside
+    leftover.write_bytes(b"SQLite format 3\x00 half")
+    with sqlite3.connect(db) as con:  # killed while an older opplan let MLflow build it in place
+        con.execute("create table experiments (experiment_id integer primary key, name text)")
+        con.execute("create table runs (run_uuid text primary key)")
+    assert half_made(db)
+
+    tracker = Tracker(f"sqlite:///{db}", "demo", artifact_root=tmp_path / "mlartifacts")
+    run_id = tracker.create_run("r", {n.TAG_KIND: n.KIND_FINAL})
+    assert not leftover.exists()
+    (aside,) = tmp_path.glob("mlflow.db.half-made-*")  # moved aside, not deleted
+    assert not half_made(db)
+    assert Tracker(f"sqlite:///{db}", "demo", artifact_root=tmp_path / "mlartifacts").get_run(run_id)
+    assert aside.stat().st_size > 0
+
+
+@pytest.mark.parametrize("message", [
+    "(sqlite3.OperationalError) attempt to write a readonly database",
+    "(sqlite3.OperationalError) index ix_runs_name already exists",
+    "(sqlite3.OperationalError) duplicate column name: step",
+])
+def test_a_store_that_cannot_work_fails_at_once_in_one_line(
+        message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow reports these as TEMPORARILY_UNAVAILABLE; waiting (600 s by default) would not help."""
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise MlflowException(message, codes.TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(retries.time, "sleep", lambda s: pytest.fail("slept on a permanent error"))
+    with pytest.raises(OpplanError) as raised:
+        retries.retrying(broken, uri="sqlite:///x/mlflow.db", operation="log_batch", budget=600)
+    assert calls == [1] and "\n" not in str(raised.value)
+    assert "sqlite:///x/mlflow.db" in str(raised.value) and "waiting will not help" in str(raised.value)
+    assert retries.is_transient(MlflowException("(sqlite3.OperationalError) database is locked",
+                                                codes.TEMPORARILY_UNAVAILABLE))
+
+
+def test_experiments_open_on_the_runs_table_and_ui_prints_its_link(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", "demo")
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[n.EXPERIMENT_KIND_TAG] == n.EXPERIMENT_KIND
+    older = tracker.client.create_experiment("demo-baselines")  # made before opplan marked them
+    Tracker(f"sqlite:///{db}", "demo-baselines")
+    assert tracker.client.get_experiment(older).tags[n.EXPERIMENT_KIND_TAG] == n.EXPERIMENT_KIND
+
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n  experiment: demo\n")
+    started = []
+    monkeypatch.setattr("subprocess.call", lambda command, **_: started.append(command) or 0)
+    result = CliRunner().invoke(cli, ["ui", "--params", "params.yaml", "--port", "5123"])
+    assert result.exit_code == 0, result.output
+    assert f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/runs" in result.output
+    assert f"http://127.0.0.1:5123/#/experiments/{older}/runs" in result.output
+    assert started
