@@ -624,3 +624,20 @@ def test_explicit_uri_wins_over_environment(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.chdir(tmp_path)
     assert t.resolve_read_uri("sqlite:///my.db", "sqlite:///params.db") == f"sqlite:///{tmp_path / 'my.db'}"
     assert t.resolve_read_uri(None, "sqlite:///params.db") == "sqlite:////somewhere/else.db"
+
+
+def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
+    from opplan.report.compare import Comparison, Cost, Noise
+    from opplan.report.summary import summary_paragraph
+
+    diagnosis = {"ok": False, "findings": [{"code": "at_chance", "seen": "every transition within 2 SE of chance",
+                                            "change": "higher plan.lrs"}]}
+    noise = Noise(None, None, None, None, None, None, None, None, diagnosis)
+    cmp = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None,
+                     None, 0, 0, noise=noise)
+    text = summary_paragraph(cmp, "e")
+    assert ("**Planning diagnosis: at_chance: every transition within 2 SE of chance (what to change: higher "
+            "plan.lrs).**") in text
+    ok = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None, None,
+                    0, 0, noise=Noise(None, None, None, None, None, None, None, None, {"ok": True, "findings": []}))
+    assert "diagnosis" not in summary_paragraph(ok, "e")

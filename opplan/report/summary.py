@@ -35,9 +35,20 @@ def _diagnosis_sentence(cmp: Comparison) -> str:
     if not isinstance(diagnosis, dict) or diagnosis.get("ok", True):
         return ""
     findings = diagnosis.get("findings") or []
-    said = "; ".join(str(f.get("message") or f.get("code") or f) if isinstance(f, dict) else str(f)
-                     for f in findings)
+    said = "; ".join(_finding(f) for f in findings)
     return f"**Planning diagnosis: {said or 'not ok'}.**"
+
+
+def _finding(finding: object) -> str:
+    """``code``: what was seen (what to change), from plan.json's diagnosis."""
+    if not isinstance(finding, dict):
+        return str(finding)
+    text = str(finding.get("code", "finding"))
+    if finding.get("seen"):
+        text += f": {finding['seen']}"
+    if finding.get("change"):
+        text += f" (what to change: {finding['change']})"
+    return text
 
 
 def _fidelity_sentence(cmp: Comparison) -> str:
