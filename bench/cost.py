@@ -1,4 +1,4 @@
-"""Planning cost against grid-search cost, from the MLflow store (paper Table 5, SPEC §9).
+"""Planning cost against grid-search cost, from the MLflow store (paper Table 5, docs/design.md §9).
 
     python bench/cost.py [--params params.yaml] [--tracking-uri URI]
 

@@ -53,7 +53,7 @@ class Scale:
         return self.test_per_class * (self.classes or 10)
 
 
-FULL = Scale(classes=None, train_per_class=52, test_per_class=28, seeds=3, epochs=(12, 24, 36), overrides={
+FULL = Scale(classes=None, train_per_class=52, test_per_class=28, seeds=3, epochs=(16, 32, 48), overrides={
     "baselines": {"schedules": ["l1-lN", "all"], "decays": ["step", "cosine"], "sampling": ["cs", "us"]},
     "evaluate": {"clips": 5, "crops": 1},
 })

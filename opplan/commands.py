@@ -32,7 +32,7 @@ def check_params(params_path: str) -> None:
 @click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_params(preset: str, out: str, force: bool) -> None:
-    """Copy a dataset preset (SPEC §8) to a params file."""
+    """Copy a dataset preset (docs/design.md §8) to a params file."""
     source = preset_path(preset)
     load_params(source)  # a shipped preset must itself be valid
     if Path(out).exists() and not force:

@@ -67,7 +67,7 @@ class PrepareParams(_Section):
     """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
     val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = None
     """Internal validation size: a count, a fraction of the training set, or null for
-    the size of the original validation split (SPEC §5)."""
+    the size of the original validation split (docs/design.md §5)."""
     max_bad_fraction: Fraction = 0.05
     """Fail when more than this fraction of the videos cannot be decoded."""
     shard_mb: Annotated[int, Field(gt=0, le=4096)] = 256
@@ -89,7 +89,7 @@ class ModelParams(_Section):
     init: PathSetting | None = None
     """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file."""
     bn_freeze_min_length: ClipLength = 64
-    """With clips at least this long, every BatchNorm but the first is frozen (SPEC §7)."""
+    """With clips at least this long, every BatchNorm but the first is frozen (docs/design.md §7)."""
 
 
 class TrainParams(_Section):
@@ -210,9 +210,9 @@ class PlanParams(_Section):
     sampling: list[Sampling] = ["cs", "us"]
     """Sampling strategies to plan over; the result is the best of their final states."""
     clip_lengths: list[ClipLength] = [16, 32, 64]
-    """Candidate clip lengths l1 < l2 < ... (SPEC §2)."""
+    """Candidate clip lengths l1 < l2 < ... (docs/design.md §2)."""
     lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
-    """Candidate learning rates r1 > r2 > ... (SPEC §2)."""
+    """Candidate learning rates r1 > r2 > ... (docs/design.md §2)."""
     graph: Literal["basic", "extended"] = "extended"
     max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
     start_lengths: list[ClipLength] | None = None
@@ -220,7 +220,7 @@ class PlanParams(_Section):
     final_states: list[str] | None = None
     """Final states written ``cs/64/0.0001``; null means (s, l_max, r_min) per sampling."""
     delay: Epochs = 10
-    """Knee-stopping delay T (SPEC §4; paper: 10)."""
+    """Knee-stopping delay T (docs/design.md §4; paper: 10)."""
     max_epochs: Epochs = 100
     """Hard cap on the epochs of one transition."""
     fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
@@ -331,7 +331,7 @@ class FinalParams(_Section):
 
 class BaselinesParams(_Section):
     enabled: bool = True
-    """Run the hand-tuned grid (SPEC §6); switch off when only the plan is wanted."""
+    """Run the hand-tuned grid (docs/design.md §6); switch off when only the plan is wanted."""
     schedules: list[Literal["l1-lN", "l2-lN", "all"]] = ["l1-lN", "l2-lN", "all"]
     """Clip schedules: l1->lN, l2->lN, or l1->l2->...->lN with equal epochs per length."""
     decays: list[Literal["step", "cosine"]] = ["step", "cosine"]

@@ -1,4 +1,4 @@
-"""DVC stage ``baselines``: the hand-tuned grid OP is compared with (SPEC §6)."""
+"""DVC stage ``baselines``: the hand-tuned grid OP is compared with (docs/design.md §6)."""
 
 from _stage import run_stage
 

@@ -1,4 +1,4 @@
-"""DVC stage ``evaluate``: multi-view testing of the final model on the held-out split (SPEC §5)."""
+"""DVC stage ``evaluate``: multi-view testing of the final model on the held-out split (docs/design.md §5)."""
 
 from _stage import run_stage
 

@@ -1,4 +1,4 @@
-"""DVC stage ``final``: retrain from S0 along the planned path on the full training set (SPEC §5)."""
+"""DVC stage ``final``: retrain from S0 along the planned path on the full training set (docs/design.md §5)."""
 
 from _stage import run_stage
 

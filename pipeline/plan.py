@@ -1,4 +1,4 @@
-"""DVC stage ``plan``: explore the transition graph and choose the path (SPEC §2–§4)."""
+"""DVC stage ``plan``: explore the transition graph and choose the path (docs/design.md §2–4)."""
 
 from _stage import run_stage
 

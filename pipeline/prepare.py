@@ -1,4 +1,4 @@
-"""DVC stage ``prepare``: decode the dataset into frame shards and split it (SPEC §5).
+"""DVC stage ``prepare``: decode the dataset into frame shards and split it (docs/design.md §5).
 
 Reads ``data.root``; writes ``prepare.out``: ``videos.csv``, ``classes.txt``, frame
 shards, ``bad_videos.csv``, ``prepare.json`` (see :mod:`opplan.data.prepare`).

@@ -1,4 +1,4 @@
-"""The DP planner (SPEC §3) against a synthetic oracle and a brute-force search over all paths."""
+"""The DP planner (docs/design.md §3) against a synthetic oracle and a brute-force search over all paths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transition graph (SPEC §2): edge sets written out by hand, order, pruning, JSON, PNG."""
+"""Transition graph (docs/design.md §2): edge sets written out by hand, order, pruning, JSON, PNG."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Knee-point fitting and stopping (SPEC §4): known maximisers, the stop rule, degenerate curves."""
+"""Knee-point fitting and stopping (docs/design.md §4): known maximisers, the stop rule, degenerate curves."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from numpy.testing import assert_allclose
 
 from opplan.planning.knee import FUNCTIONS, KneeStopper, evaluate, fit_curve, n_params, observed_argmax, replay, table1
 
-# true parameters (SPEC order a1..), all satisfying the sign constraints
+# true parameters (the order of docs/design.md §4, a1..), all satisfying the sign constraints
 TRUE = {
     "power": (0.9, -0.7, -0.5, 0.001, -2e-4),
     "multi-power": (0.9, -0.4, -0.3, -0.3, -1.2, 0.001, -2e-4),

@@ -1,4 +1,4 @@
-"""The prepare stage: shards, bad videos, the internal split (SPEC §5)."""
+"""The prepare stage: shards, bad videos, the internal split (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Import public annotation formats into a normalised dataset folder (SPEC §1 step 1).
+"""Import public annotation formats into a normalised dataset folder (docs/design.md §1 step 1).
 
 Each reader takes the files exactly as the dataset ships them and returns the
 classes, the usable videos and the problems (missing video, unknown label,

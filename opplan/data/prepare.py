@@ -7,7 +7,7 @@
    the frames actually decoded are what counts (a stream with an error is decoded again
    with PyAV, which stops at the same frame every run). Unopenable or zero frames: a bad video.
 3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
-4. Split the original training set into internal train / val (SPEC §5), stratified
+4. Split the original training set into internal train / val (docs/design.md §5), stratified
    and seeded.
 5. Write ``checksums.json`` (see :mod:`opplan.data.shards`), ``videos.csv``, ``classes.txt``,
    ``bad_videos.csv``, ``prepare.json``.

@@ -63,7 +63,7 @@ def spaced_clips(num_frames: int, clip_length: int, sampling: str, num_clips: in
 
 
 def centre_clip(num_frames: int, clip_length: int, sampling: str, snippet: int = 1) -> np.ndarray:
-    """(l,) the single centre clip used for validation while planning (SPEC §5)."""
+    """(l,) the single centre clip used for validation while planning (docs/design.md §5)."""
     return spaced_clips(num_frames, clip_length, sampling, 1, snippet)[0]
 
 

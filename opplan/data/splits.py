@@ -1,4 +1,4 @@
-"""The internal train / validation split of the original training set (paper §5.1, SPEC §5).
+"""The internal train / validation split of the original training set (paper §5.1, docs/design.md §5).
 
 Stratified by class (each class gives up about the same share of its videos), seeded,
 and never taking a class's last training video. Its size defaults to the size of the

@@ -1,6 +1,6 @@
 """A seeded demo dataset: small action-recognition videos written as real H.264 mp4 files.
 
-The classes are built so that the planner's choices matter (SPEC §2, the paper's
+The classes are built so that the planner's choices matter (docs/design.md §2, the paper's
 §5.4 discussion of SS-V2):
 
 - appearance alone: ``CrossWander``, ``RingWander`` (shape of the moving object);

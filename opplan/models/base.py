@@ -1,6 +1,6 @@
 """The common base of every registered model and BatchNorm freezing for long clips.
 
-SPEC §7: for clips of ``bn_freeze_min_length`` frames and more (paper: 64), every
+docs/design.md §7: for clips of ``bn_freeze_min_length`` frames and more (paper: 64), every
 BatchNorm layer but the first is frozen: it normalises with its running statistics
 (eval mode) and its affine parameters get no gradient. Long clips force small
 batches, whose batch statistics are too noisy to train BN with (the authors' code

@@ -1,4 +1,4 @@
-"""Inflate a 2D ImageNet ResNet into a P3D-family body (SPEC §7; I3D's "inflation").
+"""Inflate a 2D ImageNet ResNet into a P3D-family body (docs/design.md §7; I3D's "inflation").
 
 The file is a torchvision ``resnet50``/``resnet101`` ``state_dict`` on local disk
 (nothing is downloaded). Mapping, chosen so that the inflated network computes the

@@ -80,7 +80,7 @@ def _describe(graph: TransitionGraph) -> str:
 def graph(params_path: str | None, kind: str | None, lengths: list[int] | None, lrs: list[float] | None,
           sampling: list[str] | None, max_jump: int | None, start_lengths: list[int] | None,
           final_states: list[str] | None, as_json: bool, png: str | None) -> None:
-    """Print (or draw) the transition graph the plan would explore (SPEC §2)."""
+    """Print (or draw) the transition graph the plan would explore (docs/design.md §2)."""
     plan = _plan_params(params_path, {"graph": kind, "clip_lengths": lengths, "lrs": lrs, "sampling": sampling,
                                       "max_jump": max_jump, "start_lengths": start_lengths,
                                       "final_states": final_states})
@@ -123,7 +123,7 @@ def _replay_text(curve: str, result: Any, plan: PlanParams, n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def knee(curve: str | None, table_dir: str | None, function: str | None, delay: int | None,
          max_epochs: int | None, horizon: int | None, params_path: str | None, as_json: bool) -> None:
-    """Replay knee-point stopping (SPEC §4) on a recorded CURVE.csv (header epoch,val_acc), or --table DIR."""
+    """Replay knee-point stopping (docs/design.md §4) on a recorded CURVE.csv (header epoch,val_acc), or --table DIR."""
     if (curve is None) == (table_dir is None):
         raise click.UsageError("give either CURVE.csv or --table DIR")
     plan = _plan_params(params_path, {"fit_function": function, "delay": delay, "max_epochs": max_epochs,

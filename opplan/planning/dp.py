@@ -1,4 +1,4 @@
-"""The optimisation path by dynamic programming (paper §3.2, Eq. 2; SPEC §3).
+"""The optimisation path by dynamic programming (paper §3.2, Eq. 2; docs/design.md §3).
 
 A pure function of the graph and a ``run_transition`` callable, so the planner is
 tested with a synthetic oracle in milliseconds (STYLE habit 5)::
@@ -310,7 +310,7 @@ class PlanResult:
         return tuple(self.choices[n] for n in [*(s.name for s in self.path[1:]), FINAL] if n in self.choices)
 
     def schedule(self) -> list[tuple[State, int]]:
-        """What final training runs (SPEC §5): ``(state, epochs)`` along the path, 0-epoch steps left out."""
+        """What final training runs (docs/design.md §5): ``(state, epochs)`` along the path, 0-epoch steps left out."""
         return [(s, e) for s, e in zip(self.path[1:], self.epochs) if e > 0]  # type: ignore[misc]
 
     def to_json(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Training states and the transition graph (paper §3.1–3.2, SPEC §2).
+"""Training states and the transition graph (paper §3.1–3.2, docs/design.md §2).
 
 A state is ``(sampling, clip_length, lr)``; ``S0`` is the starting model. Edges follow
 the paper's principles as the authors' ``train_3d_op.py`` realises them:
@@ -21,7 +21,7 @@ depend on K. With K = 1 and 3 lengths x 3 rates this gives 14 (basic) and 18
 (extended) edges per strategy, the authors' graphs exactly.
 
 States that cannot reach a final state, or that ``S0`` cannot reach, are dropped
-with their edges, so they are never trained (SPEC §3).
+with their edges, so they are never trained (docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def _check_grid(sampling: Sequence[str], lengths: Sequence[int], lrs: Sequence[f
 def build_graph(sampling: Sequence[str], clip_lengths: Sequence[int], lrs: Sequence[float], *,
                 kind: str = "extended", max_jump: int = 1, start_lengths: Sequence[int] | None = None,
                 final_states: Sequence[str | State] | None = None) -> TransitionGraph:
-    """The pruned transition graph of SPEC §2 (rules in the module docstring).
+    """The pruned transition graph of docs/design.md §2 (rules in the module docstring).
 
     ``final_states`` default to ``(s, l_max, r_min)`` per strategy. A strategy with no
     final state among ``final_states`` is pruned entirely. Raises :class:`OpplanError`

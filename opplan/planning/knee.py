@@ -1,4 +1,4 @@
-"""Knee-point stopping of one transition (paper §3.3, Table 1; SPEC §4).
+"""Knee-point stopping of one transition (paper §3.3, Table 1; docs/design.md §4).
 
 The curve of a transition is ``y_0, ..., y_t`` (``y_0``: the starting model's validation
 accuracy, ``y_k``: after epoch ``k``). After each epoch, once ``t >= T``:
@@ -14,9 +14,9 @@ Numerics (ours; the paper leaves them open):
   standardised accuracies ``z = (y - mean) / std``; power terms are fitted in the
   Box-Cox form ``b ((t+1)^p - 1) / p`` (``b = a2 p``), the same functions but well
   conditioned where ``p -> 0`` turns the power into ``log(t+1)``. Parameters are
-  reported in the original units of the SPEC's table (``a1 .. a5`` / ``a1 .. a7``);
+  reported in the original units of the table of docs/design.md §4 (``a1 .. a5`` / ``a1 .. a7``);
   ``f`` is an affine image of the normalised fit, so ``t*`` is the same.
-- Constraints: the strict ``< 0`` of the SPEC become closed bounds ``<= 0`` (TRF needs a
+- Constraints: the strict ``< 0`` of docs/design.md §4 become closed bounds ``<= 0`` (TRF needs a
   closed box); at a bound a term degenerates to a constant or vanishes and ``f`` stays
   concave. Magnitudes are boxed too, so that a degenerate fit cannot wander off:
   amplitudes, linear and quadratic terms ``|.| <= 1e4`` in normalised units, exponential
@@ -219,7 +219,7 @@ def _fit_normalised(fam: _Family, t: np.ndarray, z: np.ndarray, s: float) -> np.
 
 @dataclass(frozen=True)
 class KneeFit:
-    """A fitted curve. ``params`` in the SPEC's order and original units (``a1 .. a5`` / ``a7``).
+    """A fitted curve. ``params`` in the order of docs/design.md §4 and original units (``a1 .. a5`` / ``a7``).
 
     ``t_star``: the integer maximiser of ``f`` over ``[0, horizon]``; ``value = f(t_star)``;
     ``rmse`` and ``r2`` over the finite observed points (``r2`` NaN for a flat curve).
@@ -239,7 +239,7 @@ class KneeFit:
 
 
 def evaluate(function: str, params: Sequence[float], t: np.ndarray | Sequence[float] | float) -> np.ndarray:
-    """``f(t)`` of the SPEC's table for ``params`` in original units (``a1, a2, ...``)."""
+    """``f(t)`` of the table of docs/design.md §4 for ``params`` in original units (``a1, a2, ...``)."""
     fam = _family(function)
     t = np.asarray(t, dtype=float)
     p = np.asarray(params, dtype=float)
@@ -299,7 +299,7 @@ def fit_curve(y: Sequence[float] | np.ndarray, function: str = DEFAULT_FUNCTION,
 
 
 def _to_original(fam: _Family, p: np.ndarray, s: float, scale: float, offset: float) -> np.ndarray:
-    """Normalised parameters -> the SPEC's ``a1, a2, ...`` for ``y = offset + scale * z``."""
+    """Normalised parameters -> docs/design.md §4's ``a1, a2, ...`` for ``y = offset + scale * z``."""
     lin, rates = _split(fam, p)
     const, amps = lin[0], lin[1:-2]
     if fam.kind == "exp":
@@ -349,7 +349,7 @@ class KneeStopper:
     Fits once ``t >= delay``; stops at the first ``t >= t* + delay`` and keeps ``t*``, or at
     ``t >= max_epochs``. At ``max_epochs`` the kept epoch is ``min(t*, t)`` of the latest
     successful fit, or, with no fit at all, the epoch of the best observed value
-    (:func:`observed_argmax`). A failed fit never stops the transition (SPEC §4).
+    (:func:`observed_argmax`). A failed fit never stops the transition (docs/design.md §4).
     """
 
     def __init__(self, function: str = DEFAULT_FUNCTION, delay: int = 10, max_epochs: int = 100,

@@ -1,6 +1,6 @@
 """Read what ``opplan report`` shows from the MLflow store into pandas DataFrames.
 
-Runs are found by the ``opplan.*`` tags the stages set (SPEC §3, §5, §6), in every
+Runs are found by the ``opplan.*`` tags the stages set (docs/design.md §3, §5, §6), in every
 experiment of the store, so that Table 5 can put several datasets/plannings side by
 side:
 
@@ -42,7 +42,7 @@ TRANSITION_METRICS = (t.M_CHOSEN_EPOCH, t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M
 STEP_METRICS = (t.M_PLANNED_STEPS, t.M_STEPS)
 FINAL_SCHEDULE = (t.M_CLIP_LENGTH, t.M_LR, t.M_SAMPLING_US, t.M_TRAIN_LOSS, t.M_EPOCH_SECONDS)
 CURVE_METRICS = (t.M_VAL_ACC, t.M_TRAIN_LOSS)
-MAX_FIT_PARAMS = 7  # the multi-power / multi-exponential families (SPEC §4)
+MAX_FIT_PARAMS = 7  # the multi-power / multi-exponential families (docs/design.md §4)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""OP against the best hand-tuned strategy (HS), in accuracy and in cost (SPEC §6, §9).
+"""OP against the best hand-tuned strategy (HS), in accuracy and in cost (docs/design.md §6, §9).
 
 Pure: DataFrames from :mod:`opplan.report.collect` in, :class:`Comparison` out.
 
@@ -193,11 +193,16 @@ def current_grid(baselines: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame
 
 def best_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
     """HS: the highest top-1 among finished candidates, ties toward fewer epochs."""
-    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_TOP1].notna()]
+    return _best_by(grid, t.M_TOP1)
+
+
+def _best_by(grid: pd.DataFrame, key: str) -> dict[str, Any] | None:
+    """The finished candidate with the highest ``key``, ties toward fewer epochs (None: none)."""
+    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[key].notna()]
     if scored.empty:
         return None
     ranked = scored.assign(_neg_epochs=-scored.epochs.fillna(0)).sort_values(
-        [t.M_TOP1, "_neg_epochs"], ascending=False, kind="stable")
+        [key, "_neg_epochs"], ascending=False, kind="stable")
     return ranked.drop(columns="_neg_epochs").iloc[0].to_dict()
 
 
@@ -240,14 +245,7 @@ def compare(data: StoreData, planning_run: str) -> Comparison:
 def selected_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
     """HS as a user picks it: the best ``val_top1`` among finished candidates, ties toward
     fewer epochs; None for a grid scored without validation (before issue 12)."""
-    if t.M_VAL_TOP1 not in grid:
-        return None
-    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_VAL_TOP1].notna()]
-    if scored.empty:
-        return None
-    ranked = scored.assign(_neg_epochs=-scored.epochs.fillna(0)).sort_values(
-        [t.M_VAL_TOP1, "_neg_epochs"], ascending=False, kind="stable")
-    return ranked.drop(columns="_neg_epochs").iloc[0].to_dict()
+    return _best_by(grid, t.M_VAL_TOP1) if t.M_VAL_TOP1 in grid else None
 
 
 def arm(data: StoreData, runs: pd.DataFrame) -> Arm | None:

@@ -26,15 +26,12 @@ from typing import Any
 from opplan.config import Params
 from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
-from opplan.predictions import log_predictions
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
-from opplan.stages.repeats import retrain_and_score, seeds
-from opplan.stages.scoring import score_model
+from opplan.stages.repeats import retrain_and_score, seeds, train_and_score
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
-from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
-from opplan.train.checkpoint import clear_work_dir
-from opplan.train.schedule import ScheduledEpoch, train_schedule
+from opplan.tracking.lifecycle import Work, claim_run
+from opplan.train.schedule import ScheduledEpoch
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
@@ -100,21 +97,7 @@ def run_candidate(tracker: Tracker, setup: TrainSetup, c: Candidate, digest: str
     if claim.ended is not None:
         return _summary(c, claim.run_id, claim.status, claim.ended.data.metrics)
     schedule = build_schedule(c, setup.params)
-    outcome = train_schedule(setup, schedule, claim.work_dir, label=f"HS {c.name}",
-                             on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
-    metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
-               n.M_COMPUTE_SECONDS: sum(outcome.seconds)}
-    status = n.STATUS_FAILED
-    if outcome.status == "finished":
-        scores, _, predictions = score_model(setup, outcome.checkpoint, schedule[-1].state, val=True)
-        metrics |= scores
-        log_predictions(tracker, claim.run_id, predictions)
-        status = n.STATUS_FINISHED
-    else:
-        tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
-    log_summary_once(tracker, claim.run_id, metrics, step=len(outcome.losses))
-    tracker.end_run(claim.run_id, status)
-    clear_work_dir(claim.work_dir)
+    status, _ = train_and_score(tracker, claim, setup, schedule, schedule[-1].state, label=f"HS {c.name}", val=True)
     return _summary(c, claim.run_id, status, tracker.get_run(claim.run_id).data.metrics)
 
 

@@ -23,7 +23,7 @@ WORK_ROOT = LOCK_DIR / "work"
 FINAL_RECORD = "run.json"
 """What ``final`` writes beside its ``model.pt`` (run id, config hash, schedule); ``evaluate`` reads it."""
 FULL_TRAIN = ("train", "val")
-"""The full training set (internal train + internal validation) of final and baselines (SPEC §5)."""
+"""The full training set (internal train + internal validation) of final and baselines (docs/design.md §5)."""
 
 
 def require_shards(params: Params) -> Path:

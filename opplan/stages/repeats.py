@@ -20,7 +20,7 @@ from opplan.stages.common import FULL_TRAIN, WORK_ROOT
 from opplan.stages.scoring import score_model
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
-from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
+from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir
 from opplan.train.schedule import ScheduledEpoch, train_schedule
 from opplan.train.setup import TrainSetup
@@ -61,13 +61,25 @@ def retrain_and_score(tracker: Tracker, params: Params, shards: Any, schedule: S
     if claim.ended is not None:
         return _summary(claim.run_id, seed, claim.status, claim.ended.data.metrics)
     setup = TrainSetup(seeded(params, seed), shards, train_splits=FULL_TRAIN)
-    outcome = train_schedule(setup, schedule, claim.work_dir, label=work.label,
+    status, metrics = train_and_score(tracker, claim, setup, schedule, state, label=work.label)
+    log.info("%s seed %d: held-out top-1 %s", name, seed, metrics.get(n.M_TOP1))
+    return _summary(claim.run_id, seed, status, metrics)
+
+
+def train_and_score(tracker: Tracker, claim: Claim, setup: TrainSetup, schedule: Sequence[ScheduledEpoch],
+                    state: State, *, label: str, val: bool = False) -> tuple[str, dict[str, float]]:
+    """Train ``schedule`` in the claimed run (resuming from its epoch states), score the model on
+    the held-out split (``val``: also on internal validation), log its per-video predictions and
+    its summary once, and end the run. Returns the run's status and summary metrics.
+
+    The one body of every scored schedule: a baseline candidate and a seeded retrain."""
+    outcome = train_schedule(setup, list(schedule), claim.work_dir, label=label,
                              on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
     metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
                n.M_COMPUTE_SECONDS: sum(outcome.seconds), n.M_STEPS: optimizer_steps(setup, schedule)}
     status = n.STATUS_FAILED
     if outcome.status == "finished":
-        scores, _, predictions = score_model(setup, outcome.checkpoint, state)
+        scores, _, predictions = score_model(setup, outcome.checkpoint, state, val=val)
         metrics |= scores
         log_predictions(tracker, claim.run_id, predictions)
         status = n.STATUS_FINISHED
@@ -76,8 +88,7 @@ def retrain_and_score(tracker: Tracker, params: Params, shards: Any, schedule: S
     log_summary_once(tracker, claim.run_id, metrics, step=len(outcome.losses))
     tracker.end_run(claim.run_id, status)
     clear_work_dir(claim.work_dir)
-    log.info("%s seed %d: held-out top-1 %s", name, seed, metrics.get(n.M_TOP1))
-    return _summary(claim.run_id, seed, status, metrics)
+    return status, metrics
 
 
 def _summary(run_id: str, seed: int, status: str, metrics: Mapping[str, float]) -> dict[str, Any]:

@@ -249,7 +249,7 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, *,
     """Class scores per video and labels.
 
     Batches are ``(N, 3, T, H, W)`` (one view) or ``(N, V, 3, T, H, W)`` (V views whose
-    softmax scores are averaged, the multi-view testing of SPEC §5).
+    softmax scores are averaged, the multi-view testing of docs/design.md §5).
     Returns scores ``(num_videos, num_classes)`` and labels ``(num_videos,)``. The scores
     stay on the device until the end (no wait for the GPU per batch).
     """

@@ -1,5 +1,5 @@
 """Training along a fixed, epoch-by-epoch schedule: the final retrain along the planned
-path (SPEC §5) and every hand-tuned baseline (SPEC §6) run through here.
+path (docs/design.md §5) and every hand-tuned baseline (docs/design.md §6) run through here.
 
 Like a transition, every completed epoch is saved as an epoch state, so a killed run
 resumes from its last completed epoch.

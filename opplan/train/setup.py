@@ -44,7 +44,7 @@ class TrainSetup:
     params: Params
     shards: Path
     train_splits: tuple[str, ...] = ("train",)
-    """Splits trained on: internal train while planning, train + val for the final model (SPEC §5)."""
+    """Splits trained on: internal train while planning, train + val for the final model (docs/design.md §5)."""
     device_index: int | None = None
     """Which GPU, when there are several and this process is one of the planning workers
     (``plan.workers``); a distributed process always uses the GPU of its local rank."""
@@ -113,7 +113,7 @@ class TrainSetup:
 
     def new_model(self, clip_length: int) -> torch.nn.Module:
         """The model as S0 has it (same seed, same weights every time), on the device,
-        with BatchNorm frozen when ``clip_length`` is long (SPEC §7)."""
+        with BatchNorm frozen when ``clip_length`` is long (docs/design.md §7)."""
         seed_everything(self.params.seed)
         model = build_model_from_params(self.params.model, self.num_classes)
         set_bn_freeze(model, clip_length, self.params.model.bn_freeze_min_length)

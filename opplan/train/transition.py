@@ -1,4 +1,4 @@
-"""One state transition ``Si -> Sj`` (paper §3.3, SPEC §3–§4).
+"""One state transition ``Si -> Sj`` (paper §3.3, docs/design.md §3–4).
 
 Start from ``Si``'s kept checkpoint (or a fresh ``S0`` model), train with ``Sj``'s
 sampling, clip length and learning rate, evaluate the internal validation set after
