@@ -54,10 +54,10 @@ class Scale:
 
 
 FULL = Scale(classes=None, train_per_class=52, test_per_class=28, seeds=3, epochs=(16, 32, 48), overrides={
-    "baselines": {"schedules": ["l1-lN", "all"], "decays": ["step", "cosine"], "sampling": ["cs", "us"]},
+    "baselines": {"schedules": ["all"], "decays": ["step", "cosine"], "sampling": ["cs", "us"]},
     "evaluate": {"clips": 5, "crops": 1},
 })
-"""10 classes; 240 internal-train, 280 validation and 280 test videos; 24 grid candidates."""
+"""10 classes; 240 internal-train, 280 validation and 280 test videos; 12 grid candidates."""
 
 SMOKE = Scale(classes=3, train_per_class=6, test_per_class=3, seeds=2, epochs=(1, 2, 3), overrides={
     "model": {"width": 8},
