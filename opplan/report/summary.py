@@ -149,8 +149,9 @@ def missing_notes(data: StoreData, cmp: Comparison | None) -> list[str]:
     if cmp.grid_runs == 0:
         notes.append(f"No baselines in `{data.experiment}-baselines` (`dvc repro baselines`): no Table 3, "
                      "no HS in Table 5.")
-    capped = data.transitions[(data.transitions.planning_run == cmp.planning_run)
-                              & (data.transitions.get("capped", 0).fillna(0) > 0)] if "capped" in data.transitions else []
+    transitions = data.transitions
+    capped = transitions[(transitions.planning_run == cmp.planning_run)
+                         & (transitions[t.M_CAPPED].fillna(0) > 0)] if t.M_CAPPED in transitions else []
     if len(capped):
         names = ", ".join(f"{s} → {d}" for s, d in zip(capped.src, capped.dst))
         notes.append(f"{len(capped)} transition(s) stopped at plan.max_epochs while still rising: {names}.")

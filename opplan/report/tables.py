@@ -338,12 +338,12 @@ def transitions_table(transitions: pd.DataFrame, cmp: Comparison) -> Table:
         "R²": [_fixed(v) for v in data.knee_r2], "Seconds": [_fixed(v, 0) for v in data.compute_seconds],
         "On path": ["yes" if v else "" for v in data.on_path],
     })
-    if "V_se" in data and data.V_se.notna().any():  # planning with per-transition SEs (plan.metric)
-        display.insert(display.columns.get_loc("V") + 1, "± SE", [pct(v, 2) for v in data.V_se])
-    if "dp_margin_se" in data and data.dp_margin_se.notna().any():
-        display["DP margin (SE)"] = [_fixed(v, 1) for v in data.dp_margin_se]
-    if "capped" in data and (data.capped.fillna(0) > 0).any():
-        display["Capped"] = ["capped" if v and v > 0 else "" for v in data.capped]
+    if t.M_SCORE_SE in data and data[t.M_SCORE_SE].notna().any():  # planning with per-transition SEs
+        display.insert(display.columns.get_loc("V") + 1, "± SE", [pct(v, 2) for v in data[t.M_SCORE_SE]])
+    if t.M_DP_MARGIN_SE in data and data[t.M_DP_MARGIN_SE].notna().any():
+        display["DP margin (SE)"] = [_fixed(v, 1) for v in data[t.M_DP_MARGIN_SE]]
+    if t.M_CAPPED in data and (data[t.M_CAPPED].fillna(0) > 0).any():
+        display["Capped"] = ["capped" if v and v > 0 else "" for v in data[t.M_CAPPED]]
     note = ("Epochs: trained in the transition; t*: the knee, the epoch kept (its contribution to the path); "
             "fitted, observed and V in %.")
     if "DP margin (SE)" in display:
