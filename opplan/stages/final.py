@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +47,7 @@ def path_schedule(plan_doc: dict[str, Any], params: Params, scale: float = 1.0) 
 
 def planned_steps(plan_doc: dict[str, Any], params: Params, planning_videos: int) -> int:
     """Optimizer steps the path's kept epochs took during planning (on internal train only)."""
-    planned = path_schedule(plan_doc, params)
-    return sum(math.ceil(planning_videos / params.train.batch_for(e.state.clip_length)) for e in planned)
-
-
-def step_scale(params: Params, shards: Path) -> float:
-    """``final.match_steps``: internal-train videos over train + validation videos; else 1."""
-    if not params.final.match_steps:
-        return 1.0
-    return TrainSetup(params, shards).train_videos / TrainSetup(params, shards, train_splits=FULL_TRAIN).train_videos
+    return optimizer_steps(planning_videos, path_schedule(plan_doc, params), params.train)
 
 
 def final_work(plan_doc: dict[str, Any], params: Params) -> Work:
@@ -86,7 +77,11 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     shards = require_shards(params)
     plan_doc = json.loads(require_file(plan_path, "plan").read_text())
     require_current(plan_doc, plan_path, params, shards)
-    schedule = path_schedule(plan_doc, params, step_scale(params, shards))
+    planning_videos = TrainSetup(params, shards).train_videos
+    setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
+    # final.match_steps: a planned epoch on internal train is this fraction of an epoch on train + val
+    scale = planning_videos / setup.train_videos if params.final.match_steps else 1.0
+    schedule = path_schedule(plan_doc, params, scale)
     if not schedule:
         log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
                     "final model is S0 itself, untrained", plan_path)
@@ -103,7 +98,6 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             record = restore_outputs(tracker, claim, plan_doc, schedule, out_dir)
             return _with_further_seeds(tracker, params, shards, schedule, plan_doc, record, out_dir)
         tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc["path"]), "epochs": len(schedule)})
-        setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
         outcome = train_schedule(setup, schedule, claim.work_dir, label="final",
                                  on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
         if outcome.status != "finished":
@@ -111,8 +105,9 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
             tracker.end_run(claim.run_id, n.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")
         summary = {n.M_EPOCHS_TRAINED: len(schedule), n.M_CLIPS_SEEN: len(schedule) * setup.train_videos,
-                   n.M_COMPUTE_SECONDS: sum(outcome.seconds), n.M_STEPS: optimizer_steps(setup, schedule),
-                   n.M_PLANNED_STEPS: planned_steps(plan_doc, params, TrainSetup(params, shards).train_videos)}
+                   n.M_COMPUTE_SECONDS: sum(outcome.seconds),
+                   n.M_STEPS: optimizer_steps(setup.train_videos, schedule, params.train),
+                   n.M_PLANNED_STEPS: planned_steps(plan_doc, params, planning_videos)}
         log_summary_once(tracker, claim.run_id, summary, step=len(schedule))
         tracker.log_artifact(claim.run_id, outcome.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
         record = final_record(claim.run_id, plan_doc, schedule, summary, outcome.losses, outcome.checkpoint)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opplan.config import Params
+from opplan.config import Params, TrainParams
 from opplan.planning.graph import State
 from opplan.predictions import log_predictions
 from opplan.stages.common import FULL_TRAIN, WORK_ROOT
@@ -38,10 +38,9 @@ def seeded(params: Params, seed: int) -> Params:
     return params.model_copy(update={"seed": seed})
 
 
-def optimizer_steps(setup: TrainSetup, schedule: Sequence[ScheduledEpoch]) -> int:
-    """Optimizer steps of ``schedule`` on ``setup``'s training splits (the last batch may be short)."""
-    batch = setup.params.train.batch_for
-    return sum(math.ceil(setup.train_videos / batch(e.state.clip_length)) for e in schedule)
+def optimizer_steps(videos: int, schedule: Sequence[ScheduledEpoch], train: TrainParams) -> int:
+    """Optimizer steps of ``schedule`` over ``videos`` clips per epoch (the last batch may be short)."""
+    return sum(math.ceil(videos / train.batch_for(e.state.clip_length)) for e in schedule)
 
 
 def retrain_and_score(tracker: Tracker, params: Params, shards: Any, schedule: Sequence[ScheduledEpoch], *,
@@ -76,7 +75,8 @@ def train_and_score(tracker: Tracker, claim: Claim, setup: TrainSetup, schedule:
     outcome = train_schedule(setup, list(schedule), claim.work_dir, label=label,
                              on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
     metrics = {n.M_EPOCHS_TRAINED: len(outcome.losses), n.M_CLIPS_SEEN: len(outcome.losses) * setup.train_videos,
-               n.M_COMPUTE_SECONDS: sum(outcome.seconds), n.M_STEPS: optimizer_steps(setup, schedule)}
+               n.M_COMPUTE_SECONDS: sum(outcome.seconds),
+               n.M_STEPS: optimizer_steps(setup.train_videos, schedule, setup.params.train)}
     status = n.STATUS_FAILED
     if outcome.status == "finished":
         scores, _, predictions = score_model(setup, outcome.checkpoint, state, val=val)
