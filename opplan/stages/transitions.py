@@ -56,10 +56,11 @@ class TransitionRunner:
             init = self.tracker.download_artifact(src_record.run_id, n.ARTIFACT_CHECKPOINT, work / "source")
         outcome = train_transition(self.setup, dst, init, work, label=transition_name(src, dst),
                                    on_epoch=self.tracker.epoch_logger(run_id, n.M_VAL_ACC))
-        self._log_outcome(run_id, dst, outcome, work)
+        self._log_outcome(run_id, transition_name(src, dst), outcome, work)
         clear_work_dir(work)
 
-    def _log_outcome(self, run_id: str, dst: State, out: TransitionOutcome, work: Path) -> None:
+    def _log_outcome(self, run_id: str, name: str, out: TransitionOutcome, work: Path) -> None:
+        """``name``: the run's name (:func:`transition_name`), for the log and the plot."""
         summary = {n.M_EPOCHS_TRAINED: out.epochs_trained,
                    n.M_CLIPS_SEEN: out.epochs_trained * self.setup.train_videos,
                    n.M_COMPUTE_SECONDS: sum(out.seconds)}
@@ -71,7 +72,7 @@ class TransitionRunner:
             self.tracker.set_tags(run_id, {n.TAG_KEEP: out.keep or "knee", n.TAG_CAPPED: str(out.capped).lower()})
             if out.capped:
                 log.warning("%s: stopped by plan.max_epochs = %d while its curve still rose (capped); a larger "
-                            "plan.max_epochs lets the knee decide", self.tracker.get_run(run_id).info.run_name,
+                            "plan.max_epochs lets the knee decide", name,
                             self.setup.params.plan.max_epochs)
             if out.rmse is not None:
                 summary |= {n.M_KNEE_RMSE: out.rmse, n.M_KNEE_R2: out.r2}
@@ -81,8 +82,7 @@ class TransitionRunner:
         log_summary_once(self.tracker, run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
                          step=out.epochs_trained)
         plot = work / "curve.png"
-        title = self.tracker.get_run(run_id).info.run_name
-        plot_transition(out, self.setup.params.plan.fit_function, plot, title=title)
+        plot_transition(out, self.setup.params.plan.fit_function, plot, title=name)
         self.tracker.log_artifact(run_id, plot, n.ARTIFACT_PLOTS_DIR)
         self.tracker.end_run(run_id, n.STATUS_FINISHED if out.status == "finished" else n.STATUS_FAILED)
 
