@@ -13,9 +13,10 @@ split's score (videos are the sampling unit; classes and clips are not independe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
@@ -233,3 +234,18 @@ def within_noise_of(value: float, reference: float, se: float, z: float) -> bool
     within: a score under chance is no evidence of learning). An unknown SE counts as no noise."""
     se = se if se is not None and math.isfinite(se) else 0.0
     return value - reference <= z * se
+
+
+def best_candidate(rows: Iterable[Mapping[str, Any]], key: str, finished: str) -> dict[str, Any] | None:
+    """The row with the highest ``key`` among rows whose ``status`` is ``finished``, ties toward
+    fewer ``epochs`` (HS of the grid: ``val_top1`` as a user picks it, ``top1`` the paper's
+    oracle). Rows without a finite ``key`` are not candidates; None when no row is one.
+
+    The one rule for the baselines stage (its result dicts) and the report (rows read back
+    from MLflow), so that both always name the same schedule.
+    """
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else None
+
+    scored = [dict(r) for r in rows if r.get("status") == finished and number(r.get(key)) is not None]
+    return max(scored, key=lambda r: (r[key], -(number(r.get("epochs")) or 0.0)), default=None)

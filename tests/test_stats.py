@@ -119,3 +119,18 @@ def test_within_noise_of_and_zero_se_margins() -> None:
     assert not stats.within_noise_of(0.21, 0.2, math.nan, 2.0)  # unknown SE: no noise
     assert stats.margin_in_se(0.3, 0.3, 0.0, 0.0) == 0.0
     assert stats.margin_in_se(0.3, 0.2, 0.0, 0.0) == math.inf
+
+
+def test_best_candidate_one_rule_for_dicts_and_store_rows() -> None:
+    rows = [
+        {"name": "long", "status": "finished", "val_top1": np.float64(0.5), "epochs": np.int64(48)},
+        {"name": "short", "status": "finished", "val_top1": 0.5, "epochs": 16},
+        {"name": "failed", "status": "failed", "val_top1": 0.9, "epochs": 1},
+        {"name": "unscored", "status": "finished", "val_top1": float("nan"), "epochs": 1},
+        {"name": "missing", "status": "finished", "epochs": 1},
+        {"name": "worse", "status": "finished", "val_top1": 0.4, "epochs": 1},
+    ]
+    assert stats.best_candidate(rows, "val_top1", "finished")["name"] == "short"  # tie: fewer epochs
+    assert stats.best_candidate(rows[:1] + rows[5:], "val_top1", "finished")["name"] == "long"
+    assert stats.best_candidate(rows[2:5], "val_top1", "finished") is None
+    assert stats.best_candidate([], "val_top1", "finished") is None

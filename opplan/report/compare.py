@@ -30,6 +30,7 @@ import pandas as pd
 from opplan import tracking as t
 from opplan.predictions import mean_over_runs, paired
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
+from opplan import stats
 from opplan.stats import Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
 
 SECONDS_PER_HOUR = 3600.0
@@ -198,12 +199,7 @@ def best_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
 
 def _best_by(grid: pd.DataFrame, key: str) -> dict[str, Any] | None:
     """The finished candidate with the highest ``key``, ties toward fewer epochs (None: none)."""
-    scored = grid[(grid.status == t.STATUS_FINISHED) & grid[key].notna()]
-    if scored.empty:
-        return None
-    ranked = scored.assign(_neg_epochs=-scored.epochs.fillna(0)).sort_values(
-        [key, "_neg_epochs"], ascending=False, kind="stable")
-    return ranked.drop(columns="_neg_epochs").iloc[0].to_dict()
+    return stats.best_candidate(grid.to_dict("records"), key, t.STATUS_FINISHED)
 
 
 def planning_cost(data: StoreData, planning: pd.Series) -> Cost:

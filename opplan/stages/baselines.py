@@ -25,6 +25,7 @@ from typing import Any
 
 from opplan.config import Params
 from opplan.fileio import atomic_write_json
+from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.repeats import retrain_and_score, seeds, train_and_score
@@ -141,8 +142,7 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
 def best_of(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The finished candidate with the highest ``key`` (``val_top1``: HS as a user picks it;
     ``top1``: the oracle), ties toward fewer epochs."""
-    scored = [r for r in results if r["status"] == n.STATUS_FINISHED and r.get(key) is not None]
-    return max(scored, key=lambda r: (r[key], -r["epochs"]), default=None)
+    return best_candidate(results, key, n.STATUS_FINISHED)
 
 
 def _retrain(tracker: Tracker, params: Params, shards: Path, grid: list[Candidate], selected: dict[str, Any],
