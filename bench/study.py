@@ -53,8 +53,8 @@ class Scale:
         return self.test_per_class * (self.classes or 10)
 
 
-FULL = Scale(classes=None, train_per_class=52, test_per_class=28, seeds=3, epochs=(16, 32, 48), overrides={
-    "baselines": {"schedules": ["all"], "decays": ["step", "cosine"], "sampling": ["cs", "us"]},
+FULL = Scale(classes=None, train_per_class=52, test_per_class=28, seeds=3, epochs=(16, 32, 64), overrides={
+    "baselines": {"schedules": ["all", "l2-lN"], "decays": ["step", "cosine"], "sampling": ["us"]},
     "evaluate": {"clips": 5, "crops": 1},
 })
 """10 classes; 240 internal-train, 280 validation and 280 test videos; 12 grid candidates."""

@@ -470,7 +470,10 @@ def test_summary_op_wins(store: dict[str, Any], reports: dict[str, Path]) -> Non
 @SLOW
 def test_summary_says_when_op_loses(reports: dict[str, Path]) -> None:
     summary = reports["hmdb"].read_text().split("## Summary")[1].split("##")[0]
-    assert "**OP loses to HS by 8.0 points top-1.**" in summary
+    # hmdb's grid was chosen on validation: its candidates saw internal train only, so the oracle
+    # is stated but not turned into "OP beats/loses" (the verdict is the paired test).
+    assert "trained on internal train only and so not comparable with OP's retrain" in summary
+    assert "(−8.0 points)" in summary and "OP loses" not in summary
     assert "**planning cost more than the whole grid search**" in summary  # 2 grid runs: cheaper than planning
     text = reports["hmdb"].read_text()
     assert "report.figures: false" in text and not (reports["hmdb"].parent / "figures").exists()

@@ -197,3 +197,26 @@ def test_final_of_a_path_that_kept_every_starting_model_is_s0(
     record = run_final(params, plan_path=project / "plan_t0.json", out_dir=project / "final_t0")
     assert record["epochs"] == 0 and record["schedule"] == []
     assert (project / "final_t0" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize(("lengths", "expected"), [
+    ([4, 8, 16], {"l1-lN": [4, 16], "l2-lN": [8, 16], "all": [4, 8, 16]}),
+    ([4, 8], {"l1-lN": [4, 8], "l2-lN": [8]}),  # "all" is l1 -> l2 again; l2-lN is l2 throughout
+    ([4], {"l1-lN": [4]}),
+])
+def test_the_grid_has_one_candidate_per_distinct_clip_schedule(lengths: list[int],
+                                                                expected: dict[str, list[int]]) -> None:
+    from opplan.config import load_params
+    from opplan.stages.baselines import build_schedule, candidates, clip_lengths_of
+
+    base = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params = base.model_copy(update={
+        "plan": base.plan.model_copy(update={"clip_lengths": lengths}),
+        "baselines": base.baselines.model_copy(update={
+            "schedules": ["l1-lN", "l2-lN", "all"], "decays": ["cosine"], "sampling": ["us"], "epochs": [6]})})
+    grid = candidates(params)
+    assert [c.schedule for c in grid] == list(expected)
+    for c in grid:
+        assert clip_lengths_of(c.schedule, lengths) == expected[c.schedule]
+        trained = [e.state.clip_length for e in build_schedule(c, params)]
+        assert len(trained) == 6 and list(dict.fromkeys(trained)) == expected[c.schedule]

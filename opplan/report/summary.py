@@ -111,6 +111,11 @@ def _hs_sentence(cmp: Comparison) -> str:
           f"(the paper's oracle view) is `{cmp.hs['name']}` with top-1 {pct(cmp.hs_top1)}%")
     if cmp.delta is None:
         return hs + "."
+    if cmp.noise is not None and cmp.noise.selected is not None:
+        # Candidates scored on internal validation were trained on internal train only, OP's final
+        # on the whole training set (docs/design.md §10): their difference is mostly data, not schedule.
+        return (f"{hs}, trained on internal train only and so not comparable with OP's retrain on the whole "
+                f"training set ({points(cmp.delta)} points): the like-for-like comparison is the verdict above.")
     if cmp.delta < 0:
         return f"{hs}: **OP loses to HS by {points(-cmp.delta).lstrip('+')} points top-1.**"
     if cmp.delta == 0:

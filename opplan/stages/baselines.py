@@ -51,19 +51,27 @@ class Candidate:
 
 
 def candidates(params: Params) -> list[Candidate]:
+    """The grid: sampling x clip schedule x decay x epochs. Schedules that give the same clip
+    lengths are one candidate, under the first name listed: with two lengths ``l1-lN`` and
+    ``all`` are both ``l1 -> l2``, while ``l2-lN`` is ``l2`` throughout."""
     b = params.baselines
     lengths = params.plan.clip_lengths
-    schedules = [s for s in b.schedules if not (s == "l2-lN" and len(lengths) < 3)]  # l2->lN = l1->lN with 2 lengths
-    return [Candidate(s, sch, d, e) for s in b.sampling for sch in dict.fromkeys(schedules) for d in b.decays
+    distinct: dict[tuple[int, ...], str] = {}
+    for schedule in b.schedules:
+        distinct.setdefault(tuple(clip_lengths_of(schedule, lengths)), schedule)
+    return [Candidate(s, sch, d, e) for s in b.sampling for sch in distinct.values() for d in b.decays
             for e in b.epochs]
 
 
 def clip_lengths_of(schedule: str, lengths: list[int]) -> list[int]:
+    """The clip lengths a schedule trains at, in order, each once."""
     if schedule == "l1-lN":
-        return [lengths[0], lengths[-1]] if len(lengths) > 1 else lengths
-    if schedule == "l2-lN":
-        return [lengths[1], lengths[-1]] if len(lengths) > 1 else lengths
-    return list(lengths)
+        chosen = [lengths[0], lengths[-1]]
+    elif schedule == "l2-lN":
+        chosen = [lengths[min(1, len(lengths) - 1)], lengths[-1]]
+    else:
+        chosen = list(lengths)
+    return list(dict.fromkeys(chosen))
 
 
 def lr_at(epoch: int, total: int, decay: str, lrs: list[float]) -> float:
