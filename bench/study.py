@@ -10,7 +10,7 @@ internal validation, and a grid of three epoch totals. Prints one table (OP and 
 with 95 % intervals, compute, the grid : OP ratio, the paired verdict) and writes it as
 ``study.json`` and ``study.md`` into ``--out``.
 
-The full study takes about an hour on 2 CPU cores (see the estimate printed by
+The full study takes about 50 minutes on 2 CPU cores (see the estimate printed by
 ``--smoke``, which runs the same code at a tiny scale in about two minutes).
 """
 
