@@ -18,16 +18,18 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("plan", "final", "evaluate")
+sys.path.insert(0, str(ROOT))
+
+from opplan.config import Params, load_params  # noqa: E402
+from opplan.logs import configure_logging  # noqa: E402
+from opplan.report.compare import path_steps  # noqa: E402
+from opplan.report.summary import steps_text  # noqa: E402
 
 
 def reported_op(root: Path) -> dict[str, float]:
@@ -41,26 +43,32 @@ def reported_op(root: Path) -> dict[str, float]:
     return {k: float(row[k]) for k in ("top1", "low", "high")}
 
 
-def path_text(plan: dict) -> str:
-    return " → ".join([plan["path"][0], *(f"{s} ({e})" for s, e in zip(plan["path"][1:], plan["epochs"]))])
+def path_text(plan_doc: dict) -> str:
+    """``S0 → us/8/0.02 (44 ep) → ...``, as the report writes a path."""
+    return steps_text(path_steps(plan_doc) or ())
 
 
-def replan(root: Path, params_file: Path, seed: int, work: Path) -> tuple[dict, dict, float]:
-    """Run the three stages with ``seed`` in ``work``; (plan.json, metrics.json, seconds)."""
-    params = yaml.safe_load(params_file.read_text())
-    params["seed"] = seed
-    params["tracking"]["uri"] = f"sqlite:///{work / 'mlflow.db'}"
-    for name in ("pipeline", "data", params["prepare"]["out"]):
-        (work / name).symlink_to(root / name)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def replan_params(params: Params, root: Path, seed: int, work: Path) -> Params:
+    """``params`` with another seed and its own store, on this project's data and shards."""
+    doc = params.model_dump(mode="json")
+    doc["seed"] = seed
+    doc["data"]["root"] = str((root / params.data.root).resolve())
+    doc["prepare"]["out"] = str((root / params.prepare.out).resolve())
+    doc["tracking"]["uri"] = f"sqlite:///{work / 'mlflow.db'}"
+    return Params.model_validate(doc)
+
+
+def replan(params: Params, work: Path) -> tuple[dict, dict, float]:
+    """The stages plan, final and evaluate in ``work`` (as bench/study.py runs them);
+    (plan.json, metrics.json, seconds)."""
+    from opplan.stages.evaluate import run_evaluate
+    from opplan.stages.final import run_final
+    from opplan.stages.plan import run_plan
+
     start = time.perf_counter()
-    for stage in STAGES:
-        print(f"replan: seed {seed}: {stage} ...", flush=True)
-        with (work / f"{stage}.log").open("w") as log:
-            done = subprocess.run([sys.executable, f"pipeline/{stage}.py"], cwd=work, stdout=log,
-                                  stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)})
-        if done.returncode:
-            raise SystemExit(f"replan: {stage} failed (exit {done.returncode}); see {work / f'{stage}.log'}")
+    os.chdir(work)  # the stages write plan.json, final/, .opplan/ ... relative to the project
+    for stage in (run_plan, run_final, run_evaluate):
+        stage(params)
     seconds = time.perf_counter() - start
     return json.loads((work / "plan.json").read_text()), json.loads((work / "metrics.json").read_text()), seconds
 
@@ -71,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the scratch project here")
     args = parser.parse_args(argv)
+    configure_logging()
     first = reported_op(ROOT)
     first_plan = json.loads((ROOT / "plan.json").read_text())
     if args.workdir is not None:
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir.resolve()
     else:
         work = Path(tempfile.mkdtemp(prefix="opplan-replan-"))
-    plan, metrics, seconds = replan(ROOT, args.params.resolve(), args.seed, work)
+    params = replan_params(load_params(args.params), ROOT, args.seed, work)
+    plan, metrics, seconds = replan(params, work)
     inside = first["low"] <= metrics["top1"] <= first["high"]
     print(f"first  (committed): {path_text(first_plan)}: top-1 {100 * first['top1']:.1f} % "
           f"[{100 * first['low']:.1f}, {100 * first['high']:.1f}]")

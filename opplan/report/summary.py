@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from opplan import tracking as t
 from opplan.report.collect import StoreData
-from opplan.report.compare import Arm, Comparison
+from opplan.report.compare import Arm, Comparison, Step
 from opplan.report.tables import duration, interval, pct, points, verdict_text
 
 
 def path_text(cmp: Comparison) -> str:
     """``S0 → cs/4/0.1 (5 ep) → cs/8/0.1 (3 ep)``."""
     assert cmp.path is not None
-    return " → ".join(["S0", *(f"{s.dst} ({s.epochs} ep)" for s in cmp.path)])
+    return steps_text(cmp.path)
+
+
+def steps_text(steps: Sequence[Step]) -> str:
+    """A chosen path's steps as the report writes them: ``S0 → cs/4/0.1 (5 ep) → ...``."""
+    return " → ".join(["S0", *(f"{s.dst} ({s.epochs} ep)" for s in steps)])
 
 
 def _cost(seconds: float, epochs: float) -> str:
