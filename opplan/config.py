@@ -141,6 +141,17 @@ class TrainParams(_Section):
     """``torch.compile`` the model on CUDA: ``default`` (measured +10 % on DG-P3D R50, after
     ~80 s of compilation per model), ``reduce-overhead`` (CUDA graphs, for small
     launch-bound models). Off on CPU."""
+    cpu_isa: Literal["native", "avx2"] = "native"
+    """Instruction set of torch's CPU kernels. ``native``: the fastest this CPU has (AVX-512 and
+    AMX where present). ``avx2``: capped at AVX2, so that any x86-64 machine with AVX2 computes
+    the same floating-point results from the same seed and thread count (docs/determinism.md,
+    "Across machines"); costs about 45 % more CPU time per step on an AVX-512 machine. No
+    effect on GPU kernels."""
+    cpu_threads: Annotated[int, Field(gt=0, le=1024)] | None = None
+    """Torch threads per training process on CPU. null: all the cores this process may use,
+    split between planning workers (``plan.workers``). The number of threads changes the
+    order of floating-point sums, so pin it (with ``cpu_isa``) to get the same results on
+    machines with other core counts."""
     progress_seconds: Annotated[float, Field(ge=0)] = 60.0
     """Log progress within a training or evaluation pass (clips done, clips/s, ETA) at most
     this often; 0 logs every batch. A pass shorter than this logs nothing extra."""

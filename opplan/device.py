@@ -12,6 +12,8 @@ import os
 import torch
 from torch import nn
 
+from opplan.errors import OpplanError
+
 CUDAGRAPHS_ATTR = "_opplan_cudagraphs"
 """Set on a model compiled with CUDA graphs: the training loop then marks each step's start."""
 
@@ -68,6 +70,33 @@ def set_deterministic(on: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on, warn_only=True)
     torch.backends.cudnn.benchmark = not on
+
+
+CPU_ISA_ENV: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+"""The environment that caps torch's CPU kernels (ATen's vectorised kernels and oneDNN's
+convolutions) at an instruction set, so that machines with more (AVX-512, AMX) compute what a
+machine with just that one does (docs/determinism.md, "Across machines")."""
+
+
+def pin_cpu(isa: str, threads: int | None) -> None:
+    """Fix what makes CPU results differ between x86-64 machines: the kernels' instruction set
+    (``train.cpu_isa``) and the number of torch threads (``train.cpu_threads``; None leaves it).
+
+    Must run before this process's first CPU kernel: torch chooses its kernels once. The
+    variables stay in the environment, so that processes started from this one (planning
+    workers, ``torchrun``) compute the same way.
+    """
+    if isa != "native":
+        os.environ.update(CPU_ISA_ENV[isa])
+        chosen = torch.backends.cpu.get_cpu_capability()
+        if chosen.lower() != isa:
+            raise OpplanError(f"train.cpu_isa: {isa} asked for, but torch computes with {chosen} in this process "
+                              f"(the CPU lacks {isa}, or a kernel ran before the setting was applied); "
+                              f"use cpu_isa: native")
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def use_channels_last(mode: str, model_name: str, device: torch.device) -> bool:

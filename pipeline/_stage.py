@@ -24,6 +24,10 @@ def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
     try:
         params = load_params(path)
+        if params.train.cpu_isa != "native":  # before any kernel of this process (docs/determinism.md)
+            from opplan.device import pin_cpu
+
+            pin_cpu(params.train.cpu_isa, None)
         if trains:
             from opplan import distributed
 

@@ -86,7 +86,7 @@ def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str,
     setup = TrainSetup(params, shards, device_index=slot)
     if setup.device.type == "cuda":
         torch.cuda.set_device(setup.device)
-    else:  # the cores split between the workers; an OMP_NUM_THREADS below that still holds
+    elif params.train.cpu_threads is None:  # the cores split between the workers; a lower OMP_NUM_THREADS holds
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(min(torch.get_num_threads(), max(1, cores // params.plan.workers)))
     tracker = Tracker(tracker_uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)

@@ -22,6 +22,7 @@ from opplan.device import (
     compile_model,
     grad_scaler,
     pick_device,
+    pin_cpu,
     set_deterministic,
     use_channels_last,
 )
@@ -54,6 +55,8 @@ class TrainSetup:
 
     def __post_init__(self) -> None:
         set_deterministic(self.params.train.deterministic)
+        if self.device.type == "cpu":
+            pin_cpu(self.params.train.cpu_isa, self.params.train.cpu_threads)
 
     def __getstate__(self) -> dict[str, Any]:
         """Without the loaders: a distributed collective call sends this object from rank 0 to
