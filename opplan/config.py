@@ -256,6 +256,17 @@ class PlanParams(_Section):
     what the knee says (the paper)."""
     horizon: Epochs = 999
     """The knee t* is searched in [0, horizon]."""
+    prune: bool = False
+    """Stop a transition early once an optimistic bound of its score (the knee fit's peak
+    plus prune_z SEs) cannot reach the best score already known for its target state, and
+    run the transitions into a state most promising first (ours, beyond the paper;
+    docs/design.md, "Pruning"). A pruned transition is never chosen. Off: the paper's DP."""
+    prune_z: Annotated[float, Field(ge=0)] = 2.0
+    """plan.prune: how many standard errors of the current point the bound adds to the fit's peak."""
+    prune_min_epochs: Annotated[int, Field(ge=0)] = 10
+    """plan.prune: no transition is pruned before this epoch. A curve flat for its first epochs
+    that then takes off fools any fit of its start (the demo's S0 -> us/8/0.02: flat to epoch
+    8, chosen in the end); bench/prune_replay.py measures what each value saves and changes."""
     workers: Workers = 1
     """Transitions trained at once, each in its own process on its own device: worker i uses
     CUDA device i when there are GPUs (at most one worker per GPU), else the CPU, its cores

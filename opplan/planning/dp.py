@@ -30,7 +30,8 @@ tested with a synthetic oracle in milliseconds (STYLE habit 5)::
    (their ``V`` and ``se`` are those of their chosen incoming transitions), and its path
    back to ``S0``.
 
-A failed transition has ``V = -inf`` and gives ``Sj`` no model; a state none of whose
+A failed or pruned transition (docs/design.md, "Pruning"; :func:`_explore`) has
+``V = -inf`` and gives ``Sj`` no model; a state none of whose
 transitions finished is never trained from, and its outgoing edges are *skipped*.
 Exceptions raised by ``run_transition`` propagate (the caller's runs are resumable);
 a transition that merely went wrong should come back as a ``"failed"`` record.
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
@@ -56,7 +57,7 @@ from opplan.stats import margin_in_se
 
 log = logging.getLogger(__name__)
 
-FINISHED, FAILED = "finished", "failed"
+FINISHED, FAILED, PRUNED = "finished", "failed", "pruned"
 Prefer = Literal["score", "fitted", "observed"]
 DECISIONS = ("argmax", "within_se")
 FINAL = "final"  # the state name under which the choice of the final state is kept
@@ -100,13 +101,14 @@ class TransitionRecord:
     checkpoint: str | None = None
     se: float | None = None
     capped: bool = False
+    bound: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", _name(self.src))
         object.__setattr__(self, "dst", _name(self.dst))
-        if self.status not in (FINISHED, FAILED):
-            raise ValueError(f"transition {self.src} -> {self.dst}: status must be {FINISHED!r} or {FAILED!r}, "
-                             f"got {self.status!r}")
+        if self.status not in (FINISHED, FAILED, PRUNED):
+            raise ValueError(f"transition {self.src} -> {self.dst}: status must be {FINISHED!r}, {FAILED!r} or "
+                             f"{PRUNED!r}, got {self.status!r}")
         if self.status == FINISHED and (self.chosen_epoch is None or self.chosen_epoch < 0):
             raise ValueError(f"finished transition {self.src} -> {self.dst} needs chosen_epoch >= 0, "
                              f"got {self.chosen_epoch!r}")
@@ -132,7 +134,8 @@ class TransitionRecord:
                 "fitted": _finite_or_none(self.fitted), "observed": _finite_or_none(self.observed),
                 "chosen_epoch": self.chosen_epoch, "epochs_trained": self.epochs_trained,
                 "seconds": float(self.seconds), "run_id": self.run_id, "checkpoint": self.checkpoint,
-                "se": _finite_or_none(self.se), "capped": bool(self.capped)}
+                "se": _finite_or_none(self.se), "capped": bool(self.capped),
+                "bound": _finite_or_none(self.bound)}
 
     def se_value(self) -> float:
         """``se`` as a float: NaN when unknown."""
@@ -154,6 +157,40 @@ class Rule:
 
 
 ARGMAX = Rule()
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What a transition into a state must beat not to be pruned (docs/design.md, "Pruning").
+
+    ``value`` and ``se``: ``V`` and SE of the best finished transition into the state so
+    far. Under ``argmax`` a transition whose optimistic bound lies below ``value`` can
+    never be chosen; under ``within_se`` only one whose bound lies more than ``tie_se``
+    standard errors of the difference below it (the bound's SE being the transition's
+    current one), so that a would-be tie is never pruned.
+    """
+
+    value: float
+    se: float = math.nan
+    rule: Rule = field(default_factory=Rule)
+
+    def beats(self, bound: float, se: float = math.nan) -> bool:
+        """Whether ``bound`` (optimistic ``V`` of a running transition, SE ``se``) cannot reach this bar."""
+        if not (math.isfinite(bound) and math.isfinite(self.value)):
+            return False
+        if self.rule.decision == "argmax" or bound >= self.value:
+            return bound < self.value
+        margin = margin_in_se(self.value, bound, self.se, se)
+        return not math.isnan(margin) and margin > self.rule.tie_se
+
+
+def bar_for(records: Iterable[TransitionRecord], dst: str, prefer: Prefer, rule: Rule) -> Bar | None:
+    """The :class:`Bar` of ``dst`` from the finished ``records`` into it; ``None`` before any finished."""
+    into = [r for r in records if r.dst == dst and r.finished and math.isfinite(r.value(prefer))]
+    if not into:
+        return None
+    best = max(into, key=lambda r: r.value(prefer))
+    return Bar(best.value(prefer), best.se_value(), rule)
 
 
 @dataclass(frozen=True)
@@ -272,6 +309,7 @@ class PlanResult:
     prefer: str = "score"
     choices: Mapping[str, Choice] = field(default_factory=dict)
     rule: Rule = ARGMAX
+    prune: bool = False
 
     @property
     def final_state(self) -> State:
@@ -329,8 +367,12 @@ class PlanResult:
             "decision": {"rule": self.rule.decision, "tie_se": self.rule.tie_se},
             "decisions": [{**c.to_json(), "on_path": c in self.path_choices} for c in self.choices.values()],
             "capped": [f"{r.src} -> {r.dst}" for r in self.records if r.capped],
+            "prune": self.prune,
+            "pruned": [{"transition": f"{r.src} -> {r.dst}", "bound": _finite_or_none(r.bound),
+                        "epochs_trained": r.epochs_trained} for r in self.records if r.status == PRUNED],
             "compute": {"path_epochs": self.path_epochs, "epochs_trained": self.total_epochs_trained,
-                        "seconds": self.total_seconds, "transitions": len(self.records)},
+                        "seconds": self.total_seconds, "transitions": len(self.records),
+                        "pruned": sum(r.status == PRUNED for r in self.records)},
         }
 
 
@@ -357,19 +399,38 @@ class _Explored:
     choices: dict[str, Choice] = field(default_factory=dict)
 
 
+def _sources(graph: TransitionGraph, dst: State, dp: _Explored, prune: bool) -> list[Node]:
+    """``dst``'s predecessors in the order the DP runs them: the graph's, or with pruning the
+    most promising first (the highest ``V`` of the source's own model; ``S0`` last), so that
+    the bar is high early (docs/design.md, "Pruning")."""
+    sources = list(graph.predecessors(dst))
+    if prune:
+        sources.sort(key=lambda s: -dp.value.get(s, -math.inf))  # stable: ties keep the graph's order
+    return sources
+
+
 def _explore(graph: TransitionGraph, run_transition: RunTransition, prefer: Prefer, rule: Rule = ARGMAX, *,
-             quiet: bool = False) -> _Explored:
-    """Steps 1–3 of the module docstring; ``quiet`` for replays (:func:`ready_transitions`)."""
+             quiet: bool = False, prune: bool = False) -> _Explored:
+    """Steps 1–3 of the module docstring; ``quiet`` for replays (:func:`ready_transitions`).
+
+    With ``prune`` the predecessors run most promising first (:func:`_sources`) and
+    ``run_transition`` is called with ``bar=`` the :class:`Bar` of the finished transitions
+    into ``dst`` so far (``None`` for the first); a transition that returns a ``"pruned"``
+    record is, like a failed one, not a candidate."""
     info = log.debug if quiet else log.info
     warn = log.debug if quiet else log.warning
     dp = _Explored()
     for dst in graph.states:  # 1. topological order
         candidates: list[tuple[Candidate, Node, TransitionRecord]] = []
-        for src in graph.predecessors(dst):
+        for src in _sources(graph, dst, dp, prune):
             if src != S0 and src not in dp.best:  # 2. no model at src
                 dp.skipped.append((src.name, dst.name))
                 continue
-            record = _checked(run_transition(src, dst, dp.best.get(src)), src, dst)
+            if prune:
+                bar = bar_for((r for _, _, r in candidates), dst.name, prefer, rule)
+                record = _checked(run_transition(src, dst, dp.best.get(src), bar=bar), src, dst)
+            else:
+                record = _checked(run_transition(src, dst, dp.best.get(src)), src, dst)
             v = record.value(prefer)
             record = replace(record, score=v)
             dp.records.append(record)
@@ -396,16 +457,17 @@ def _check_prefer(prefer: str) -> None:
 
 
 def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: Prefer = "score",
-              rule: Rule = ARGMAX) -> PlanResult:
+              rule: Rule = ARGMAX, prune: bool = False) -> PlanResult:
     """Explore ``graph`` with ``run_transition`` and return the best path (see the module docstring).
 
     ``prefer`` picks ``V`` from each record: its ``score`` (default; the caller decides,
     e.g. by ``plan.score``), or its ``fitted`` / ``observed`` value. Records are kept with
     ``score`` set to the ``V`` used. ``rule`` chooses among candidates (step 3; default the
-    paper's argmax). Raises :class:`PlanningError` when no final state got a model.
+    paper's argmax). ``prune``: see :func:`_explore` (``run_transition`` then takes ``bar=``).
+    Raises :class:`PlanningError` when no final state got a model.
     """
     _check_prefer(prefer)
-    dp = _explore(graph, run_transition, prefer, rule)
+    dp = _explore(graph, run_transition, prefer, rule, prune=prune)
     reached = [f for f in graph.final_states if f in dp.best]  # 4. best final state
     if not reached:
         failed = sum(not r.finished for r in dp.records)
@@ -431,6 +493,7 @@ def plan_path(graph: TransitionGraph, run_transition: RunTransition, *, prefer: 
         prefer=prefer,
         choices={**dp.choices, FINAL: choice},
         rule=rule,
+        prune=prune,
     )
 
 
@@ -442,7 +505,7 @@ Submit = Callable[[Node, State, Union[TransitionRecord, None]], Future]
 
 
 def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord], *,
-                      prefer: Prefer = "score", rule: Rule = ARGMAX) -> list[Ready]:
+                      prefer: Prefer = "score", rule: Rule = ARGMAX, prune: bool = False) -> list[Ready]:
     """The transitions not in ``done`` (keyed ``(src name, dst name)``) that can run now, in DP order.
 
     A transition is ready when its source's model is final: the source is ``S0``, or
@@ -457,7 +520,7 @@ def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], Tra
     tainted: set[Node] = set()
     ready: list[Ready] = []
 
-    def replay(src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
+    def replay(src: Node, dst: State, src_record: TransitionRecord | None, bar: Bar | None = None) -> TransitionRecord:
         record = done.get((src.name, dst.name))
         if record is not None:
             return record
@@ -466,12 +529,12 @@ def ready_transitions(graph: TransitionGraph, done: Mapping[tuple[str, str], Tra
         tainted.add(dst)
         return TransitionRecord(src, dst, FINISHED, chosen_epoch=0)  # placeholder: V = -inf
 
-    _explore(graph, replay, prefer, rule, quiet=True)
+    _explore(graph, replay, prefer, rule, quiet=True, prune=prune)
     return ready
 
 
 def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
-                       prefer: Prefer = "score", rule: Rule = ARGMAX) -> PlanResult:
+                       prefer: Prefer = "score", rule: Rule = ARGMAX, prune: bool = False) -> PlanResult:
     """:func:`plan_path` with up to ``workers`` transitions running at once.
 
     ``submit(src, dst, record_of_src)`` starts one transition (as ``run_transition``
@@ -483,6 +546,10 @@ def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
     When a transition raises, nothing more is submitted, what has not started is
     cancelled, the running ones finish (their runs stay resumable), and the first
     exception is raised.
+
+    With ``prune``, ``submit`` also takes ``bar=``: the :class:`Bar` of the transitions into
+    the same state done when it is submitted. Which transitions are pruned then depends on
+    what finished first (not so the choice, where the bound holds).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -492,7 +559,7 @@ def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
     try:
         while True:
             if error is None:
-                _submit_ready(graph, done, running, submit, workers, prefer, rule)
+                _submit_ready(graph, done, running, submit, workers, prefer, rule, prune)
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -517,17 +584,21 @@ def plan_path_parallel(graph: TransitionGraph, submit: Submit, workers: int, *,
         raise
     if error is not None:
         raise error
-    return plan_path(graph, lambda s, d, r: done[(s.name, d.name)], prefer=prefer, rule=rule)
+    return plan_path(graph, lambda s, d, r, bar=None: done[(s.name, d.name)], prefer=prefer, rule=rule, prune=prune)
 
 
 def _submit_ready(graph: TransitionGraph, done: Mapping[tuple[str, str], TransitionRecord],
                   running: dict[Future[TransitionRecord], tuple[Node, State]], submit: Submit, workers: int,
-                  prefer: Prefer, rule: Rule = ARGMAX) -> None:
+                  prefer: Prefer, rule: Rule = ARGMAX, prune: bool = False) -> None:
     """Submit ready transitions, in DP order, until ``workers`` run."""
     busy = {(s.name, d.name) for s, d in running.values()}
-    for src, dst, src_record in ready_transitions(graph, done, prefer=prefer, rule=rule):
+    for src, dst, src_record in ready_transitions(graph, done, prefer=prefer, rule=rule, prune=prune):
         if len(running) >= workers:
             return
         if (src.name, dst.name) not in busy:
             log.debug("submitting %s -> %s (%d running)", src.name, dst.name, len(running))
-            running[submit(src, dst, src_record)] = (src, dst)
+            if prune:
+                bar = bar_for(done.values(), dst.name, prefer, rule)
+                running[submit(src, dst, src_record, bar=bar)] = (src, dst)
+            else:
+                running[submit(src, dst, src_record)] = (src, dst)

@@ -500,3 +500,21 @@ def table1(curves: Mapping[str, Sequence[float]], functions: Sequence[str] = FUN
                      "r2": float(np.mean(r2)) if r2 else float("nan"),
                      "fitted": len(ok), "failed": len(fits) - len(ok)})
     return pd.DataFrame(rows).set_index("function")
+
+
+def optimistic_bound(fit: KneeFit | None, curve: Sequence[float], se: float, z: float,
+                     last_epoch: int | None = None) -> float | None:
+    """An optimistic bound of a running transition's ``V`` (docs/design.md, "Pruning"): the
+    best of the knee fit's peak over the epochs the transition may still reach (``0 ..
+    last_epoch``, ``plan.max_epochs``; ``None``: the fit's horizon, ``fit.value``) and the best
+    observed point, at most 1 (every planning metric is a fraction), plus ``z`` standard
+    errors ``se`` (unknown: 0). ``None`` before the first fit: a transition is never pruned
+    on too few points (``plan.delay``), nor on a curve no fit describes."""
+    if fit is None or not math.isfinite(fit.value):
+        return None
+    peak = float(fit.value)
+    if last_epoch is not None and last_epoch < fit.t_star:
+        peak = float(np.max(fit.predict(np.arange(last_epoch + 1))))
+    y = np.asarray(curve, dtype=float)
+    best = max(peak, float(np.nanmax(y)) if np.isfinite(y).any() else -math.inf)
+    return min(best, 1.0) + z * (float(se) if math.isfinite(se) else 0.0)

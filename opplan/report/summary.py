@@ -167,6 +167,13 @@ def missing_notes(data: StoreData, cmp: Comparison | None) -> list[str]:
     if len(capped):
         names = ", ".join(f"{s} → {d}" for s, d in zip(capped.src, capped.dst))
         notes.append(f"{len(capped)} transition(s) stopped at plan.max_epochs while still rising: {names}.")
+    pruned = transitions[(transitions.planning_run == cmp.planning_run)
+                         & transitions[t.M_PRUNE_BOUND].notna()] if t.M_PRUNE_BOUND in transitions else []
+    if len(pruned):
+        saved = ", ".join(f"{s} → {d} after {e:.0f} epochs" for s, d, e in
+                          zip(pruned.src, pruned.dst, pruned[t.M_EPOCHS_TRAINED]))
+        notes.append(f"{len(pruned)} transition(s) pruned (plan.prune: their bound could not reach the best V "
+                     f"into their state): {saved}.")
     if cmp.other_grids:
         notes.append(f"`{data.experiment}-baselines` holds {cmp.other_grids} older grid(s) (other config hashes); "
                      "only the most recent grid is compared.")

@@ -344,6 +344,9 @@ def transitions_table(transitions: pd.DataFrame, cmp: Comparison) -> Table:
         display["DP margin (SE)"] = [_fixed(v, 1) for v in data[t.M_DP_MARGIN_SE]]
     if t.M_CAPPED in data and (data[t.M_CAPPED].fillna(0) > 0).any():
         display["Capped"] = ["capped" if v and v > 0 else "" for v in data[t.M_CAPPED]]
+    if t.M_PRUNE_BOUND in data and data[t.M_PRUNE_BOUND].notna().any():  # plan.prune stopped some
+        display["Pruned: bound < bar"] = [f"{pct(b, 2)} < {pct(r, 2)}" if pd.notna(b) else ""
+                                          for b, r in zip(data[t.M_PRUNE_BOUND], data[t.M_PRUNE_BAR])]
     note = ("Epochs: trained in the transition; t*: the knee, the epoch kept (its contribution to the path); "
             "fitted, observed and V in %.")
     if "DP margin (SE)" in display:

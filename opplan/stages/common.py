@@ -49,11 +49,16 @@ def planning_config(params: Params, shards: Path) -> dict[str, Any]:
     Left out, because they change how fast, not what is computed: ``plan.workers`` (a rerun
     with another number of workers reuses the finished runs) and the loader settings
     ``train.num_workers``, ``train.prefetch_factor`` and ``train.progress_seconds`` (the
-    loaders give the same clips for any of them).
+    loaders give the same clips for any of them). ``plan.prune``, ``plan.prune_z`` and ``plan.prune_min_epochs`` are
+    left out while pruning is off (the DP is then the one planned before they existed).
     """
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
     sections = params.section_dict(*PLANNING_SECTIONS)
     sections["plan"].pop("workers", None)
+    if not sections["plan"].get("prune"):  # off, pruning changes nothing: plans made before it existed stay valid
+        sections["plan"].pop("prune", None)
+        sections["plan"].pop("prune_z", None)
+        sections["plan"].pop("prune_min_epochs", None)
     for key in SPEED_ONLY_TRAIN_KEYS:
         sections["train"].pop(key, None)
     return {"seed": params.seed, **sections, "manifest_hash": manifest, "shards_hash": shards_fingerprint(shards)}

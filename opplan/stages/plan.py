@@ -75,12 +75,14 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
     with project_lock("plan"):  # before the store is opened: a second process must not create it too
         tracker = Tracker.from_params(params.tracking)
         parent = find_or_start_planning(tracker, config, digest)
+        tracker.log_params(parent, speed_params(params))  # recorded even where the hash leaves them out
         log.info("planning %s (MLflow run %s in %s), %d states, %d edges", digest, parent, tracker.uri,
                  len(graph.states), len(graph.edges))
         try:
             if params.plan.workers == 1:
                 runner = TransitionRunner(tracker, parent, TrainSetup(params, shards), WORK_ROOT / digest)
-                result = plan_path(graph, PlanProgress(len(graph.edges)).wrap(runner), rule=decision_rule(params))
+                result = plan_path(graph, PlanProgress(len(graph.edges)).wrap(runner), rule=decision_rule(params),
+                                   prune=params.plan.prune)
             else:
                 result = plan_with_workers(params, devices, shards, graph, tracker.uri, parent, WORK_ROOT / digest,
                                            rule=decision_rule(params))
@@ -108,6 +110,13 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
         tracker.end_run(parent, n.STATUS_FINISHED)
     log.info("chosen path: %s (V=%.4f)", " → ".join(s.name for s in result.path), result.score)
     return result
+
+
+def speed_params(params: Params) -> dict[str, Any]:
+    """The planning options the configuration hash may leave out (:func:`planning_config`), as
+    MLflow params of the planning run: pruning (also when off) and the validation cache."""
+    return flatten("", {"plan": {"prune": params.plan.prune, "prune_z": params.plan.prune_z,
+                                 "prune_min_epochs": params.plan.prune_min_epochs}})
 
 
 def decision_rule(params: Params) -> Rule:
@@ -156,5 +165,6 @@ def log_decisions(tracker: Tracker, parent: str, result: PlanResult, findings: l
 
 
 def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:
-    return {(r.src, r.dst): ("failed" if r.status != "finished" else f"{r.chosen_epoch}ep {r.score:.3f}")
+    return {(r.src, r.dst): (f"pruned {r.epochs_trained}ep" if r.status == "pruned" else "failed"
+                             if r.status != "finished" else f"{r.chosen_epoch}ep {r.score:.3f}")
             for r in result.records}

@@ -12,7 +12,7 @@ import logging
 import math
 from pathlib import Path
 
-from opplan.planning.dp import TransitionRecord
+from opplan.planning.dp import PRUNED, Bar, TransitionRecord
 from opplan.planning.graph import Node, State
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
@@ -42,20 +42,23 @@ class TransitionRunner:
                     tags={n.TAG_SAMPLING: dst.sampling, n.TAG_CLIP_LENGTH: dst.clip_length, n.TAG_LR: f"{dst.lr:g}"},
                     work_root=self.work_dir / "transitions", progress_metric=n.M_VAL_ACC, parent_id=self.parent_id)
 
-    def __call__(self, src: Node, dst: State, src_record: TransitionRecord | None) -> TransitionRecord:
+    def __call__(self, src: Node, dst: State, src_record: TransitionRecord | None,
+                 bar: Bar | None = None) -> TransitionRecord:
+        """``bar``: with ``plan.prune``, what the transition must be able to reach (:class:`Bar`)."""
         claim = claim_run(self.tracker, self.work(src, dst))
         if claim.ended is None:
             self.tracker.log_params(claim.run_id, {"src": src.name, "dst": dst.name, "sampling": dst.sampling,
                                                    "clip_length": dst.clip_length, "lr": dst.lr})  # idempotent
-            self._train(claim.run_id, claim.work_dir, src, dst, src_record)
+            self._train(claim.run_id, claim.work_dir, src, dst, src_record, bar)
         return record_from_run(self.tracker, claim.run_id)
 
-    def _train(self, run_id: str, work: Path, src: Node, dst: State, src_record: TransitionRecord | None) -> None:
+    def _train(self, run_id: str, work: Path, src: Node, dst: State, src_record: TransitionRecord | None,
+               bar: Bar | None = None) -> None:
         init = None
         if src_record is not None:  # into this run's own folder: workers may start from one source at once
             init = self.tracker.download_artifact(src_record.run_id, n.ARTIFACT_CHECKPOINT, work / "source")
         outcome = train_transition(self.setup, dst, init, work, label=transition_name(src, dst),
-                                   on_epoch=self.tracker.epoch_logger(run_id, n.M_VAL_ACC))
+                                   on_epoch=self.tracker.epoch_logger(run_id, n.M_VAL_ACC), bar=bar)
         self._log_outcome(run_id, transition_name(src, dst), outcome, work)
         clear_work_dir(work)
 
@@ -77,6 +80,11 @@ class TransitionRunner:
             if out.rmse is not None:
                 summary |= {n.M_KNEE_RMSE: out.rmse, n.M_KNEE_R2: out.r2}
             self.tracker.log_artifact(run_id, out.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
+        elif out.status == PRUNED:
+            summary |= {n.M_PRUNE_BOUND: out.bound, n.M_PRUNE_BAR: out.bar}
+            self.tracker.set_tags(run_id, {n.TAG_PRUNED: "true"})
+            log.info("%s: pruned after %d epochs: its bound %.4f cannot reach %.4f, the best V into %s so far",
+                     name, out.epochs_trained, out.bound, out.bar, name.split(" → ")[-1])
         else:
             self.tracker.set_tags(run_id, {n.TAG_FAILURE: (out.failure or "")[:4000]})
         log_summary_once(self.tracker, run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
@@ -84,7 +92,8 @@ class TransitionRunner:
         plot = work / "curve.png"
         plot_transition(out, self.setup.params.plan.fit_function, plot, title=name)
         self.tracker.log_artifact(run_id, plot, n.ARTIFACT_PLOTS_DIR)
-        self.tracker.end_run(run_id, n.STATUS_FINISHED if out.status == "finished" else n.STATUS_FAILED)
+        # a pruned run ended as planned: finished, so that a rerun reuses it (its tag says pruned)
+        self.tracker.end_run(run_id, n.STATUS_FAILED if out.status == "failed" else n.STATUS_FINISHED)
 
 
 def record_from_run(tracker: Tracker, run_id: str) -> TransitionRecord:
@@ -92,6 +101,11 @@ def record_from_run(tracker: Tracker, run_id: str) -> TransitionRecord:
     run = tracker.get_run(run_id)
     tags, metrics = run.data.tags, run.data.metrics
     failed = tags.get(n.TAG_STATUS) != n.STATUS_FINISHED
+    if not failed and tags.get(n.TAG_PRUNED) == "true":
+        return TransitionRecord(src=tags[n.TAG_SRC], dst=tags[n.TAG_DST], status=PRUNED,
+                                epochs_trained=int(metrics.get(n.M_EPOCHS_TRAINED, 0)),
+                                seconds=metrics.get(n.M_COMPUTE_SECONDS, 0.0), run_id=run_id,
+                                bound=metrics.get(n.M_PRUNE_BOUND))
     return TransitionRecord(
         src=tags[n.TAG_SRC], dst=tags[n.TAG_DST],
         status=n.STATUS_FAILED if failed else n.STATUS_FINISHED,

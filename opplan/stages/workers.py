@@ -19,7 +19,7 @@ from typing import Any
 from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.logs import configure_logging
-from opplan.planning.dp import PlanResult, Rule, TransitionRecord, plan_path_parallel
+from opplan.planning.dp import Bar, PlanResult, Rule, TransitionRecord, plan_path_parallel
 from opplan.planning.graph import Node, State, TransitionGraph, graph_from_params
 from opplan.stages.transitions import TransitionRunner
 from opplan.tracking.client import Tracker
@@ -60,10 +60,12 @@ def plan_with_workers(params: Params, devices: list[str], shards: Path, graph: T
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
 
-            def submit(src: Node, dst: State, src_record: TransitionRecord | None) -> Future[TransitionRecord]:
-                return pool.submit(_run_in_worker, src.name, dst.name, src_record)
+            def submit(src: Node, dst: State, src_record: TransitionRecord | None,
+                       bar: Bar | None = None) -> Future[TransitionRecord]:
+                return pool.submit(_run_in_worker, src.name, dst.name, src_record, bar)
 
-            return plan_path_parallel(graph, PlanProgress(len(graph.edges)).wrap(submit), workers, rule=rule)
+            return plan_path_parallel(graph, PlanProgress(len(graph.edges)).wrap(submit), workers, rule=rule,
+                                      prune=params.plan.prune)
     finally:
         slots.close()  # slots of workers never started (too few transitions at once) stay unread
 
@@ -96,9 +98,9 @@ def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str,
              torch.get_num_threads())
 
 
-def _run_in_worker(src: str, dst: str, src_record: TransitionRecord | None) -> TransitionRecord:
+def _run_in_worker(src: str, dst: str, src_record: TransitionRecord | None, bar: Bar | None = None) -> TransitionRecord:
     graph: TransitionGraph = _WORKER["graph"]
-    return _WORKER["runner"](graph.state(src), graph.state(dst), src_record)
+    return _WORKER["runner"](graph.state(src), graph.state(dst), src_record, bar=bar)
 
 
 def _exit_with_parent(parent_pid: int, every: float = 0.5) -> None:

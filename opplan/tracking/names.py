@@ -35,6 +35,7 @@ TAG_EPOCHS = "opplan.epochs"  # baselines: total epochs of the candidate
 TAG_PLAN_RUN = "opplan.plan_run"  # final/evaluate: the planning run they follow
 TAG_KEEP = "opplan.keep"  # transition: knee | start | best_later (plan.keep_start_se)
 TAG_CAPPED = "opplan.capped"  # transition: "true" when stopped by plan.max_epochs while still rising
+TAG_PRUNED = "opplan.pruned"  # transition: "true" when stopped by plan.prune (its bound below the bar)
 TAG_DP_RUNNER_UP = "opplan.dp_runner_up"  # transition chosen into its state: the runner-up source
 TAG_DP_TIE = "opplan.dp_tie"  # "true": chosen within the noise for fewer epochs (plan.decision: within_se)
 TAG_FINAL_RUNNER_UP = "opplan.final_runner_up"  # planning: the runner-up final state
@@ -74,6 +75,8 @@ M_CHOSEN_EPOCH = "chosen_epoch"
 M_SCORE = "V"
 M_SCORE_SE = "V_se"  # the SE of V: that of the kept epoch's validation score
 M_CAPPED = "capped"  # 1: stopped by plan.max_epochs while the curve still rose
+M_PRUNE_BOUND = "prune_bound"  # pruned transition: its optimistic bound when stopped
+M_PRUNE_BAR = "prune_bar"  # pruned transition: the best V into its state it could not reach
 M_START_MARGIN_SE = "start_margin_se"  # knee said t* = 0: the start's lead over the best later epoch, in SEs
 M_DP_MARGIN = "dp_margin"  # on a state's chosen incoming transition: V - runner-up's V
 M_DP_MARGIN_SE = "dp_margin_se"  # ... that margin in SEs of the difference

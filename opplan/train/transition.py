@@ -32,7 +32,8 @@ import torch
 from opplan import distributed
 from opplan.fileio import atomic_write_json
 from opplan.planning.graph import State
-from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule
+from opplan.planning.dp import PRUNED, Bar
+from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule, optimistic_bound
 from opplan.stats import mean_se, per_video_scores
 from opplan.tracking import names as n
 from opplan.train.checkpoint import (
@@ -57,7 +58,7 @@ class TransitionOutcome:
     said 0.
     """
 
-    status: str  # "finished" | "failed"
+    status: str  # "finished" | "failed" | "pruned" (then ``bound`` could not reach ``bar``)
     curve: list[float] = field(default_factory=list)
     curve_se: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -75,6 +76,8 @@ class TransitionOutcome:
     capped: bool = False
     keep: str | None = None
     start_margin_se: float | None = None
+    bound: float | None = None
+    bar: float | None = None
 
     @property
     def epochs_trained(self) -> int:
@@ -101,8 +104,11 @@ def validate(setup: TrainSetup, model: torch.nn.Module, dst: State) -> tuple[flo
 
 @distributed.collective
 def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir: Path, *,
-                     on_epoch: EpochCallback | None = None, label: str = "") -> TransitionOutcome:
+                     on_epoch: EpochCallback | None = None, label: str = "", bar: Bar | None = None) -> TransitionOutcome:
     """Run (or resume) one transition into ``dst`` from the weights at ``init`` (None: S0).
+
+    ``bar`` (``plan.prune``): after each epoch with a knee fit, stop as ``"pruned"`` once
+    :func:`~opplan.planning.knee.optimistic_bound` (``plan.prune_z`` SEs) cannot reach it.
 
     Collective (see :mod:`opplan.distributed`): under ``torchrun`` every process trains;
     rank 0 alone reads ``init`` and the work folder, fits the knee, writes epoch states
@@ -113,7 +119,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     optimizer = setup.optimizer(model, setup.params.train.lr_for(dst.clip_length, dst.lr))
     scaler = setup.grad_scaler()
     out = TransitionOutcome(status="running")
-    ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label) if world.is_main else None
+    ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label, bar) if world.is_main else None
 
     start = distributed.on_main(lambda: ledger.restore(init))
     if not world.is_main:
@@ -156,7 +162,7 @@ class _Ledger:
 
     def __init__(self, setup: TrainSetup, dst: State, work_dir: Path, out: TransitionOutcome,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 on_epoch: EpochCallback | None, label: str) -> None:
+                 on_epoch: EpochCallback | None, label: str, bar: Bar | None = None) -> None:
         plan = setup.params.plan
         self.setup, self.dst, self.work_dir, self.out = setup, dst, work_dir, out
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
@@ -164,6 +170,7 @@ class _Ledger:
         self.stopper = KneeStopper(function=plan.fit_function, delay=plan.delay, max_epochs=plan.max_epochs,
                                    horizon=plan.horizon)
         self.decision: KneeDecision | None = None
+        self.bar, self.prune_z, self.prune_from, self.pruned = bar, plan.prune_z, plan.prune_min_epochs, False
 
     def restore(self, init: Path | None) -> dict[str, Any]:
         """Load the last epoch state (a resumed transition) or ``init``'s weights; returns what
@@ -194,7 +201,18 @@ class _Ledger:
             self.decision = self.stopper.update(y)
         if self.on_epoch is not None:  # the last epoch may not have reached MLflow
             self.on_epoch(len(self.out.curve) - 1, _epoch_metrics(self.out, self.dst, self.decision))
-        return self.decision.stop
+        return self.decision.stop or self._prune()
+
+    def _prune(self) -> bool:
+        """Whether the curve so far is dominated: its optimistic bound cannot reach the bar."""
+        if self.bar is None or self.decision is None or self.decision.stop or self.decision.t < self.prune_from:
+            return False
+        se = self.out.curve_se[-1] if self.out.curve_se else math.nan
+        bound = optimistic_bound(self.decision.fit, self.out.curve, se, self.prune_z, self.stopper.max_epochs)
+        if bound is None or not self.bar.beats(bound, se):
+            return False
+        self.pruned, self.out.bound, self.out.bar = True, bound, self.bar.value
+        return True
 
     def record(self, epoch: int) -> bool:
         """Epoch ``epoch`` is done (0: the starting model evaluated): refit the knee, save the
@@ -215,9 +233,12 @@ class _Ledger:
             knee = f", knee t*={t_star}" if t_star is not None else ", knee: not enough evidence yet"
             log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
                      out.curve[-1], out.curve_se[-1], out.seconds[-1], knee)
-        return self.decision.stop
+        return self.decision.stop or self._prune()
 
     def finish(self) -> TransitionOutcome:
+        if self.pruned:
+            self.out.status = PRUNED
+            return self.out
         kept = keep_start_rule(self.out.curve, self.out.curve_se, self.decision.chosen_epoch,
                                self.setup.params.plan.keep_start_se)
         if kept.reason == "best_later":
