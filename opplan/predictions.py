@@ -4,7 +4,7 @@ needs (issue 12; docs/design.md, "Noise").
 ``evaluate`` and every retrain the comparison scores write one ``predictions.json`` (an MLflow
 artifact of the run, :data:`opplan.tracking.ARTIFACT_PREDICTIONS`): the held-out videos' labels
 in the split's fixed order and, per video, each metric of :mod:`opplan.stats`. Two documents
-with the same labels in the same order are paired video by video.
+with the same video ids (and labels) in the same order are paired video by video.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from opplan.stats import METRICS, per_video_scores
 SPLIT = "test"
 
 
-def predictions_json(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """The document of one model: labels and per-video ``top1``/``top135``/``prob`` values."""
+def predictions_json(scores: np.ndarray, labels: np.ndarray, videos: Sequence[str] | None = None) -> dict[str, Any]:
+    """The document of one model: the videos' ids (their paths in ``videos.csv``), labels and
+    per-video ``top1``/``top135``/``prob`` values."""
     labels = np.asarray(labels, dtype=np.int64)
     values = {m: [round(float(v), 6) for v in per_video_scores(scores, labels, m)] for m in METRICS}
-    return {"split": SPLIT, "videos": len(labels), "labels": labels.tolist(), **values}
+    ids = {} if videos is None else {"video_ids": [str(v) for v in videos]}
+    if videos is not None and len(ids["video_ids"]) != len(labels):
+        raise ValueError(f"{len(ids['video_ids'])} video ids for {len(labels)} scored videos")
+    return {"split": SPLIT, "videos": len(labels), **ids, "labels": labels.tolist(), **values}
 
 
 def per_video(doc: dict[str, Any], metric: str = "top1") -> np.ndarray:
@@ -35,16 +39,38 @@ def per_video(doc: dict[str, Any], metric: str = "top1") -> np.ndarray:
     return np.asarray(doc[metric], dtype=np.float64)
 
 
+def unpaired_reason(docs: Sequence[dict[str, Any]]) -> str | None:
+    """Why the documents do not score the same videos in the same order, in one line; ``None``
+    when they do. Videos are matched by id (``video_ids``) where every document has them,
+    and always by label: equal label sequences over other videos are not a pairing."""
+    if not docs:
+        return "no predictions to pair"
+    first = docs[0]
+    for i, doc in enumerate(docs[1:], start=1):
+        if doc.get("labels") != first.get("labels"):
+            return f"predictions 0 and {i} hold different label sequences ({first.get('videos')} vs {doc.get('videos')} videos)"
+    ids = [d.get("video_ids") for d in docs]
+    if any(v is not None for v in ids) and any(v is None for v in ids):
+        return "some predictions name their videos and some do not: the videos cannot be matched"
+    for i, other in enumerate(ids[1:], start=1):
+        if other is not None and other != ids[0]:
+            where = next(k for k, (a, b) in enumerate(zip(ids[0], other)) if a != b) if len(other) == len(ids[0]) else 0
+            return (f"predictions 0 and {i} score different videos (first difference at position {where}: "
+                    f"{ids[0][where] if ids[0] else None!r} vs {other[where] if other else None!r})")
+    return None
+
+
 def paired(docs: Sequence[dict[str, Any]]) -> bool:
-    """Whether the documents score the same videos in the same order (same labels)."""
-    return bool(docs) and all(d.get("labels") == docs[0].get("labels") for d in docs)
+    """Whether the documents score the same videos in the same order (:func:`unpaired_reason`)."""
+    return unpaired_reason(docs) is None
 
 
 def mean_over_runs(docs: Sequence[dict[str, Any]], metric: str = "top1") -> np.ndarray:
     """Per video, the mean over several runs (seeds) of ``metric``: a model's expected
     correctness on each video. The documents must be :func:`paired`."""
-    if not paired(docs):
-        raise ValueError("predictions of different video lists cannot be paired")
+    reason = unpaired_reason(docs)
+    if reason is not None:
+        raise ValueError(f"cannot pair the predictions: {reason}")
     return np.mean([per_video(d, metric) for d in docs], axis=0)
 
 

@@ -27,3 +27,22 @@ def test_matching_steps_scales_each_segment_and_keeps_every_trained_one() -> Non
 def test_planned_steps_count_the_batches_of_the_planning_split() -> None:
     # 12 epochs of ceil(180 / 8) = 23 steps each
     assert planned_steps(PLAN, PARAMS, planning_videos=180) == 12 * 23
+
+
+def test_match_steps_scales_hs_as_it_scales_op() -> None:
+    """The same factor on both sides: each clip length's epochs of HS's schedule as each
+    segment of OP's path, so both keep the optimizer steps they had when chosen."""
+    from opplan.stages.baselines import Candidate, build_schedule
+    from opplan.stages.repeats import optimizer_steps
+
+    params = PARAMS.model_copy(update={"plan": PARAMS.plan.model_copy(update={"clip_lengths": [4, 8]})})
+    hs = Candidate(sampling="cs", schedule="l1-lN", decay="step", epochs=12)
+    plain, scaled = build_schedule(hs, params), build_schedule(hs, params, scale=0.75)
+    assert [e.state.clip_length for e in plain] == [4] * 6 + [8] * 6
+    assert [e.state.clip_length for e in scaled] == [4] * 4 + [8] * 4  # round(6 * 0.75) = 4 (banker's: 4.5 -> 4)
+    assert scaled[0].lr == 0.1 and scaled[-1].lr == 0.01  # the decay runs over the scaled total
+    op = path_schedule(PLAN, PARAMS, scale=0.75)
+    # 180 planning videos, 240 in the retrain: steps kept within a rounding on both sides alike
+    for chosen, retrained in ((plain, scaled), (path_schedule(PLAN, PARAMS), op)):
+        ratio = optimizer_steps(240, retrained, params.train) / optimizer_steps(180, chosen, params.train)
+        assert abs(ratio - 1) < 0.15

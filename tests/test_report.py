@@ -299,7 +299,7 @@ def _fill_store(uri: str, tmp: Path) -> dict[str, Any]:
         hmdb_b = t.Tracker(uri, "hmdb-baselines", artifact_root=art)
         ledger["hmdb"] = _plan(hmdb, _params(uri, "hmdb", tmp, HMDB_PLAN), "b" * 16, tmp, set())
         _final(hmdb, ledger["hmdb"], {t.M_TOP1: 0.62, t.M_TOP5: 0.9, t.M_MEAN_CLASS_ACC: 0.6,
-                                      t.M_SINGLE_VIEW_TOP1: 0.58})
+                                      t.M_SINGLE_VIEW_TOP1: 0.58, t.M_HELDOUT_SIGNAL: 0.604})
         ledger["hmdb"].baselines = [_baseline(hmdb_b, "g", "cs", "l1-lN", d, 2, [4, 8], v, val)
                                     for d, v, val in (("step", 0.70, 0.55), ("cosine", 0.66, 0.60))]
         op_docs = [_predictions(0.62, 0)]
@@ -452,6 +452,14 @@ def test_table1_refits_the_finished_curves(store: dict[str, Any], reports: dict[
 
 
 @SLOW
+def test_planned_v_and_the_final_model_in_the_same_signal(reports: dict[str, Path]) -> None:
+    hmdb = reports["hmdb"].read_text()  # evaluated with heldout_plan_signal: the same metric and protocol
+    assert "internal validation) against 60.4% for the final model in the same signal on the held-out split" in hmdb
+    assert "(top1, fitted, 1 clip, internal validation)" in hmdb
+    ucf = reports["ucf"].read_text()  # an older evaluation without it: says the metrics differ
+    assert "50.0% single-view top-1 on the held-out split for the final model (another metric" in ucf
+
+
 def test_summary_op_wins(store: dict[str, Any], reports: dict[str, Path]) -> None:
     ledger = store["ledger"]["ucf"]
     best, seconds, epochs = _grid(ledger)

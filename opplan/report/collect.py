@@ -108,11 +108,12 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
 
 # --- rows -------------------------------------------------------------------------------
 
-_PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "start_time", t.M_SCORE, t.M_EPOCHS_TRAINED, t.M_COMPUTE_SECONDS]
+_PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "start_time", t.M_SCORE, t.M_EPOCHS_TRAINED,
+                     t.M_COMPUTE_SECONDS, "plan_metric", "plan_score", "plan_val_clips"]
 _TRANSITION_COLUMNS = ["planning_run", "run_id", "name", "src", "dst", "sampling", "clip_length", "lr", "status",
                        "start_time", *TRANSITION_METRICS, "fit_params"]
 _FINAL_COLUMNS = ["experiment", "run_id", "plan_run", "config_hash", "status", "start_time", *COST_METRICS,
-                  *EVAL_METRICS, *STEP_METRICS]
+                  *EVAL_METRICS, *STEP_METRICS, t.M_HELDOUT_SIGNAL]
 _BASELINE_COLUMNS = ["experiment", "run_id", "name", "sampling", "clip_schedule", "decay", "epochs", "config_hash",
                      "status", "start_time", "clip_lengths", *EVAL_METRICS, t.M_VAL_TOP1, *COST_METRICS]
 _RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "status",
@@ -134,8 +135,11 @@ def _common(run: Any) -> dict[str, Any]:
 
 
 def _planning_row(experiment: str, run: Any) -> dict[str, Any]:
+    params = run.data.params  # what V measured: plan.metric, plan.score, plan.val_clips
     return {"experiment": experiment, **_common(run), **_metrics(run, (t.M_SCORE, t.M_EPOCHS_TRAINED,
-                                                                       t.M_COMPUTE_SECONDS))}
+                                                                       t.M_COMPUTE_SECONDS)),
+            "plan_metric": params.get("plan.metric", ""), "plan_score": params.get("plan.score", ""),
+            "plan_val_clips": params.get("plan.val_clips", "")}
 
 
 def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
@@ -154,7 +158,8 @@ def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
 
 def _final_row(experiment: str, run: Any) -> dict[str, Any]:
     return {"experiment": experiment, **_common(run), "plan_run": run.data.tags.get(t.TAG_PLAN_RUN, ""),
-            **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS), **_metrics(run, STEP_METRICS)}
+            **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS), **_metrics(run, STEP_METRICS),
+            **_metrics(run, (t.M_HELDOUT_SIGNAL,))}
 
 
 def _retrain_row(experiment: str, run: Any) -> dict[str, Any]:

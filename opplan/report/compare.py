@@ -20,6 +20,7 @@ Pure: DataFrames from :mod:`opplan.report.collect` in, :class:`Comparison` out.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,14 @@ import numpy as np
 import pandas as pd
 
 from opplan import tracking as t
-from opplan.predictions import mean_over_runs, paired
+from opplan.predictions import mean_over_runs, paired, unpaired_reason
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
 from opplan import stats
 from opplan.stats import Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
 
 SECONDS_PER_HOUR = 3600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,13 @@ class Comparison:
     planning_cost: Cost
     final_run: str | None
     final_cost: Cost | None
-    evaluation: dict[str, float] | None  # top1, top5, mean_class_acc, single_view_top1
+    evaluation: dict[str, float] | None  # top1, top5, mean_class_acc, single_view_top1, heldout_plan_signal
     hs: dict[str, Any] | None  # the best candidate's row
     grid_cost: Cost | None
     grid_runs: int
     other_grids: int  # further grids in the baselines experiment, not compared
     noise: Noise | None = None  # seeds, intervals, the selected HS and the paired test (None: no data)
+    signal: str = "top1"  # plan.metric, plan.score, plan.val_clips: what V measured ("top135, fitted, 3 clips")
 
     @property
     def op_top1(self) -> float | None:
@@ -224,7 +228,8 @@ def compare(data: StoreData, planning_run: str) -> Comparison:
                             for k in (t.M_COMPUTE_SECONDS, t.M_EPOCHS_TRAINED, t.M_CLIPS_SEEN)),
                           partial=final.status != t.STATUS_FINISHED)
         if pd.notna(final[t.M_TOP1]):
-            evaluation = {k: float(final[k]) for k in EVAL_METRICS if pd.notna(final[k])}
+            evaluation = {k: float(final[k]) for k in (*EVAL_METRICS, t.M_HELDOUT_SIGNAL)
+                          if k in final and pd.notna(final[k])}
     grid, others = current_grid(data.baselines, planning.experiment)
     grid_cost = None if grid.empty else Cost(_sum(grid, t.M_COMPUTE_SECONDS), _sum(grid, t.M_EPOCHS_TRAINED),
                                             _sum(grid, t.M_CLIPS_SEEN))
@@ -235,7 +240,20 @@ def compare(data: StoreData, planning_run: str) -> Comparison:
         planning_status=planning.status, path=path_steps(data.plan_docs.get(planning_run)),
         score=float(score) if pd.notna(score) else None, planning_cost=planning_cost(data, planning),
         final_run=None if final is None else final.run_id, final_cost=final_cost, evaluation=evaluation,
-        hs=best_candidate(grid), grid_cost=grid_cost, grid_runs=len(grid), other_grids=others, noise=noise)
+        hs=best_candidate(grid), grid_cost=grid_cost, grid_runs=len(grid), other_grids=others, noise=noise,
+        signal=_signal(planning))
+
+
+def _signal(planning: pd.Series) -> str:
+    """What the planning's V measured, from its params (older stores: top-1)."""
+    metric = planning.get("plan_metric") or "top1"
+    parts = [str(metric)]
+    if planning.get("plan_score"):
+        parts.append(str(planning.get("plan_score")))
+    clips = planning.get("plan_val_clips")
+    if clips:
+        parts.append(f"{clips} clip{'s' if str(clips) != '1' else ''}")
+    return ", ".join(parts)
 
 
 def selected_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
@@ -284,7 +302,11 @@ def _paired(data: StoreData, op: Arm | None, hs: Arm | None) -> PairedComparison
     if op is None or hs is None:
         return None
     docs = [data.predictions.get(r) for r in (*op.runs, *hs.runs)]
-    if any(d is None for d in docs) or not paired(docs):
+    if any(d is None for d in docs):
+        return None
+    reason = unpaired_reason(docs)
+    if reason is not None:  # refuse, and say why: a paired test over different videos means nothing
+        log.warning("no paired test of OP against HS: %s", reason)
         return None
     return paired_compare(mean_over_runs([data.predictions[r] for r in op.runs]),
                           mean_over_runs([data.predictions[r] for r in hs.runs]))

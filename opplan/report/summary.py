@@ -62,8 +62,15 @@ def _fidelity_sentence(cmp: Comparison) -> str:
     """The planned V beside what the final model reaches with the same single-view protocol."""
     if cmp.score is None or cmp.evaluation is None or t.M_SINGLE_VIEW_TOP1 not in cmp.evaluation:
         return ""
-    text = (f"Planned V {pct(cmp.score, 1)}% (internal validation) against {pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}% "
-            f"single-view on the held-out split for the final model")
+    signal = cmp.evaluation.get(t.M_HELDOUT_SIGNAL)
+    if signal is not None:  # the same metric and protocol on both sides
+        text = (f"Planned V {pct(cmp.score, 1)}% ({cmp.signal}, internal validation) against {pct(signal, 1)}% "
+                f"for the final model in the same signal on the held-out split (single-view top-1 "
+                f"{pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}%)")
+    else:
+        text = (f"Planned V {pct(cmp.score, 1)}% ({cmp.signal}, internal validation) against "
+                f"{pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}% single-view top-1 on the held-out split for the "
+                f"final model (another metric unless V is top-1; `opplan evaluate` again gives the same one)")
     noise = cmp.noise
     if noise is not None and noise.planned_steps and noise.final_steps:
         text += (f"; the path took {noise.planned_steps:.0f} optimizer steps while planning and "

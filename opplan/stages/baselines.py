@@ -28,7 +28,7 @@ from opplan.fileio import atomic_write_json
 from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
-from opplan.stages.repeats import retrain_and_score, seeds, train_and_score
+from opplan.stages.repeats import retrain_and_score, seeds, steps_scale, train_and_score
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run
@@ -82,13 +82,21 @@ def lr_at(epoch: int, total: int, decay: str, lrs: list[float]) -> float:
     return lrs[0] * 0.5 * (1 + math.cos(math.pi * epoch / total))
 
 
-def build_schedule(c: Candidate, params: Params) -> list[ScheduledEpoch]:
+def build_schedule(c: Candidate, params: Params, scale: float = 1.0) -> list[ScheduledEpoch]:
+    """The candidate's epochs: its total split evenly over its clip lengths (the longest first
+    get the remainder), the rate by its decay over the whole schedule. ``scale``
+    (``final.match_steps`` on the full training set, as :func:`opplan.stages.final.path_schedule`
+    scales OP's path) multiplies each clip length's epochs, rounded, at least one; the decay
+    then runs over the scaled total."""
     lengths = clip_lengths_of(c.schedule, params.plan.clip_lengths)
     per_length = [c.epochs // len(lengths) + (i < c.epochs % len(lengths)) for i in range(len(lengths))][::-1]
+    if scale != 1.0:
+        per_length = [max(1, round(k * scale)) if k else 0 for k in per_length]
+    total = sum(per_length)
     epochs: list[ScheduledEpoch] = []
     for segment, (length, count) in enumerate(zip(lengths, per_length)):
         for _ in range(count):
-            lr = lr_at(len(epochs), c.epochs, c.decay, params.plan.lrs)
+            lr = lr_at(len(epochs), total, c.decay, params.plan.lrs)
             epochs.append(ScheduledEpoch(State(c.sampling, length, lr), lr, segment))
     return epochs
 
@@ -155,9 +163,16 @@ def best_of(results: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
 
 def _retrain(tracker: Tracker, params: Params, shards: Path, grid: list[Candidate], selected: dict[str, Any],
              digest: str) -> list[dict[str, Any]]:
-    """The selected candidate on the full training set, once per seed, each tested once."""
+    """The selected candidate on the full training set, once per seed, each tested once.
+
+    With ``final.match_steps`` each clip length's epochs are scaled as OP's path is in the
+    final stage (internal-train over full-train videos), so both retrains keep the optimizer
+    steps their schedule had when it was chosen; those runs are tagged so (runs without the
+    tag are the unscaled ones, as before the option applied to HS)."""
     c = next(c for c in grid if c.name == selected["name"])
-    schedule = build_schedule(c, params)
     tags = {n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest}
+    if params.final.match_steps:
+        tags[n.TAG_MATCH_STEPS] = str(True)
+    schedule = build_schedule(c, params, steps_scale(params, shards))
     return [retrain_and_score(tracker, params, shards, schedule, state=schedule[-1].state, seed=seed,
                               kind=n.KIND_HS_RETRAIN, name=f"HS {c.name}", tags=tags) for seed in seeds(params)]

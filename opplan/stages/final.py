@@ -20,7 +20,7 @@ from opplan.planning.graph import parse_state
 from opplan.stages.common import (
     FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_file, require_shards,
 )
-from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds
+from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds, steps_scale
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
@@ -80,8 +80,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
     planning_videos = TrainSetup(params, shards).train_videos
     setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
     # final.match_steps: a planned epoch on internal train is this fraction of an epoch on train + val
-    scale = planning_videos / setup.train_videos if params.final.match_steps else 1.0
-    schedule = path_schedule(plan_doc, params, scale)
+    schedule = path_schedule(plan_doc, params, steps_scale(params, shards))
     if not schedule:
         log.warning("%s: every transition on the chosen path kept its starting model (t* = 0), so the "
                     "final model is S0 itself, untrained", plan_path)

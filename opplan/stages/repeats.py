@@ -38,6 +38,15 @@ def seeded(params: Params, seed: int) -> Params:
     return params.model_copy(update={"seed": seed})
 
 
+def steps_scale(params: Params, shards: Any) -> float:
+    """``final.match_steps``: internal-train over full-train (train + validation) videos, the
+    factor on each segment's epochs that keeps a schedule's optimizer steps when it is
+    retrained on the full set; 1 when off. The same for OP's path and HS's schedule."""
+    if not params.final.match_steps:
+        return 1.0
+    return TrainSetup(params, shards).train_videos / TrainSetup(params, shards, train_splits=FULL_TRAIN).train_videos
+
+
 def optimizer_steps(videos: int, schedule: Sequence[ScheduledEpoch], train: TrainParams) -> int:
     """Optimizer steps of ``schedule`` over ``videos`` clips per epoch (the last batch may be short)."""
     return sum(math.ceil(videos / train.batch_for(e.state.clip_length)) for e in schedule)

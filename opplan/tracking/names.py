@@ -91,6 +91,7 @@ M_TOP1 = "top1"
 M_TOP5 = "top5"
 M_MEAN_CLASS_ACC = "mean_class_acc"
 M_SINGLE_VIEW_TOP1 = "single_view_top1"
+M_HELDOUT_SIGNAL = "heldout_plan_signal"  # plan.metric on the held-out split, with planning's validation protocol
 M_VAL_TOP1 = "val_top1"  # baseline candidate: top-1 on the internal validation split (HS selection)
 M_PLANNED_STEPS = "planned_steps"  # final: optimizer steps the path had during planning
 M_STEPS = "optimizer_steps"  # final / hs_retrain: optimizer steps taken
