@@ -87,7 +87,10 @@ class ModelParams(_Section):
     """ResNet depth of the P3D body; null takes the registered model's own (``*_tiny``: 14,
     one bottleneck block per stage). 10 and 18 use basic blocks, the others bottlenecks."""
     init: PathSetting | None = None
-    """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file."""
+    """``imagenet:PATH`` inflates a torchvision 2D ResNet ``state_dict`` from a local file;
+    ``checkpoint:PATH`` starts from a 3D model's weights: opplan's own ``final/model.pt`` or a
+    torchvision video model ``state_dict`` (``r3d_18``, ``mc3_18``, ``r2plus1d_18``), the
+    classifier replaced when the number of classes differs (docs/design.md §7)."""
     bn_freeze_min_length: ClipLength = 64
     """With clips at least this long, every BatchNorm but the first is frozen (docs/design.md §7)."""
 

@@ -133,7 +133,7 @@ def build_model(name: str, num_classes: int, **params: object) -> VideoNet:
 
 
 def build_model_from_params(model_params: ModelParams, num_classes: int) -> VideoNet:
-    """``build_model`` from the ``model:`` section, then its ``init`` (``imagenet:PATH``)."""
+    """``build_model`` from the ``model:`` section, then its ``init`` (``imagenet:PATH`` or ``checkpoint:PATH``)."""
     model = build_model(
         model_params.name, num_classes,
         dropout=model_params.dropout, width=model_params.width, depth=model_params.depth,
@@ -141,11 +141,17 @@ def build_model_from_params(model_params: ModelParams, num_classes: int) -> Vide
     init = model_params.init
     if init:
         scheme, sep, path = init.partition(":")
-        if scheme != "imagenet" or not sep or not path:
+        if scheme not in ("imagenet", "checkpoint") or not sep or not path:
             raise OpplanError(
-                f"model.init must be 'imagenet:PATH' (a local torchvision ResNet state_dict), got {init!r}"
+                f"model.init must be 'imagenet:PATH' (a local torchvision 2D ResNet state_dict) or "
+                f"'checkpoint:PATH' (an opplan model.pt or a torchvision video model state_dict), got {init!r}"
             )
-        from opplan.models.inflate import inflate_imagenet
+        if scheme == "imagenet":
+            from opplan.models.inflate import inflate_imagenet
 
-        inflate_imagenet(model, path)
+            inflate_imagenet(model, path)
+        else:
+            from opplan.models.warm_start import load_checkpoint_init
+
+            load_checkpoint_init(model, path)
     return model
