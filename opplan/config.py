@@ -155,6 +155,10 @@ class TrainParams(_Section):
     split between planning workers (``plan.workers``). The number of threads changes the
     order of floating-point sums, so pin it (with ``cpu_isa``) to get the same results on
     machines with other core counts."""
+    val_cache_mb: Annotated[float, Field(ge=0)] = 2048.0
+    """Planning's decoded validation clips are kept in memory (per process) across the epochs of
+    a transition, and across transitions into the same clip length and sampling, when one
+    pass's clips fit in this many MB; 0: decode them every epoch. Same numbers either way."""
     progress_seconds: Annotated[float, Field(ge=0)] = 60.0
     """Log progress within a training or evaluation pass (clips done, clips/s, ETA) at most
     this often; 0 logs every batch. A pass shorter than this logs nothing extra."""

@@ -39,7 +39,7 @@ def require_shards(params: Params) -> Path:
 
 
 PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
-SPEED_ONLY_TRAIN_KEYS = ("num_workers", "prefetch_factor", "progress_seconds")
+SPEED_ONLY_TRAIN_KEYS = ("num_workers", "prefetch_factor", "progress_seconds", "val_cache_mb")
 
 
 def planning_config(params: Params, shards: Path) -> dict[str, Any]:
@@ -48,9 +48,10 @@ def planning_config(params: Params, shards: Path) -> dict[str, Any]:
 
     Left out, because they change how fast, not what is computed: ``plan.workers`` (a rerun
     with another number of workers reuses the finished runs) and the loader settings
-    ``train.num_workers``, ``train.prefetch_factor`` and ``train.progress_seconds`` (the
-    loaders give the same clips for any of them). ``plan.prune``, ``plan.prune_z`` and ``plan.prune_min_epochs`` are
-    left out while pruning is off (the DP is then the one planned before they existed).
+    ``train.num_workers``, ``train.prefetch_factor``, ``train.progress_seconds`` (the
+    loaders give the same clips for any of them) and ``train.val_cache_mb``. ``plan.prune``,
+    ``plan.prune_z`` and ``plan.prune_min_epochs`` are left out while pruning is off (the DP
+    is then the one planned before they existed).
     """
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
     sections = params.section_dict(*PLANNING_SECTIONS)

@@ -116,7 +116,8 @@ def speed_params(params: Params) -> dict[str, Any]:
     """The planning options the configuration hash may leave out (:func:`planning_config`), as
     MLflow params of the planning run: pruning (also when off) and the validation cache."""
     return flatten("", {"plan": {"prune": params.plan.prune, "prune_z": params.plan.prune_z,
-                                 "prune_min_epochs": params.plan.prune_min_epochs}})
+                                 "prune_min_epochs": params.plan.prune_min_epochs},
+                         "train": {"val_cache_mb": params.train.val_cache_mb}})
 
 
 def decision_rule(params: Params) -> Rule:

@@ -52,6 +52,8 @@ class TrainSetup:
 
     _loaders: dict[str, tuple[tuple[Any, ...], DataLoader]] = field(default_factory=dict, init=False, repr=False)
     """The last loader per mode, whose workers persist while its split and state stay the same."""
+    _val_cache: "ValCache | None" = field(default=None, init=False, repr=False)
+    """Planning's decoded validation batches (``train.val_cache_mb``; :class:`ValCache`)."""
 
     def __post_init__(self) -> None:
         set_deterministic(self.params.train.deterministic)
@@ -61,7 +63,7 @@ class TrainSetup:
     def __getstate__(self) -> dict[str, Any]:
         """Without the loaders: a distributed collective call sends this object from rank 0 to
         the others, whose loaders must load their own shares."""
-        return {**self.__dict__, "_loaders": {}}
+        return {**self.__dict__, "_loaders": {}, "_val_cache": None}
 
     @property
     def device(self) -> torch.device:
@@ -193,13 +195,85 @@ class TrainSetup:
                 clips: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(videos, classes)`` and labels ``(videos,)`` of a split, in video order
         (distributed: each process scores its share and all get the whole). ``clips``: the
-        uniformly spaced clips per video in ``mode="val"``, softmax scores averaged."""
+        uniformly spaced clips per video in ``mode="val"``, softmax scores averaged. Planning's
+        validation (``split="val"``, ``mode="val"``) decodes its clips once per sampling, clip
+        length and ``clips`` and keeps them in memory when they fit in ``train.val_cache_mb``
+        (:class:`ValCache`): its clips are the same every epoch."""
         model = distributed.unwrap(model)
         distributed.sync_module(model, buffers_only=True)
-        scores, labels = predict(model, self.loader(split, state, mode=mode, clips=clips), self.device,
-                                 options=self.loop_options, what=f"{state.name} {split}: ")
+        loader = self.loader(split, state, mode=mode, clips=clips)
+        if split == "val" and mode == "val" and self.params.train.val_cache_mb > 0:  # the same clips every epoch
+            if self._val_cache is None:
+                self._val_cache = ValCache(int(self.params.train.val_cache_mb * 2**20))
+            loader = self._val_cache.batches((state.sampling, state.clip_length, clips), loader)
+        scores, labels = predict(model, loader, self.device, options=self.loop_options, what=f"{state.name} {split}: ")
         return distributed.gather_strided(scores), distributed.gather_strided(labels)
 
     def accuracy(self, model: torch.nn.Module, state: State) -> float:
         """Planning's validation accuracy: one centre clip, centre crop per internal-validation video."""
         return accuracy(*self.predict(model, "val", state, mode="val"))
+
+
+class ValCache:
+    """Decoded validation batches of one key (sampling, clip length, clips per video), kept
+    in memory while they fit in ``limit`` bytes (``train.val_cache_mb``, per process).
+
+    Validation clips are deterministic (centre crop, fixed clip positions), so every epoch
+    of a transition, and every transition into the same clip length and sampling, scores the
+    same tensors: decoding them once gives the same numbers faster. One key is held at a
+    time (a new key drops the old one); a key whose batches exceed ``limit`` is read from
+    the loader every time."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.key: tuple[Any, ...] | None = None
+        self.stored: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.too_large: set[tuple[Any, ...]] = set()
+        self.hits = 0
+
+    def batches(self, key: tuple[Any, ...], loader: Any) -> Any:
+        """What to iterate instead of ``loader`` for ``key``: the stored batches, or the loader's
+        while storing them."""
+        if key == self.key and self.stored is not None:
+            self.hits += 1
+            return _Stored(self.stored, loader)
+        if key in self.too_large:
+            return loader
+        self.key, self.stored = None, None  # free the old key's batches before decoding the new
+        return _Storing(self, key, loader)
+
+
+class _Stored:
+    """Stored batches, with the loader's sampler (its length sizes the progress meter)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], loader: Any) -> None:
+        self._batches, self.sampler = batches, getattr(loader, "sampler", None)
+
+    def __iter__(self) -> Any:
+        return iter(self._batches)
+
+
+class _Storing(_Stored):
+    """The loader's batches, stored in ``cache`` once a whole pass fitted in its limit."""
+
+    def __init__(self, cache: ValCache, key: tuple[Any, ...], loader: Any) -> None:
+        super().__init__([], loader)
+        self._cache, self._key, self._loader = cache, key, loader
+
+    def __iter__(self) -> Any:
+        size, keep = 0, True
+        for clip, label in self._loader:
+            if keep:
+                size += clip.element_size() * clip.nelement()
+                keep = size <= self._cache.limit
+                if keep:
+                    self._batches.append((clip, label))
+                else:
+                    self._batches = []
+            yield clip, label
+        if keep:
+            self._cache.key, self._cache.stored = self._key, self._batches
+        else:
+            log.info("validation clips of %s exceed train.val_cache_mb = %.0f MB: decoded every epoch",
+                     self._key, self._cache.limit / 2**20)
+            self._cache.too_large.add(self._key)
