@@ -224,6 +224,11 @@ class TrainParams(_Section):
         return v
 
 
+AUTHORS_PLAN: dict[str, Any] = {"graph": "basic", "val_clips": 1, "metric": "top135", "score": "fitted",
+                                "decision": "argmax", "keep_start_se": None, "prune": False}
+"""What ``plan.setting: authors`` sets (besides one sampling): the authors' released planning."""
+
+
 class PlanParams(_Section):
     sampling: list[Sampling] = ["cs", "us"]
     """Sampling strategies to plan over; the result is the best of their final states."""
@@ -274,12 +279,33 @@ class PlanParams(_Section):
     """plan.prune: no transition is pruned before this epoch. A curve flat for its first epochs
     that then takes off fools any fit of its start (the demo's S0 -> us/8/0.02: flat to epoch
     8, chosen in the end); bench/prune_replay.py measures what each value saves and changes."""
+    setting: Literal["own", "authors"] = "own"
+    """authors: the authors' released planning (docs/design.md, "The authors' setting"): sets
+    graph basic, one sampling (the first of plan.sampling), val_clips 1, metric top135, score
+    fitted, decision argmax, keep_start_se null and prune false; a key set to another value
+    beside it is refused. own: every key as written."""
     workers: Workers = 1
     """Transitions trained at once, each in its own process on its own device: worker i uses
     CUDA device i when there are GPUs (at most one worker per GPU), else the CPU, its cores
     split between the workers. Only transitions whose source state's model is final run
     side by side, so the plan is the same for any number of workers; this setting is not
     part of the planning configuration, and a rerun with another number reuses the runs."""
+
+    @model_validator(mode="after")
+    def _authors_setting(self) -> PlanParams:
+        if self.setting != "authors":
+            return self
+        for key, value in AUTHORS_PLAN.items():
+            if key in self.model_fields_set and getattr(self, key) != value:
+                raise ValueError(f"plan.setting: authors sets plan.{key} to {value!r}, but it is "
+                                 f"{getattr(self, key)!r}: remove plan.{key} or use plan.setting: own")
+            object.__setattr__(self, key, value)
+        if len(self.sampling) > 1:
+            if "sampling" in self.model_fields_set:
+                raise ValueError(f"plan.setting: authors plans one sampling, but plan.sampling is {self.sampling}: "
+                                 "keep one, or use plan.setting: own")
+            object.__setattr__(self, "sampling", self.sampling[:1])
+        return self
 
     @field_validator("clip_lengths")
     @classmethod

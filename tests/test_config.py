@@ -213,3 +213,24 @@ def test_presets_follow_the_authors_recipe(name: str, longest: int) -> None:
 
 def test_kinetics_baseline_grid_is_the_papers() -> None:
     assert load_params(PRESETS_DIR / "kinetics400.yaml").baselines.epochs == [128, 192, 256, 320, 384]
+
+
+def test_the_authors_setting_sets_its_keys_and_refuses_conflicts(tmp_path) -> None:
+    from opplan.config import AUTHORS_PLAN, ParamsError, load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("plan:\n  setting: authors\n  val_clips: 1\n")
+    plan = load_params(path).plan
+    assert plan.graph == "basic" and plan.sampling == ["cs"] and plan.val_clips == 1
+    assert all(getattr(plan, k) == v for k, v in AUTHORS_PLAN.items())
+    path.write_text("plan:\n  setting: authors\n  sampling: [us]\n")
+    assert load_params(path).plan.sampling == ["us"]  # one sampling, the user's
+    for bad, says in (("  graph: extended\n", "sets plan.graph to 'basic'"),
+                      ("  sampling: [cs, us]\n", "plans one sampling"),
+                      ("  val_clips: 3\n", "sets plan.val_clips to 1")):
+        path.write_text("plan:\n  setting: authors\n" + bad)
+        with pytest.raises(ParamsError, match=says) as err:
+            load_params(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+    path.write_text("plan:\n  graph: extended\n")
+    assert load_params(path).plan.graph == "extended" and load_params(path).plan.setting == "own"

@@ -56,6 +56,7 @@ def planning_config(params: Params, shards: Path) -> dict[str, Any]:
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
     sections = params.section_dict(*PLANNING_SECTIONS)
     sections["plan"].pop("workers", None)
+    sections["plan"].pop("setting", None)  # it only sets other plan keys, which the hash covers
     if not sections["plan"].get("prune"):  # off, pruning changes nothing: plans made before it existed stay valid
         sections["plan"].pop("prune", None)
         sections["plan"].pop("prune_z", None)

@@ -114,8 +114,9 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
 
 def speed_params(params: Params) -> dict[str, Any]:
     """The planning options the configuration hash may leave out (:func:`planning_config`), as
-    MLflow params of the planning run: pruning (also when off) and the validation cache."""
-    return flatten("", {"plan": {"prune": params.plan.prune, "prune_z": params.plan.prune_z,
+    MLflow params of the planning run: ``plan.setting``, pruning (also when off) and the
+    validation cache."""
+    return flatten("", {"plan": {"setting": params.plan.setting, "prune": params.plan.prune, "prune_z": params.plan.prune_z,
                                  "prune_min_epochs": params.plan.prune_min_epochs},
                          "train": {"val_cache_mb": params.train.val_cache_mb}})
 
