@@ -1,4 +1,4 @@
-"""Plan the demo again with another seed and test it where the first plan was tested (issue 12).
+"""Plan the demo again with another seed and test it where the first plan was tested (docs/design.md §10).
 
     python bench/replan.py [--seed 1] [--workdir DIR] [--params params.yaml]
 

@@ -1,4 +1,4 @@
-"""OP against hand-tuned schedules at a scale that can tell them apart (issue 12, item 5).
+"""OP against hand-tuned schedules at a scale that can tell them apart (docs/design.md §10).
 
     python bench/study.py [--smoke] [--out DIR] [--workdir DIR] [--seeds N]
 

@@ -27,7 +27,7 @@ from pydantic import (
 from opplan.errors import ParamsError
 
 Sampling = Literal["cs", "us"]
-# Every number is bounded by what the program can take (issue 16.12): past these, a setting
+# Every number is bounded by what the program can take (docs/design.md §12): past these, a setting
 # only overflows (seeds), exhausts memory (sizes, shards) or never ends (epochs, horizons).
 PositiveInt = Annotated[int, Field(gt=0, le=10**6)]
 PositiveFloat = Annotated[float, Field(gt=0)]

@@ -1,5 +1,5 @@
 """Per-video held-out results of one trained model: what a paired test between two models
-needs (issue 12; docs/design.md, "Noise").
+needs (docs/design.md §10, "Noise").
 
 ``evaluate`` and every retrain the comparison scores write one ``predictions.json`` (an MLflow
 artifact of the run, :data:`opplan.tracking.ARTIFACT_PREDICTIONS`): the held-out videos' labels

@@ -225,7 +225,7 @@ def test_cli_import_and_its_errors(ucf: tuple[Path, Path], tmp_path: Path) -> No
     assert bad.exit_code == 2 and "no HMDB51 split files" in bad.output
 
 
-# --- hostile file trees (issue 16.13) -----------------------------------------------------
+# --- hostile file trees ------------------------------------------------------------------
 
 
 def test_symlink_loops_under_the_root_neither_hang_nor_nest(tmp_path: Path) -> None:

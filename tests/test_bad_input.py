@@ -181,7 +181,7 @@ def test_an_annotation_path_cannot_escape_the_output_folder(tmp_path: Path) -> N
     assert (out / "videos" / "A" / "v_1.avi").resolve() == (root / "A" / "v_1.avi").resolve()
 
 
-# --- a full disk and a read-only folder (issue 16.15) ----------------------------------------
+# --- a full disk and a read-only folder -----------------------------------------------------
 
 
 def _import_args(tmp_path: Path) -> list[str]:

@@ -112,7 +112,7 @@ def test_init_params_copies_a_preset_and_refuses_to_overwrite(tmp_path: Path) ->
 
 
 def test_init_params_takes_a_preset_name_never_a_path(tmp_path: Path) -> None:
-    """Issue 16.16: ``--preset ../../x`` must not read a YAML file elsewhere on disk."""
+    """``--preset ../../x`` must not read a YAML file elsewhere on disk."""
     outside = tmp_path / "x.yaml"
     outside.write_text("seed: 7\n")
     out = tmp_path / "p.yaml"
@@ -123,7 +123,7 @@ def test_init_params_takes_a_preset_name_never_a_path(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-# --- hostile params (issue 16.10-12) -------------------------------------------------------
+# --- hostile params -----------------------------------------------------------------------
 
 ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
@@ -176,7 +176,7 @@ def test_an_anchor_without_alias_and_the_shipped_files_still_load(tmp_path: Path
 
 
 def test_ui_starts_mlflow_from_opplans_own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 16.17: `.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH)."""
+    """`.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH)."""
     import importlib.util
     import subprocess
     import types

@@ -1,4 +1,4 @@
-"""The planner's no-learning diagnosis (issue 12, item 8) on synthetic DP results."""
+"""The planner's no-learning diagnosis (docs/design.md §10) on synthetic DP results."""
 
 from __future__ import annotations
 

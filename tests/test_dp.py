@@ -195,7 +195,7 @@ def test_the_planning_core_imports_neither_torch_nor_mlflow():
     assert out.strip() == "[]"
 
 
-# --- the noise-aware DP (plan.decision, issue 12) ------------------------------------------
+# --- the noise-aware DP (plan.decision, docs/design.md §10) ------------------------------------------
 
 
 class NoisyOracle(Oracle):

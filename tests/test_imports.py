@@ -56,3 +56,16 @@ def test_training_code_does_not_load_mlflow() -> None:
             "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_comments_cite_the_design_not_issue_numbers() -> None:
+    """A reader of the repository has docs/design.md and the paper, not the issue tracker."""
+    import re
+    pattern = re.compile(r"\bissue #?\d", re.IGNORECASE)
+    paths = [*(ROOT / "opplan").rglob("*.py"), *(ROOT / "pipeline").rglob("*"), *(ROOT / "docs").rglob("*.md"),
+             *(ROOT / "bench").rglob("*.py"), *(ROOT / "tests").rglob("*.py"), ROOT / "README.md",
+             ROOT / "params.yaml"]
+    hits = [f"{path.relative_to(ROOT)}:{number}" for path in paths if path.is_file()
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+            if pattern.search(line) and path.name != "test_imports.py"]
+    assert not hits, "issue numbers cited: " + ", ".join(hits)

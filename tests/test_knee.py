@@ -238,7 +238,7 @@ def test_random_curves_never_raise_and_do_bounded_work(curve, function, delay):
         assert 0 <= result.chosen_epoch < len(curve)
 
 
-# --- issue 12: capped transitions and the keep-start rule ---------------------------------
+# --- docs/design.md §10: capped transitions and the keep-start rule ---------------------------------
 
 
 def test_a_transition_stopped_by_max_epochs_while_rising_is_capped():

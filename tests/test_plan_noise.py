@@ -1,4 +1,4 @@
-"""The planning stage's noise bookkeeping (issue 12): SEs, capped transitions, DP margins in
+"""The planning stage's noise bookkeeping (docs/design.md §10): SEs, capped transitions, DP margins in
 plan.json and MLflow, and the no-learning diagnosis on a dataset that cannot be learned."""
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_knee_curve_from_epoch_1_and_ending_early(run, tmp_path):
     ("epoch,val_acc\n0,0.1\n0,0.2\n", "curve.csv:3: epochs must increase"),
     ("epoch,val_acc\n5,0.1\n", "curve.csv:2: the curve must start at epoch 0 or 1"),
     ("epoch,val_acc\n0,0.1,7\n", "curve.csv:2: expected 2 fields"),
-    # issue 16.14: a field over csv's 128 KiB limit, values no accuracy can take
+    # a field over csv's 128 KiB limit, values no accuracy can take
     ("epoch,val_acc\n0,0.1\n1," + "9" * 200_000 + "\n", "curve.csv:3: not valid CSV: field larger than field limit"),
     ("epoch,val_acc\n0,0.1\n1,\"" + "9" * 100_000 + "\"\n", "... (100000 characters) must be a fraction in [0, 1]"),
     ("epoch,val_acc\n0,0.1\n1,inf\n", "curve.csv:3: val_acc 'inf' must be a fraction in [0, 1]"),

@@ -1,4 +1,4 @@
-"""Planning's validation signal (issue 12, item 1): several clips per video, the metric and its SE."""
+"""Planning's validation signal (docs/design.md §10): several clips per video, the metric and its SE."""
 
 from __future__ import annotations
 

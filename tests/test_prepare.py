@@ -245,7 +245,7 @@ def test_tiny_shards_split(tiny_shards: Path) -> None:
 
 def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planning_hash(
         tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 16.1: zeroing 40 % of a shard's bytes is caught before training (exit 2, one line
+    """Zeroing 40 % of a shard's bytes is caught before training (exit 2, one line
     naming the shard), never trained on; frames that really changed give another config hash."""
     from click.testing import CliRunner
     from test_stages import tiny_config
@@ -289,7 +289,7 @@ def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planni
         planning_config(params, shards)
 
 
-# --- manifest paths and classes (issue 16.3, 16.4) -------------------------------------------
+# --- manifest paths and classes -------------------------------------------------------------
 
 
 def linked_dataset(tiny_dataset: Path, folder: Path, rows: list[str], classes: str | None = None) -> Path:

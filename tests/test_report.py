@@ -8,7 +8,7 @@ One module-scoped SQLite store (creating it costs MLflow a few seconds) holds:
   evaluation; a baseline grid (one candidate failed, one cell all failed, a tie) and an
   older grid that must be ignored. OP beats HS here.
 - ``hmdb``: the same on a smaller graph, a 2-candidate grid; OP loses to the oracle HS.
-  This grid is scored as ``opplan baselines`` scores it now (issue 12): ``val_top1`` on
+  This grid is scored as ``opplan baselines`` scores it now (docs/design.md §10): ``val_top1`` on
   every candidate, the validation-selected one retrained with two seeds, OP's path
   retrained with a second seed, per-video predictions on every retrain.
 - ``bare``: an unfinished planning with two transitions, nothing else.

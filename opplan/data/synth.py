@@ -304,7 +304,7 @@ def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, codec: s
         with av.open(handle, "w", format="mp4") as container:
             stream = container.add_stream(codec, rate=fps)
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            # Byte-identical files run to run (issue #12, item 7): one thread, and no x264
+            # Byte-identical files run to run (docs/determinism.md): one thread, and no x264
             # macroblock-tree rate control, whose lookahead read memory that differs from run
             # to run (with it, ~1 video in 5 of the demo changed between two runs, same seed).
             stream.codec_context.thread_count = 1

@@ -1,4 +1,4 @@
-"""Planning that notices when it learned nothing (issue 12, item 8; docs/design.md, "Noise").
+"""Planning that notices when it learned nothing (docs/design.md §10, "Noise").
 
 A pure function of the DP's result: no torch, no MLflow. Two findings, each with what was
 seen and what to change:

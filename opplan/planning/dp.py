@@ -16,7 +16,7 @@ tested with a synthetic oracle in milliseconds (STYLE habit 5)::
 
    - ``argmax`` (the paper): the highest ``V``; ties go to fewer epochs along the whole
      path ``P(Sj)``, then to the smaller source name;
-   - ``within_se`` (ours, issue 12): every candidate whose ``V`` lies within ``tie_se``
+   - ``within_se`` (ours, docs/design.md §10): every candidate whose ``V`` lies within ``tie_se``
      standard errors of the best one's (:func:`opplan.stats.margin_in_se`, the SE of the
      difference of two independent scores, from each record's ``se``) counts as a tie;
      ties go to fewer path epochs, then to the higher ``V``, then to the smaller name. A

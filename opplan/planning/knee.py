@@ -399,7 +399,7 @@ class KeepStart:
 
 def keep_start_rule(curve: Sequence[float], curve_se: Sequence[float] | None, chosen: int,
                     z: float | None) -> KeepStart:
-    """Whether a transition whose knee says ``t* = 0`` really keeps its start model (issue 12, item 8).
+    """Whether a transition whose knee says ``t* = 0`` really keeps its start model (docs/design.md §10).
 
     The rule: when the knee's epoch ``chosen`` is 0 and the transition trained at least one
     epoch, let ``b`` be the first epoch ``1 .. t`` with the best observed value. The start is

@@ -5,7 +5,7 @@ Pure: DataFrames from :mod:`opplan.report.collect` in, :class:`Comparison` out.
 - OP's accuracy is the held-out evaluation logged on the final run that follows a
   planning (tag ``opplan.plan_run``); its cost is the planning's compute (every
   explored transition, paper Table 5), with the final retrain reported beside it.
-- HS is chosen as a user would (issue 12): the candidate with the best top-1 on the
+- HS is chosen as a user would (docs/design.md §10): the candidate with the best top-1 on the
   internal validation split (``val_top1``), retrained on the full training set per seed
   (``hs_retrain`` runs) and tested once each. The paper's view, the best candidate on the
   held-out split itself, is the *oracle* HS (``hs``), shown beside it with the grid's mean
@@ -135,7 +135,7 @@ class Arm:
 
 @dataclass(frozen=True)
 class Noise:
-    """What issue 12 asks the report to state: OP and the validation-selected HS over seeds,
+    """What docs/design.md §10 asks the report to state: OP and the validation-selected HS over seeds,
     the paired test and its verdict, the oracle and the grid's mean and median."""
 
     op: Arm | None
@@ -258,7 +258,7 @@ def _signal(planning: pd.Series) -> str:
 
 def selected_candidate(grid: pd.DataFrame) -> dict[str, Any] | None:
     """HS as a user picks it: the best ``val_top1`` among finished candidates, ties toward
-    fewer epochs; None for a grid scored without validation (before issue 12)."""
+    fewer epochs; None for a grid scored without validation (as earlier versions scored it)."""
     return _best_by(grid, t.M_VAL_TOP1) if t.M_VAL_TOP1 in grid else None
 
 

@@ -37,7 +37,7 @@ def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
 
 
 def _diagnosis_sentence(cmp: Comparison) -> str:
-    """plan.json's no-learning diagnosis (issue 12, item 8), when planning found a problem."""
+    """plan.json's no-learning diagnosis (docs/design.md §10), when planning found a problem."""
     diagnosis = cmp.noise.diagnosis if cmp.noise else None
     if not isinstance(diagnosis, dict) or diagnosis.get("ok", True):
         return ""

@@ -241,7 +241,7 @@ def _seeds_text(arm: Arm | None) -> str:
     return f"{pct(arm.mean)}{where}, {len(arm.top1)} seed{'s' if len(arm.top1) > 1 else ''}"
 
 
-# --- the honest comparison (issue 12) --------------------------------------------------------
+# --- the honest comparison (docs/design.md §10) -------------------------------------------------------
 
 COMPARISON_COLUMNS = ["row", "top1", "low", "high", "seeds", "seed_sd", "chosen_on", "compute_seconds", "name"]
 
@@ -289,7 +289,7 @@ def comparison_table(cmp: Comparison) -> Table:
         "Seeds": [str(v) if v else DASH for v in data.seeds], "SD over seeds": [pct(v) for v in data.seed_sd],
         "Chosen on": data.chosen_on, "Compute": [DASH if missing(v) else duration(v) for v in data.compute_seconds],
     })
-    return Table("comparison", "OP vs. HS chosen as a user would (issue 12)", data, display,
+    return Table("comparison", "OP vs. HS chosen as a user would (docs/design.md §10)", data, display,
                  f"{verdict_text(cmp)} Top-1 in % on the held-out split, the mean over seeds; the interval is over the "
                  "held-out videos (each video's correctness averaged over the seeds). The oracle and the grid's "
                  "candidates are trained on internal train only and scored once. Compute: OP's planning, the grid's "

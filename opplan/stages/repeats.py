@@ -1,4 +1,4 @@
-"""Seeded retrains on the full training set, each scored on the held-out split (issue 12).
+"""Seeded retrains on the full training set, each scored on the held-out split (docs/design.md §10).
 
 The comparison of OP with HS repeats the final retrain of OP's path and of the
 validation-selected HS over ``final.seeds`` seeds: one run each (tagged with its seed),
