@@ -43,7 +43,8 @@ PathSetting = Annotated[str, Field(min_length=1, max_length=4096)]
 
 class _Section(BaseModel):
     # allow_inf_nan=False: ``.inf`` and ``.nan`` are refused for every float setting
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -80,6 +81,7 @@ class ModelParams(_Section):
     name: Name = "dg_p3d_tiny"
     """Registered model name (``opplan model-info --list``)."""
     dropout: Fraction = 0.5
+    """Dropout before the classifier."""
     width: Annotated[int, Field(gt=0, le=4096)] | None = None
     """Channels of the stem; null takes the registered model's own (ResNet bodies: 64,
     the ``*_tiny`` CPU models: 16). torchvision's models accept only null or 64."""
@@ -97,13 +99,17 @@ class ModelParams(_Section):
 
 class TrainParams(_Section):
     crop_size: Pixels = 224
+    """Side of the square training crop (and of planning's validation crop)."""
     scale_jitter: tuple[Annotated[int, Field(gt=0, le=2048)], Annotated[int, Field(gt=0, le=2048)]] = (256, 340)
     """Training frames are resized to a random short side in this range, then cropped."""
     eval_short_side: Annotated[int, Field(gt=0, le=2048)] = 256
+    """Validation and test frames are resized to this short side, then centre-cropped."""
     flip: bool = True
     """Random horizontal flip; switch off for direction-sensitive datasets (SSv2)."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    """SGD momentum."""
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
+    """SGD weight decay (L2), on every parameter but the fusion weights."""
     batch_size: PositiveInt = 8
     """Clips per optimizer step, over all processes (each process loads an equal share)."""
     batch_size_per_length: dict[ClipLength, PositiveInt] = {}
@@ -111,6 +117,7 @@ class TrainParams(_Section):
     clips in memory without changing the step, set ``micro_batch_per_length`` instead (the
     authors keep the step's batch constant)."""
     eval_batch_size: PositiveInt = 16
+    """Clips per batch when planning scores internal validation."""
     num_workers: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     """DataLoader worker processes per training process. ``auto``: on CUDA, the CPU cores
     this process may use, shared by the processes on its node, less one for the main
@@ -237,7 +244,10 @@ class PlanParams(_Section):
     lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
     """Candidate learning rates r1 > r2 > ... (docs/design.md §2)."""
     graph: Literal["basic", "extended"] = "extended"
+    """Transition graph (docs/design.md §2): ``basic`` (longer clip or lower rate) or ``extended``
+    (also a lower rate with a shorter clip; the paper's default)."""
     max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
+    """Edges may skip up to this many steps in each of the clip-length and rate indices (docs/design.md §2)."""
     start_lengths: list[ClipLength] | None = None
     """Clip lengths S0 may go to; null means the two shortest."""
     final_states: list[str] | None = None
@@ -247,6 +257,7 @@ class PlanParams(_Section):
     max_epochs: Epochs = 100
     """Hard cap on the epochs of one transition."""
     fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
+    """Function fitted to a transition's validation curve for knee stopping (docs/design.md §4, paper Table 1)."""
     score: Literal["fitted", "observed"] = "fitted"
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""
     metric: Literal["top1", "top135", "prob"] = "top1"
@@ -392,13 +403,16 @@ class BaselinesParams(_Section):
     decays: list[Literal["step", "cosine"]] = ["step", "cosine"]
     """Learning-rate decay: 3-step (the plan's rates in equal thirds) or cosine from r1."""
     sampling: list[Sampling] = ["cs", "us"]
+    """Sampling strategies of the grid: consecutive (``cs``) or uniform (``us``) frames."""
     epochs: list[Epochs] = [128, 192, 256]
     """Total-epoch grid."""
 
 
 class ReportParams(_Section):
     out: PathSetting = "reports"
+    """Folder the report (Markdown, LaTeX tables, figures) goes to."""
     figures: bool = True
+    """Draw the figures (graph with path, curves with fits, schedules); off: tables only."""
 
 
 class TrackingParams(_Section):
@@ -426,12 +440,14 @@ class DistributedParams(_Section):
 
 
 class Params(_Section):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False, validate_default=True,
+                              use_attribute_docstrings=True)
     """``validate_default``: the cross-section checks below also run for sections left out."""
 
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     """Seeds numpy, torch and the split; numpy's legacy seeding takes 32 bits."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where training runs: ``auto`` takes CUDA when a GPU is visible, else the CPU."""
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     model: ModelParams = ModelParams()

@@ -234,3 +234,21 @@ def test_the_authors_setting_sets_its_keys_and_refuses_conflicts(tmp_path) -> No
         assert "\n" not in str(err.value) and str(path) in str(err.value)
     path.write_text("plan:\n  graph: extended\n")
     assert load_params(path).plan.graph == "extended" and load_params(path).plan.setting == "own"
+
+
+def test_every_params_key_is_documented_where_its_default_is_defined() -> None:
+    """Each ``params.yaml`` key carries the docstring under its field (``use_attribute_docstrings``)."""
+    from pydantic import BaseModel
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                missing += undocumented(kind, f"{prefix}{name}.")
+            elif not (field.description or "").strip():
+                missing.append(prefix + name)
+        return missing
+
+    assert Params.model_fields["plan"].annotation.model_fields["graph"].description.startswith("Transition graph")
+    assert undocumented(Params) == []
