@@ -310,6 +310,11 @@ def _fill_store(uri: str, tmp: Path) -> dict[str, Any]:
                             seed, top1) for seed, top1 in ((0, 0.50), (1, 0.52))]
         _retrain(hmdb_b, t.KIND_HS_RETRAIN, {t.TAG_SCHEDULE: "cs/l1-lN/step/2", t.TAG_CONFIG_HASH: "g"}, 0, 0.9)
         ledger["hmdb"].predictions = {"op": op_docs, "hs": hs_docs}
+        # retrained with final.match_steps while the final run was not: never mixed in
+        _retrain(hmdb_b, t.KIND_HS_RETRAIN, {t.TAG_SCHEDULE: "cs/l1-lN/cosine/2", t.TAG_CONFIG_HASH: "g",
+                                            t.TAG_MATCH_STEPS: "True"}, 2, 0.9)
+        _retrain(hmdb, t.KIND_OP_RETRAIN, {t.TAG_PLAN_RUN: ledger["hmdb"].run_id, t.TAG_CONFIG_HASH: "b" * 16,
+                                          t.TAG_MATCH_STEPS: "True"}, 2, 0.9)
 
         bare = t.Tracker(uri, "bare", artifact_root=art)
         parent = _start_planning(bare, _params(uri, "bare", tmp, HMDB_PLAN), "c" * 16)
@@ -500,7 +505,8 @@ def test_comparison_selects_hs_on_validation_and_pairs_the_seeds(store: dict[str
     assert (op_row.low, op_row.high) == (pytest.approx(expected.low), pytest.approx(expected.high))
     hs_row = table.loc["HS: chosen on validation, retrained"]
     assert hs_row["name"] == "cs/l1-lN/cosine/2"  # best on validation, not the oracle's step schedule
-    assert hs_row.top1 == pytest.approx(0.51) and hs_row.seeds == 2  # the other schedule's retrain is not mixed in
+    # neither the other schedule's retrain nor those with another final.match_steps are mixed in
+    assert hs_row.top1 == pytest.approx(0.51) and hs_row.seeds == 2
     oracle = table.loc["HS oracle: best on the test split (paper's view)"]
     assert oracle["name"] == "cs/l1-lN/step/2" and oracle.top1 == pytest.approx(0.70)
     assert table.loc["HS grid: mean of the candidates"].top1 == pytest.approx(0.68)

@@ -113,10 +113,10 @@ _PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "s
 _TRANSITION_COLUMNS = ["planning_run", "run_id", "name", "src", "dst", "sampling", "clip_length", "lr", "status",
                        "start_time", *TRANSITION_METRICS, "fit_params"]
 _FINAL_COLUMNS = ["experiment", "run_id", "plan_run", "config_hash", "status", "start_time", *COST_METRICS,
-                  *EVAL_METRICS, *STEP_METRICS, t.M_HELDOUT_SIGNAL]
+                  *EVAL_METRICS, *STEP_METRICS, t.M_HELDOUT_SIGNAL, "match_steps"]
 _BASELINE_COLUMNS = ["experiment", "run_id", "name", "sampling", "clip_schedule", "decay", "epochs", "config_hash",
                      "status", "start_time", "clip_lengths", *EVAL_METRICS, t.M_VAL_TOP1, *COST_METRICS]
-_RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "status",
+_RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "match_steps", "status",
                     "start_time", *EVAL_METRICS, *COST_METRICS, t.M_STEPS]
 
 
@@ -159,14 +159,20 @@ def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
 def _final_row(experiment: str, run: Any) -> dict[str, Any]:
     return {"experiment": experiment, **_common(run), "plan_run": run.data.tags.get(t.TAG_PLAN_RUN, ""),
             **_metrics(run, COST_METRICS), **_metrics(run, EVAL_METRICS), **_metrics(run, STEP_METRICS),
-            **_metrics(run, (t.M_HELDOUT_SIGNAL,))}
+            **_metrics(run, (t.M_HELDOUT_SIGNAL,)), "match_steps": _match_steps(run.data.tags)}
+
+
+def _match_steps(tags: dict[str, str]) -> bool:
+    """Whether a final run or retrain was trained with ``final.match_steps`` (untagged: no)."""
+    return tags.get(t.TAG_MATCH_STEPS, "False") == "True"
 
 
 def _retrain_row(experiment: str, run: Any) -> dict[str, Any]:
     tags = run.data.tags
     return {"experiment": experiment, "kind": tags.get(t.TAG_KIND, ""), **_common(run),
             "plan_run": tags.get(t.TAG_PLAN_RUN, ""), "schedule": tags.get(t.TAG_SCHEDULE, ""),
-            "seed": _number(tags.get(t.TAG_SEED)), **_metrics(run, EVAL_METRICS), **_metrics(run, COST_METRICS),
+            "seed": _number(tags.get(t.TAG_SEED)), "match_steps": _match_steps(tags),
+            **_metrics(run, EVAL_METRICS), **_metrics(run, COST_METRICS),
             t.M_STEPS: run.data.metrics.get(t.M_STEPS, math.nan)}
 
 

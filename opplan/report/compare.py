@@ -278,14 +278,16 @@ def arm(data: StoreData, runs: pd.DataFrame) -> Arm | None:
 
 def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: pd.DataFrame) -> Noise | None:
     """The seeds, intervals and paired test of one planning against its grid's selected HS."""
-    ops = data.retrains[(data.retrains.kind == t.KIND_OP_RETRAIN) & (data.retrains.plan_run == planning_run)]
+    # both sides retrained as the final run was (final.match_steps on or off; docs/design.md §10)
+    same = data.retrains.match_steps == (bool(final["match_steps"]) if final is not None else False)
+    ops = data.retrains[(data.retrains.kind == t.KIND_OP_RETRAIN) & (data.retrains.plan_run == planning_run) & same]
     op_runs = ops if final is None else pd.concat([final.to_frame().T, ops], ignore_index=True)
     op = arm(data, op_runs) if not op_runs.empty else None
     selected = selected_candidate(grid)
     hs = None
     if selected is not None:
         mine = data.retrains[(data.retrains.kind == t.KIND_HS_RETRAIN) & (data.retrains.schedule == selected["name"])
-                             & (data.retrains.config_hash == selected["config_hash"])]
+                             & (data.retrains.config_hash == selected["config_hash"]) & same]
         hs = arm(data, mine)
     scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_TOP1].notna()][t.M_TOP1] if not grid.empty else []
     steps = (final.get(t.M_PLANNED_STEPS), final.get(t.M_STEPS)) if final is not None else (None, None)
