@@ -27,7 +27,7 @@ from opplan.config import Params
 from opplan.fileio import atomic_write_json
 from opplan.stats import best_candidate
 from opplan.planning.graph import State
-from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
+from opplan.stages.common import WORK_ROOT, config_hash, project_lock, require_shards, stage_config
 from opplan.stages.repeats import retrain_and_score, seeds, steps_scale, train_and_score
 from opplan.tracking import names as n
 from opplan.tracking.client import Tracker
@@ -134,7 +134,7 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
         log.info("baselines switched off in params (baselines.enabled: false)")
         return document
     shards = require_shards(params)
-    config = planning_config(params, shards) | {"baselines": params.section_dict("baselines")["baselines"]}
+    config = stage_config(params, "baselines", shards)  # what dvc.yaml reruns baselines for
     digest = config_hash(config)
     setup = TrainSetup(params, shards)  # internal train: candidates are selected on internal validation
     grid = candidates(params)

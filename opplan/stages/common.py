@@ -13,6 +13,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
+from opplan.dependencies import result_values
 from opplan.data.shards import shards_fingerprint, verify_shards
 from opplan.errors import OpplanError
 from opplan.planning.graph import State, parse_state
@@ -38,32 +39,26 @@ def require_shards(params: Params) -> Path:
     return shards
 
 
-PLANNING_SECTIONS = ("prepare", "model", "train", "plan")
-SPEED_ONLY_TRAIN_KEYS = ("num_workers", "prefetch_factor", "progress_seconds", "val_cache_mb")
-
-
 def planning_config(params: Params, shards: Path) -> dict[str, Any]:
-    """Everything a transition's result depends on; its hash identifies a planning (and,
-    with the ``baselines`` section added, a baseline grid).
+    """Everything a transition's result depends on: the keys the ``plan`` stage depends on in
+    ``dvc.yaml`` (:func:`opplan.dependencies.result_keys`) and the shards. Its hash identifies a
+    planning; ``final`` and ``evaluate`` check their inputs against it.
 
-    Left out, because they change how fast, not what is computed: ``plan.workers`` (a rerun
-    with another number of workers reuses the finished runs) and the loader settings
-    ``train.num_workers``, ``train.prefetch_factor``, ``train.progress_seconds`` (the
-    loaders give the same clips for any of them) and ``train.val_cache_mb``. ``plan.prune``,
-    ``plan.prune_z`` and ``plan.prune_min_epochs`` are left out while pruning is off (the DP
-    is then the one planned before they existed).
+    ``plan.prune``, ``plan.prune_z`` and ``plan.prune_min_epochs`` are left out while pruning is
+    off (the DP is then the one planned before they existed).
     """
+    config = stage_config(params, "plan", shards)
+    if not config["plan"].get("prune"):  # off, pruning changes nothing: plans made before it existed stay valid
+        for key in ("prune", "prune_z", "prune_min_epochs"):
+            config["plan"].pop(key, None)
+    return config
+
+
+def stage_config(params: Params, stage: str, shards: Path) -> dict[str, Any]:
+    """The values of every key ``stage`` depends on (``dvc.yaml``'s params, less where it runs
+    and logs) and the shards it reads: what identifies its runs (the grid's: ``baselines``)."""
     manifest = hashlib.sha256((shards / "videos.csv").read_bytes()).hexdigest()
-    sections = params.section_dict(*PLANNING_SECTIONS)
-    sections["plan"].pop("workers", None)
-    sections["plan"].pop("setting", None)  # it only sets other plan keys, which the hash covers
-    if not sections["plan"].get("prune"):  # off, pruning changes nothing: plans made before it existed stay valid
-        sections["plan"].pop("prune", None)
-        sections["plan"].pop("prune_z", None)
-        sections["plan"].pop("prune_min_epochs", None)
-    for key in SPEED_ONLY_TRAIN_KEYS:
-        sections["train"].pop(key, None)
-    return {"seed": params.seed, **sections, "manifest_hash": manifest, "shards_hash": shards_fingerprint(shards)}
+    return {**result_values(params, stage), "manifest_hash": manifest, "shards_hash": shards_fingerprint(shards)}
 
 
 def config_hash(config: dict[str, Any]) -> str:
