@@ -48,12 +48,13 @@ def main() -> None:
 
     def record(key: tuple[str, str]) -> TransitionRecord:
         r = recorded[key]
-        return TransitionRecord(**{k: v for k, v in r.items() if k in TransitionRecord.__dataclass_fields__
-                                   and k != "bound"} | {"score": r["score"] if r["score"] is not None else float("-inf")})
+        fields = {k: v for k, v in r.items() if k in TransitionRecord.__dataclass_fields__ and k != "bound"}
+        return TransitionRecord(**fields | {"score": r["score"] if r["score"] is not None else float("-inf")})
 
     base = plan_path(graph, lambda s, d, _r: record((s.name, d.name)), rule=rule)
     total = sum(r["epochs_trained"] for r in recorded.values())
-    print(f"{args.plan}: {len(recorded)} transitions, {total} epochs trained, path {' → '.join(n.name for n in base.path)}")
+    print(f"{args.plan}: {len(recorded)} transitions, {total} epochs trained, "
+          f"path {' → '.join(n.name for n in base.path)}")
     for z, start in ((z, m) for m in args.min_epochs for z in args.z):
 
         def replay(src, dst, _record, bar: Bar | None = None) -> TransitionRecord:
@@ -74,8 +75,8 @@ def main() -> None:
         trained = result.total_epochs_trained
         same = {k: r.src for k, r in result.best.items()} == {k: r.src for k, r in base.best.items()}
         pruned = [r for r in result.records if r.status == PRUNED]
-        print(f"z = {z:g}, from epoch {start}: {trained} epochs ({1 - trained / total:.1%} saved), {len(pruned)} pruned, "
-              f"path {' → '.join(n.name for n in result.path)}, every choice the same: "
+        print(f"z = {z:g}, from epoch {start}: {trained} epochs ({1 - trained / total:.1%} saved), "
+              f"{len(pruned)} pruned, path {' → '.join(n.name for n in result.path)}, every choice the same: "
               f"{'yes' if same else 'NO (what follows a changed choice is not replayable)'}")
 
 

@@ -48,7 +48,8 @@ def unpaired_reason(docs: Sequence[dict[str, Any]]) -> str | None:
     first = docs[0]
     for i, doc in enumerate(docs[1:], start=1):
         if doc.get("labels") != first.get("labels"):
-            return f"predictions 0 and {i} hold different label sequences ({first.get('videos')} vs {doc.get('videos')} videos)"
+            return (f"predictions 0 and {i} hold different label sequences "
+                    f"({first.get('videos')} vs {doc.get('videos')} videos)")
     ids = [d.get("video_ids") for d in docs]
     if any(v is not None for v in ids) and any(v is None for v in ids):
         return "some predictions name their videos and some do not: the videos cannot be matched"

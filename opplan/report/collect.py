@@ -108,15 +108,16 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
 
 # --- rows -------------------------------------------------------------------------------
 
-_PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "start_time", t.M_SCORE, t.M_EPOCHS_TRAINED,
-                     t.M_COMPUTE_SECONDS, "plan_metric", "plan_score", "plan_val_clips"]
+_PLANNING_COLUMNS = ["experiment", "run_id", "name", "config_hash", "status", "start_time", t.M_SCORE,
+                     t.M_EPOCHS_TRAINED, t.M_COMPUTE_SECONDS, "plan_metric", "plan_score", "plan_val_clips"]
 _TRANSITION_COLUMNS = ["planning_run", "run_id", "name", "src", "dst", "sampling", "clip_length", "lr", "status",
                        "start_time", *TRANSITION_METRICS, "fit_params"]
 _FINAL_COLUMNS = ["experiment", "run_id", "plan_run", "config_hash", "status", "start_time", *COST_METRICS,
                   *EVAL_METRICS, *STEP_METRICS, t.M_HELDOUT_SIGNAL, "match_steps"]
 _BASELINE_COLUMNS = ["experiment", "run_id", "name", "sampling", "clip_schedule", "decay", "epochs", "config_hash",
                      "status", "start_time", "clip_lengths", *EVAL_METRICS, t.M_VAL_TOP1, *COST_METRICS]
-_RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "match_steps", "status",
+_RETRAIN_COLUMNS = ["experiment", "kind", "run_id", "plan_run", "schedule", "config_hash", "seed", "match_steps",
+                    "status",
                     "start_time", *EVAL_METRICS, *COST_METRICS, t.M_STEPS]
 
 

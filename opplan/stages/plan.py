@@ -116,9 +116,10 @@ def speed_params(params: Params) -> dict[str, Any]:
     """The planning options the configuration hash may leave out (:func:`planning_config`), as
     MLflow params of the planning run: ``plan.setting``, pruning (also when off) and the
     validation cache."""
-    return flatten("", {"plan": {"setting": params.plan.setting, "prune": params.plan.prune, "prune_z": params.plan.prune_z,
-                                 "prune_min_epochs": params.plan.prune_min_epochs},
-                         "train": {"val_cache_mb": params.train.val_cache_mb}})
+    plan = params.plan
+    return flatten("", {"plan": {"setting": plan.setting, "prune": plan.prune, "prune_z": plan.prune_z,
+                                 "prune_min_epochs": plan.prune_min_epochs},
+                        "train": {"val_cache_mb": params.train.val_cache_mb}})
 
 
 def decision_rule(params: Params) -> Rule:

@@ -31,8 +31,8 @@ import torch
 
 from opplan import distributed
 from opplan.fileio import atomic_write_json
-from opplan.planning.graph import State
 from opplan.planning.dp import PRUNED, Bar
+from opplan.planning.graph import State
 from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule, optimistic_bound
 from opplan.stats import mean_se, per_video_scores
 from opplan.tracking import names as n
@@ -104,7 +104,8 @@ def validate(setup: TrainSetup, model: torch.nn.Module, dst: State) -> tuple[flo
 
 @distributed.collective
 def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir: Path, *,
-                     on_epoch: EpochCallback | None = None, label: str = "", bar: Bar | None = None) -> TransitionOutcome:
+                     on_epoch: EpochCallback | None = None, label: str = "",
+                     bar: Bar | None = None) -> TransitionOutcome:
     """Run (or resume) one transition into ``dst`` from the weights at ``init`` (None: S0).
 
     ``bar`` (``plan.prune``): after each epoch with a knee fit, stop as ``"pruned"`` once
@@ -119,7 +120,8 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
     optimizer = setup.optimizer(model, setup.params.train.lr_for(dst.clip_length, dst.lr))
     scaler = setup.grad_scaler()
     out = TransitionOutcome(status="running")
-    ledger = _Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label, bar) if world.is_main else None
+    ledger = (_Ledger(setup, dst, work_dir, out, model, optimizer, scaler, on_epoch, label, bar)
+              if world.is_main else None)
 
     start = distributed.on_main(lambda: ledger.restore(init))
     if not world.is_main:
