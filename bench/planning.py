@@ -19,7 +19,8 @@ import numpy as np
 from opplan.config import PlanParams
 from opplan.planning.dp import TransitionRecord, plan_path
 from opplan.planning.graph import graph_from_params
-from opplan.planning.knee import FUNCTIONS, fit_curve, replay
+from opplan.planning.fitting import FUNCTIONS, fit_curve
+from opplan.planning.knee import replay
 
 
 def noisy_curve(epochs: int, seed: int = 0) -> np.ndarray:

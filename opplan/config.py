@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from opplan.errors import ParamsError
+from opplan.planning import fitting
 
 Sampling = Literal["cs", "us"]
 # Every number is bounded by what the program can take (docs/design.md §12): past these, a setting
@@ -256,7 +257,7 @@ class PlanParams(_Section):
     """Knee-stopping delay T (docs/design.md §4; paper: 10)."""
     max_epochs: Epochs = 100
     """Hard cap on the epochs of one transition."""
-    fit_function: Literal["power", "multi-power", "exponential", "multi-exponential"] = "exponential"
+    fit_function: Literal[fitting.FUNCTIONS] = fitting.DEFAULT_FUNCTION
     """Function fitted to a transition's validation curve for knee stopping (docs/design.md §4, paper Table 1)."""
     score: Literal["fitted", "observed"] = "fitted"
     """V(Si -> Sj): the fitted peak f(t*) (authors' code) or the measured accuracy at t*."""

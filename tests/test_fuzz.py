@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from opplan.data.annotations import REPORT, import_dataset
 from opplan.data.manifest import read_manifest
 from opplan.errors import DataError
-from opplan.planning.knee import FUNCTIONS, KneeStopper, fit_curve, replay
+from opplan.planning.fitting import FUNCTIONS, fit_curve
+from opplan.planning.knee import KneeStopper, replay
 
 # OPPLAN_FUZZ_EXAMPLES=2000 fuzzes deeper (a few minutes); the default keeps the suite fast.
 EXAMPLES = int(os.environ.get("OPPLAN_FUZZ_EXAMPLES", "40"))

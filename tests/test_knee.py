@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from opplan.planning.knee import FUNCTIONS, KneeStopper, evaluate, fit_curve, n_params, observed_argmax, replay, table1
+from opplan.planning.fitting import FUNCTIONS, evaluate, fit_curve, n_params, observed_argmax, table1
+from opplan.planning.knee import KneeStopper, replay
 
 # true parameters (the order of docs/design.md §4, a1..), all satisfying the sign constraints
 TRUE = {
@@ -40,7 +41,26 @@ def test_evaluate_is_the_specs_formula():
                     a[0] + a[1] * (t + 1) ** a[2] + a[3] * (t + 1) ** a[4] + a[5] * t + a[6] * t**2)
     a = TRUE["exponential"]
     assert_allclose(evaluate("exponential", a, t), a[0] + a[1] * np.exp(a[2] * t) + a[3] * t + a[4] * t**2)
-    assert [n_params(f) for f in FUNCTIONS] == [5, 7, 5, 7]
+    assert {f: n_params(f) for f in FUNCTIONS} == {f: len(TRUE[f]) for f in FUNCTIONS}
+
+
+def test_the_table_is_the_one_list_of_functions():
+    """Every function of the table has its true curve above, a formula with its parameters
+    a1 .. aN, and is a value plan.fit_function accepts (config takes the names from the table)."""
+    import re
+
+    from pydantic import ValidationError
+
+    from opplan.config import PlanParams
+    from opplan.planning.fitting import MAX_PARAMS, TABLE
+
+    assert set(TRUE) == set(FUNCTIONS) == {entry.name for entry in TABLE}
+    for entry in TABLE:
+        assert sorted({int(i) for i in re.findall(r"a(\d+)", entry.formula)}) == list(range(1, entry.n_params + 1))
+        assert PlanParams(fit_function=entry.name).fit_function == entry.name
+    assert MAX_PARAMS == max(len(v) for v in TRUE.values())
+    with pytest.raises(ValidationError, match="fit_function"):
+        PlanParams(fit_function="cubic")
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -175,25 +195,25 @@ def test_observed_argmax():
 def counted_refinements() -> Iterator[list[tuple[int, int]]]:
     """Every TRF refinement of the fits inside: (its ``max_nfev``, the evaluations it used).
     A fit's cost is bounded by these counts, not measured by a clock (``bench/planning.py`` times it)."""
-    from opplan.planning import knee
+    import scipy.optimize
 
     calls: list[tuple[int, int]] = []
-    real = knee.least_squares
+    real = scipy.optimize.least_squares
 
     def counting(*args, **kwargs):
         result = real(*args, **kwargs)
         calls.append((kwargs.get("max_nfev"), int(result.nfev)))
         return result
 
-    knee.least_squares = counting
+    scipy.optimize.least_squares = counting
     try:
         yield calls
     finally:
-        knee.least_squares = real
+        scipy.optimize.least_squares = real
 
 
 def test_a_fit_does_bounded_work():
-    from opplan.planning.knee import MAX_NFEV, N_POLISH
+    from opplan.planning.fitting import MAX_NFEV, N_POLISH
 
     y = true_curve("exponential", extra=30) + np.random.default_rng(0).normal(0, 0.005, 54)
     with counted_refinements() as calls:
@@ -225,7 +245,7 @@ curves = st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
 @settings(max_examples=40, deadline=None, database=None)
 @given(curve=curves, function=st.sampled_from(FUNCTIONS), delay=st.integers(1, 12))
 def test_random_curves_never_raise_and_do_bounded_work(curve, function, delay):
-    from opplan.planning.knee import MAX_NFEV, N_POLISH
+    from opplan.planning.fitting import MAX_NFEV, N_POLISH
 
     with counted_refinements() as calls:
         fit = fit_curve(curve, function)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from opplan.cli import cli
-from opplan.planning.knee import evaluate
+from opplan.planning.fitting import evaluate
 
 EXP = (0.8, -0.6, -0.15, 0.002, -1e-4)  # exponential, maximiser at t = 23.4
 

@@ -37,7 +37,7 @@ import pytest
 from opplan import tracking as t
 from opplan.config import Params, PlanParams, ReportParams, TrackingParams
 from opplan.errors import OpplanError
-from opplan.planning import knee
+from opplan.planning import fitting, knee
 from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
 from opplan.planning.graph import graph_from_params
 from opplan.predictions import log_predictions, mean_over_runs, predictions_json
@@ -443,10 +443,10 @@ def test_table5(store: dict[str, Any], reports: dict[str, Path]) -> None:
 def test_table1_refits_the_finished_curves(store: dict[str, Any], reports: dict[str, Path]) -> None:
     ledger = store["ledger"]["ucf"]
     table = _csv(reports["ucf"], "table1").set_index("function")
-    assert list(table.index) == list(knee.FUNCTIONS)
-    expected = knee.table1({f"{k}": v for k, v in ledger.curves.items()})
+    assert list(table.index) == list(fitting.FUNCTIONS)
+    expected = fitting.table1({f"{k}": v for k, v in ledger.curves.items()})
     assert (table.curves == len(ledger.curves)).all()
-    for function in knee.FUNCTIONS:
+    for function in fitting.FUNCTIONS:
         assert table.loc[function, "fitted"] == expected.loc[function, "fitted"]
         assert table.loc[function, "rmse"] == pytest.approx(expected.loc[function, "rmse"], rel=1e-9)
         assert table.loc[function, "r2"] == pytest.approx(expected.loc[function, "r2"], rel=1e-9)

@@ -20,7 +20,8 @@ from opplan.errors import ParamsError
 from opplan.planning.curves import read_curve, read_curves
 from opplan.planning.drawing import draw_graph
 from opplan.planning.graph import TransitionGraph, graph_from_params
-from opplan.planning.knee import FUNCTIONS, replay, table1
+from opplan.planning.fitting import FUNCTIONS, table1
+from opplan.planning.knee import replay
 
 PAPER_TABLE1 = "paper, 162 curves: RMSE 1.007e-3 .. 1.063e-3, R² 0.320 .. 0.360"
 

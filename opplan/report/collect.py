@@ -29,6 +29,7 @@ import pandas as pd
 
 from opplan import tracking as t
 from opplan.errors import OpplanError
+from opplan.planning import fitting
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ TRANSITION_METRICS = (t.M_CHOSEN_EPOCH, t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M
 STEP_METRICS = (t.M_PLANNED_STEPS, t.M_STEPS)
 FINAL_SCHEDULE = (t.M_CLIP_LENGTH, t.M_LR, t.M_SAMPLING_US, t.M_TRAIN_LOSS, t.M_EPOCH_SECONDS)
 CURVE_METRICS = (t.M_VAL_ACC, t.M_TRAIN_LOSS)
-MAX_FIT_PARAMS = 7  # the multi-power / multi-exponential families (docs/design.md §4)
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _planning_row(experiment: str, run: Any) -> dict[str, Any]:
 def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
     tags = run.data.tags
     params = []
-    for i in range(1, MAX_FIT_PARAMS + 1):
+    for i in range(1, fitting.MAX_PARAMS + 1):
         value = run.data.metrics.get(t.M_KNEE_PARAM.format(i))
         if value is None:
             break

@@ -20,7 +20,7 @@ import pandas as pd
 from opplan import tracking as t
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_savefig
-from opplan.planning import knee
+from opplan.planning import fitting
 from opplan.planning.drawing import draw_graph
 from opplan.planning.graph import build_graph
 from opplan.report.compare import Comparison
@@ -93,9 +93,9 @@ def _curve_panel(ax: Any, row: Any, curve: pd.DataFrame, function: str, chosen: 
     acc = curve[t.M_VAL_ACC].dropna() if t.M_VAL_ACC in curve else pd.Series(dtype=float)
     ax.plot(acc.index, acc.values, "o", ms=3, color="0.2")
     params = tuple(row.fit_params)
-    if function in knee.FUNCTIONS and len(params) == knee.n_params(function) and len(acc):
+    if function in fitting.FUNCTIONS and len(params) == fitting.n_params(function) and len(acc):
         grid = np.linspace(0, max(float(acc.index.max()), 1.0), 120)
-        ax.plot(grid, knee.evaluate(function, params, grid), "-", lw=1.2, color="tab:blue")
+        ax.plot(grid, fitting.evaluate(function, params, grid), "-", lw=1.2, color="tab:blue")
     t_star = getattr(row, t.M_CHOSEN_EPOCH)
     if not math.isnan(t_star):
         ax.axvline(t_star, color="tab:red", ls="--", lw=1)

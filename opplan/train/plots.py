@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from opplan.fileio import atomic_savefig
-from opplan.planning.knee import evaluate
+from opplan.planning.fitting import evaluate
 
 
 class CurveLike(Protocol):

@@ -32,8 +32,9 @@ import torch
 from opplan import distributed
 from opplan.fileio import atomic_write_json
 from opplan.planning.dp import PRUNED, Bar
+from opplan.planning.fitting import KneeFit
 from opplan.planning.graph import State
-from opplan.planning.knee import KeepStart, KneeDecision, KneeFit, KneeStopper, keep_start_rule, optimistic_bound
+from opplan.planning.knee import KeepStart, KneeDecision, KneeStopper, keep_start_rule, optimistic_bound
 from opplan.stats import mean_se, per_video_scores
 from opplan.tracking import names as n
 from opplan.train.checkpoint import (
