@@ -39,6 +39,7 @@ scipy is imported where a fit runs, so that reading the names (``opplan.config``
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,7 @@ class Term:
     per unit amplitude in original units; ``to_original(amps, rates, s)``: normalised
     amplitudes and rates -> (constant to add, original amplitudes, original rates);
     ``lower(s)``/``upper(s)``: the normalised box of ``(amplitude, rate)``; ``starts(s)``: the
-    rate grids for one term and for pairs of terms.
+    rate grids for one term and for several (whose distinct combinations start a fit).
     """
 
     basis: Callable[[float, Array, float], Array]
@@ -214,11 +215,12 @@ def _bounds(fam: FitFunction, s: float) -> tuple[Array, Array]:
 
 
 def _rate_grid(fam: FitFunction, s: float) -> list[tuple[float, ...]]:
-    """Deterministic rate starts: the term's grid for one term, its pairs for two."""
-    single, pair = fam.term.starts(s)
+    """Deterministic rate starts: the term's grid for one term; for several, each set of
+    distinct rates of its multi-term grid (pairs for two terms)."""
+    single, multi = fam.term.starts(s)
     if fam.terms == 1:
         return [(float(r),) for r in single]
-    return [(float(a), float(b)) for i, a in enumerate(pair) for b in pair[i + 1:]]
+    return [tuple(float(r) for r in rates) for rates in itertools.combinations(multi, fam.terms)]
 
 
 def _starts(fam: FitFunction, t: Array, z: Array, s: float) -> list[tuple[float, Array]]:
