@@ -30,6 +30,8 @@ COMMANDS = {
     "baselines": ("opplan.commands:baselines", "Train and score the hand-tuned grid."),
     "report": ("opplan.commands:report", "Paper-style tables and figures from MLflow."),
     "ui": ("opplan.commands:ui", "Start the MLflow UI over the project's store."),
+    "predict": ("opplan.predict:predict", "Top-k labels of videos from the final model."),
+    "export": ("opplan.predict:export", "Export the final model to TorchScript or ONNX."),
 }
 
 

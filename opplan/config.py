@@ -394,6 +394,11 @@ class FinalParams(_Section):
     """Retrains of OP's path and of the validation-selected HS, with seeds ``seed``, ``seed + 1``,
     ...: the report shows their mean and spread and a paired test over the held-out videos.
     The first seed's model is the stage's output; each further seed costs one more retrain."""
+    register_as: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """Register the final model in MLflow's Model Registry under this name (a new version per
+    final run), with the planning run, the path and the held-out metrics as tags; ``evaluate``
+    does it, once the held-out metrics are known. null: the model is logged to the final run
+    only (``runs:/<run>/model``)."""
 
 
 class BaselinesParams(_Section):

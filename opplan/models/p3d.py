@@ -143,7 +143,7 @@ class P3DResNet(VideoNet):
         return self.layer3(self.layer2(self.layer1(self.stem(x))))
 
     def _spatial_branch(self, x: Tensor) -> Tensor:
-        k = min(self.cfg.spatial_head_pool, x.shape[2])
+        k = min(self.cfg.spatial_head_pool, int(x.shape[2]))  # a constant when traced for export
         x = F.max_pool3d(x, (k, 1, 1), stride=(k, 1, 1), ceil_mode=True)
         return self.layer4_spatial(x)
 

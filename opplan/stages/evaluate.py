@@ -69,12 +69,47 @@ def run_evaluate(params: Params, *, final_dir: Path = Path("final"), metrics_pat
     tracker.log_metrics(record["run_id"], metrics, step=record["epochs"])
     tracker.log_artifact(record["run_id"], out_dir / "confusion.png", n.ARTIFACT_PLOTS_DIR)
     log_predictions(tracker, record["run_id"], predictions)
+    publish_model(tracker, params, record, model, classes, metrics)
     document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record["epochs"],
                 "compute_seconds": round(record[n.M_COMPUTE_SECONDS], 2), "final_state": record["final_state"]}
     atomic_write_json(metrics_path, document)
     log.info("held-out: top-1 %.4f, top-5 %.4f, mean class %.4f (single view %.4f)", metrics[n.M_TOP1],
              metrics[n.M_TOP5], metrics[n.M_MEAN_CLASS_ACC], metrics[n.M_SINGLE_VIEW_TOP1])
     return metrics
+
+
+def publish_model(tracker: Tracker, params: Params, record: dict, model: Path, classes: list[str],
+                  metrics: dict[str, float]) -> str:
+    """The tested model as the final run's MLflow model (``runs:/<run>/model``), with the view
+    settings it was tested with; registered as ``final.register_as`` when set (docs/design.md §5)."""
+    from opplan.inference import view_settings
+    from opplan.tracking.model import log_final_model, register_final_model
+
+    state = final_state(record, params)
+    info = {"run_id": record["run_id"], "planning_run_id": record["planning_run_id"],
+            "final_state": record["final_state"], "model_sha256": record.get("model_sha256")}
+    uri = log_final_model(tracker, record["run_id"], model, classes,
+                          view_settings(params, state.clip_length, state.sampling), info)
+    name = params.final.register_as
+    if name:
+        path = " → ".join(row["state"] for row in _path_steps(record))
+        tags = {"planning_run_id": record["planning_run_id"], "path": path, "final_state": record["final_state"],
+                **{f"heldout_{k}": f"{v:.6f}" for k, v in metrics.items()}}
+        description = (f"opplan final model of planning run {record['planning_run_id']}, path {path}; held-out "
+                       f"top-1 {metrics[n.M_TOP1]:.4f}, top-5 {metrics[n.M_TOP5]:.4f} "
+                       f"({params.evaluate.clips} clips x {params.evaluate.crops} crops)")
+        version = register_final_model(tracker, record["run_id"], name, tags, description)
+        log.info("final model: %s, registered as models:/%s/%d", uri, name, version)
+    return uri
+
+
+def _path_steps(record: dict) -> list[dict]:
+    """The schedule's segments: one entry per run of equal states."""
+    steps: list[dict] = []
+    for row in record.get("schedule", []):
+        if not steps or steps[-1]["state"] != row["state"]:
+            steps.append(row)
+    return steps
 
 
 def final_run_tracker(params: Params, run_id: str, record_path: Path) -> Tracker:
