@@ -144,3 +144,36 @@ def test_a_transition_below_the_bar_is_pruned_recorded_in_mlflow_and_reused(tiny
     assert run.data.tags[t.TAG_PRUNED] == "true" and run.data.metrics[t.M_PRUNE_BAR] == 2.0
     again = runner(S0, dst, None, bar=None)  # a rerun reuses the pruned run, whatever the bar now
     assert again == record
+
+
+@pytest.mark.slow
+def test_a_pruned_planning_writes_plan_json_the_report_and_its_params(tiny_shards, tmp_path, monkeypatch,
+                                                                      one_torch_thread):
+    """The plan stage with plan.prune on the tiny data: the transitions into a state run from
+    the best source first, what it prunes is in plan.json, the options are params of the
+    planning run, and the report is written."""
+    import json
+    from pathlib import Path
+
+    from opplan import tracking as t
+    from opplan.report import run_report
+    from opplan.stages.plan import run_plan
+    from tests.test_stages import tiny_params
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tiny_shards, tmp_path / "mlflow.db", delay=2, max_epochs=5, metric="prob", prune=True,
+                         prune_z=0.0, prune_min_epochs=2, lrs=[0.02, 0.002, 0.0002])
+    params = params.model_copy(update={"report": params.report.model_copy(update={"figures": False})})
+    result = run_plan(params)
+    document = json.loads(Path("plan.json").read_text())
+    assert document["prune"] is True
+    pruned = [r for r in result.records if r.status == PRUNED]
+    assert [p["transition"] for p in document["pruned"]] == [f"{r.src} -> {r.dst}" for r in pruned]
+    assert not any(r.status == PRUNED for r in result.transitions)
+    order = [(r.src, r.dst) for r in result.records]  # into cs/8/0.02: from cs/4/0.02 (it has a V), then S0
+    assert order.index(("cs/4/0.02", "cs/8/0.02")) < order.index(("S0", "cs/8/0.02"))
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    planning = tracker.search({t.TAG_KIND: t.KIND_PLANNING})[0]
+    assert planning.data.params["plan.prune"] == "True" and planning.data.params["plan.prune_z"] == "0.0"
+    assert planning.data.params["train.val_cache_mb"] == str(params.train.val_cache_mb)
+    assert run_report(params, out=str(tmp_path / "reports")).exists()
