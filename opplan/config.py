@@ -26,8 +26,9 @@ from pydantic import (
 
 from opplan.errors import ParamsError
 from opplan.planning import fitting
+from opplan.planning.graph import DECISIONS, KINDS, SAMPLINGS, State
 
-Sampling = Literal["cs", "us"]
+Sampling = Literal[SAMPLINGS]
 # Every number is bounded by what the program can take (docs/design.md §12): past these, a setting
 # only overflows (seeds), exhausts memory (sizes, shards) or never ends (epochs, horizons).
 PositiveInt = Annotated[int, Field(gt=0, le=10**6)]
@@ -244,7 +245,7 @@ class PlanParams(_Section):
     """Candidate clip lengths l1 < l2 < ... (docs/design.md §2)."""
     lrs: list[PositiveFloat] = [0.01, 0.001, 0.0001]
     """Candidate learning rates r1 > r2 > ... (docs/design.md §2)."""
-    graph: Literal["basic", "extended"] = "extended"
+    graph: Literal[KINDS] = "extended"
     """Transition graph (docs/design.md §2): ``basic`` (longer clip or lower rate) or ``extended``
     (also a lower rate with a shorter clip; the paper's default)."""
     max_jump: Annotated[int, Field(gt=0, le=1024)] = 1
@@ -268,7 +269,7 @@ class PlanParams(_Section):
     val_clips: PositiveInt = 1
     """Uniformly spaced validation clips per video during planning, softmax scores averaged
     (1: the centre clip, as the paper). More clips, less noise, more validation time."""
-    decision: Literal["argmax", "within_se"] = "argmax"
+    decision: Literal[DECISIONS] = "argmax"
     """How the DP chooses a state's predecessor and the final state: the highest V (the
     paper), or any V within plan.tie_se standard errors of the highest counts as a tie,
     broken toward fewer epochs along the path (docs/design.md, "Noise")."""
@@ -337,7 +338,7 @@ class PlanParams(_Section):
     @classmethod
     def _unique_sampling(cls, v: list[str]) -> list[str]:
         if not v or len(set(v)) != len(v):
-            raise ValueError(f"must be a non-empty list of distinct values from ['cs', 'us'], got {v}")
+            raise ValueError(f"must be a non-empty list of distinct values from {list(SAMPLINGS)}, got {v}")
         return v
 
     # Field validators (not a model validator) so that an error names the key and its line;
@@ -358,9 +359,9 @@ class PlanParams(_Section):
             return v  # already reported
         for name in v or []:
             try:
-                sampling, length, lr = name.split("/")
-                ok = sampling in samplings and int(length) in lengths and any(
-                    math.isclose(float(lr), r, rel_tol=1e-9) for r in lrs
+                state = State.parse(name)
+                ok = state.sampling in samplings and state.clip_length in lengths and any(
+                    math.isclose(state.lr, r, rel_tol=1e-9) for r in lrs
                 )
             except ValueError:
                 ok = False

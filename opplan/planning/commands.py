@@ -19,7 +19,7 @@ from opplan.config import PlanParams, load_params
 from opplan.errors import ParamsError
 from opplan.planning.curves import read_curve, read_curves
 from opplan.planning.drawing import draw_graph
-from opplan.planning.graph import TransitionGraph, graph_from_params
+from opplan.planning.graph import KINDS, TransitionGraph, graph_from_params
 from opplan.planning.fitting import FUNCTIONS, table1
 from opplan.planning.knee import replay
 
@@ -69,7 +69,7 @@ def _describe(graph: TransitionGraph) -> str:
 @click.command("graph")
 @click.option("--params", "params_path", type=click.Path(dir_okay=False),
               help="Params file (default: ./params.yaml if present, else the defaults).")
-@click.option("--kind", type=click.Choice(["basic", "extended"]), help="Transition graph (plan.graph).")
+@click.option("--kind", type=click.Choice(KINDS), help="Transition graph (plan.graph).")
 @click.option("--lengths", callback=_split(int), help="Clip lengths, e.g. 16,32,64 (plan.clip_lengths).")
 @click.option("--lrs", callback=_split(float), help="Learning rates, e.g. 0.01,0.001,0.0001 (plan.lrs).")
 @click.option("--sampling", callback=_split(str), help="Sampling strategies, e.g. cs,us (plan.sampling).")

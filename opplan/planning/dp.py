@@ -52,14 +52,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 from opplan.errors import OpplanError
-from opplan.planning.graph import S0, Node, State, TransitionGraph
+from opplan.planning.graph import DECISIONS, S0, Node, State, TransitionGraph
 from opplan.stats import margin_in_se
 
 log = logging.getLogger(__name__)
 
 FINISHED, FAILED, PRUNED = "finished", "failed", "pruned"
 Prefer = Literal["score", "fitted", "observed"]
-DECISIONS = ("argmax", "within_se")
 FINAL = "final"  # the state name under which the choice of the final state is kept
 
 

@@ -31,17 +31,19 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import Protocol, Union
 
 from opplan.errors import OpplanError
-
-if TYPE_CHECKING:
-    from opplan.config import PlanParams
 
 log = logging.getLogger(__name__)
 
 SAMPLINGS = ("cs", "us")
+"""Sampling strategies: consecutive (``cs``) or uniform (``us``) frames (paper §3.1)."""
 KINDS = ("basic", "extended")
+"""Transition graphs (docs/design.md §2)."""
+DECISIONS = ("argmax", "within_se")
+"""How the DP (:mod:`opplan.planning.dp`) picks a predecessor: the highest V (the paper) or
+ties within ``tie_se`` standard errors broken toward fewer epochs (docs/design.md §10)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,15 @@ class State:
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> State:
+        """``"cs/16/0.01"`` -> ``State("cs", 16, 0.01)``, the inverse of :attr:`name`; a
+        ValueError for text of another form (not checked against a grid: :func:`parse_state`)."""
+        parts = name.split("/")
+        if len(parts) != 3:
+            raise ValueError(f"{name!r} is not 'sampling/clip_length/lr'")
+        return cls(parts[0], int(parts[1]), float(parts[2]))
 
 
 @dataclass(frozen=True)
@@ -91,17 +102,14 @@ def parse_state(text: str, lengths: Sequence[int], lrs: Sequence[float],
         return S0
     allowed = (f"write 'sampling/clip_length/lr' with sampling in {list(samplings)}, "
                f"clip_length in {list(lengths)}, lr in {[f'{r:g}' for r in lrs]}")
-    parts = text.strip().split("/")
     try:
-        sampling, length, lr = parts[0], int(parts[1]), float(parts[2])
-        if len(parts) != 3:
-            raise ValueError
-    except (ValueError, IndexError):
+        state = State.parse(text.strip())
+    except ValueError:
         raise OpplanError(f"{text!r} is not a state: {allowed}") from None
-    match = [r for r in lrs if math.isclose(lr, r, rel_tol=1e-9)]
-    if sampling not in samplings or length not in lengths or not match:
+    match = [r for r in lrs if math.isclose(state.lr, r, rel_tol=1e-9)]
+    if state.sampling not in samplings or state.clip_length not in lengths or not match:
         raise OpplanError(f"{text!r} is not a state of the graph: {allowed}")
-    return State(sampling, length, float(match[0]))
+    return State(state.sampling, state.clip_length, float(match[0]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,7 +267,20 @@ def build_graph(sampling: Sequence[str], clip_lengths: Sequence[int], lrs: Seque
                            pred, succ)
 
 
-def graph_from_params(plan: PlanParams) -> TransitionGraph:
+class GraphSettings(Protocol):
+    """What the graph reads of the ``plan:`` section (:class:`opplan.config.PlanParams`), which
+    takes its allowed values from this module."""
+
+    sampling: Sequence[str]
+    clip_lengths: Sequence[int]
+    lrs: Sequence[float]
+    graph: str
+    max_jump: int
+    start_lengths: Sequence[int] | None
+    final_states: Sequence[str] | None
+
+
+def graph_from_params(plan: GraphSettings) -> TransitionGraph:
     """The transition graph of the ``plan:`` section of ``params.yaml``."""
     return build_graph(plan.sampling, plan.clip_lengths, plan.lrs, kind=plan.graph, max_jump=plan.max_jump,
                        start_lengths=plan.start_lengths, final_states=plan.final_states)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from opplan import tracking as t
 from opplan.planning import fitting
+from opplan.planning.graph import State
 from opplan.report.collect import NOISE_METRICS
 from opplan.report.compare import Arm, Comparison, Cost, current_grid
 
@@ -83,13 +84,13 @@ def path_lengths(cmp: Comparison) -> str:
     """The clip lengths along OP's path (training epochs only): ``"4→8→16"``."""
     if not cmp.path:
         return DASH
-    lengths = [s.dst.split("/")[1] for s in cmp.path if s.epochs > 0]
+    lengths = [str(State.parse(s.dst).clip_length) for s in cmp.path if s.epochs > 0]
     runs = [x for i, x in enumerate(lengths) if i == 0 or x != lengths[i - 1]]  # 4,4,8,16,8 -> 4,8,16,8
     return "→".join(runs) or DASH
 
 
 def path_sampling(cmp: Comparison) -> str:
-    return cmp.path[-1].dst.split("/")[0] if cmp.path else ""
+    return State.parse(cmp.path[-1].dst).sampling if cmp.path else ""
 
 
 # --- Table 3: hand-tuned strategies against OP ---------------------------------------------
