@@ -120,15 +120,17 @@ def report(params_path: str, tracking_uri: str | None, out: str | None) -> None:
 
 @click.command()
 @PARAMS_OPTION
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(params_path: str, port: int) -> None:
     """Start the MLflow UI on 127.0.0.1 over the project's store."""
     import subprocess
 
     from opplan.tracking.client import resolve_uri, runs_pages
+    from opplan.tracking.store import check_readable
 
     params = load_params(params_path)
     uri = resolve_uri(params.tracking.uri)
+    check_readable(uri)  # `mlflow ui` would migrate a foreign database it is given
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
     for name, url in runs_pages(uri, params.tracking.experiment, f"http://127.0.0.1:{port}").items():
         click.echo(f"  runs of {name}: {url}")

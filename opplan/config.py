@@ -426,11 +426,23 @@ class TrackingParams(_Section):
     uri: PathSetting = "sqlite:///mlflow.db"
     """MLflow tracking URI; the ``MLFLOW_TRACKING_URI`` environment variable wins over it."""
     experiment: Annotated[str, Field(min_length=1, max_length=200)] = "opplan"
-    """Experiment of the planning runs; baselines go to ``<experiment>-baselines``."""
+    """Experiment of the planning runs; baselines go to ``<experiment>-baselines``. Also the folder
+    of its artifacts under ``mlartifacts/``, so it is a plain name: no ``/``, ``\\``, ``:``, and not
+    ``.`` or ``..``."""
+
     retry_seconds: Annotated[float, Field(ge=0, le=86_400)] = 600.0
     """How long one MLflow call is retried (backoff 1, 2, 4, ... 30 s, a WARNING each) while
     the tracking server or database is unreachable, busy or failing with 5xx, before the
     stage gives up with an error. Errors that cannot go away by waiting are raised at once."""
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_is_not_a_path(cls, v: str) -> str:
+        # The name becomes a folder of the local store's artifacts (mlartifacts/<experiment>):
+        # a separator, a drive or a dot-name would put every run's artifacts outside the project.
+        if any(c in v for c in "/\\:") or v in {".", ".."}:
+            raise ValueError("must be a plain name, not a path (no '/', '\\', ':', and not '.' or '..')")
+        return v
 
 
 class DistributedParams(_Section):

@@ -105,3 +105,68 @@ def test_experiments_open_on_the_runs_table_and_ui_prints_its_link(tmp_path: Pat
     assert f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/runs" in result.output
     assert f"http://127.0.0.1:5123/#/experiments/{older}/runs" in result.output
     assert started
+
+
+def foreign_files(tmp_path: Path) -> list[Path]:
+    """A database of another program, a 0-byte file and a text file, each given as the store."""
+    shop = tmp_path / "shop.db"
+    with sqlite3.connect(shop) as con:
+        con.execute("create table customers (id integer primary key, name text)")
+        con.execute("insert into customers (name) values ('Ada')")
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    return [shop, empty, text]
+
+
+@pytest.mark.parametrize("command", [["report"], ["ui"], ["evaluate"]])
+def test_read_only_commands_refuse_a_foreign_file_and_leave_it_byte_identical(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("subprocess.call", lambda *a, **k: pytest.fail("mlflow ui started on a foreign file"))
+    for db in foreign_files(tmp_path):
+        before = db.read_bytes()
+        (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n")
+        if command == ["evaluate"]:  # evaluate reads the store only to find the final run it logs to
+            from opplan.config import load_params
+            from opplan.stages.evaluate import final_run_tracker
+
+            with pytest.raises(OpplanError, match="is not an MLflow store") as raised:
+                final_run_tracker(load_params("params.yaml"), "0" * 32, tmp_path / "final" / "run.json")
+            message = str(raised.value)
+        else:
+            result = CliRunner().invoke(cli, [*command, "--params", "params.yaml"])
+            assert result.exit_code == 2, result.output
+            message = result.output.strip()
+            assert len(message.splitlines()) == 1 and "Traceback" not in message
+        assert str(db) in message and "is not an MLflow store" in message
+        assert db.read_bytes() == before
+        assert not list(tmp_path.glob("*.db.*"))  # nothing made beside it either
+
+
+def test_a_stage_refuses_a_foreign_database_instead_of_migrating_or_moving_it(tmp_path: Path) -> None:
+    shop = foreign_files(tmp_path)[0]
+    before = shop.read_bytes()
+    with pytest.raises(OpplanError, match="customers"):
+        Tracker(f"sqlite:///{shop}", "demo", artifact_root=tmp_path / "mlartifacts")
+    assert shop.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.db", "notes.db", "shop.db"]
+
+
+def test_report_with_tracking_uri_on_a_foreign_database_leaves_it_untouched(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shop = foreign_files(tmp_path)[0]
+    before = shop.read_bytes()
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    result = CliRunner().invoke(cli, ["report", "--params", "params.yaml", "--tracking-uri", f"sqlite:///{shop}"])
+    assert result.exit_code == 2 and "customers" in result.output, result.output
+    assert shop.read_bytes() == before
+
+
+def test_ui_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    result = CliRunner().invoke(cli, ["ui", "--params", "params.yaml", "--port", "99999"])
+    assert result.exit_code == 2 and "99999" in result.output and "Traceback" not in result.output

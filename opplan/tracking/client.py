@@ -30,7 +30,7 @@ from opplan.tracking.names import (
     TAG_CREATE_TOKEN, TAG_STATUS, runs_page_url,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
-from opplan.tracking.store import ensure_store
+from opplan.tracking.store import check_readable, ensure_store
 
 T = TypeVar("T")
 
@@ -250,6 +250,7 @@ def open_store(uri: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> dic
     if path is not None and not path.exists():
         raise OpplanError(f"no MLflow store at {uri}: {path} does not exist. Run the pipeline first "
                           f"(`dvc repro`, or `opplan plan`), or pass the right --tracking-uri")
+    check_readable(uri)  # reading never migrates: a foreign or broken file is refused untouched
     set_mlflow_env_defaults()
     client = MlflowClient(tracking_uri=uri)
     readers: dict[str, Store] = {}

@@ -41,6 +41,8 @@ def store_lock(db: Path) -> FileLock:
 def ensure_store(uri: str) -> None:
     """Make the SQLite store at ``uri`` if it does not exist yet; other stores as they are."""
     db = sqlite_path(uri)
+    if db is not None and db.exists() and not half_made(db):
+        check_readable(uri)  # a foreign database is refused, not migrated into
     if db is None or (db.exists() and not half_made(db)):
         return
     try:
@@ -58,6 +60,38 @@ def ensure_store(uri: str) -> None:
                           f"{db.parent} is writable and has free space") from None
 
 
+_MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+"""Tables every MLflow SQLite store has; a file without them is not one (docs/design.md §11)."""
+
+
+def check_readable(uri: str) -> None:
+    """Refuse, without touching it, a local SQLite file at ``uri`` that is not an MLflow store.
+
+    Read-only commands call this before any MLflow client: MLflow's SQLAlchemy store migrates
+    whatever database it is given (a 0-byte file, or one with other tables, gains MLflow's
+    schema), and a file that is not SQLite gives a long SQLAlchemy traceback. A missing file is
+    left to the caller (it says what to run). Other stores (servers, folders) pass as they are.
+    """
+    db = sqlite_path(uri)
+    if db is None or not db.exists():
+        return
+    if db.is_dir():
+        raise OpplanError(f"{db} is a folder, not an MLflow SQLite store; pass the database file (--tracking-uri / "
+                          f"tracking.uri)")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+    except sqlite3.DatabaseError:
+        tables = None
+    except OSError as exc:
+        raise OpplanError(f"cannot read the MLflow store {db}: {exc.strerror or exc}") from None
+    if tables is None or not _MLFLOW_TABLES <= tables:
+        what = ("an empty file" if db.stat().st_size == 0 else "not an SQLite database" if tables is None
+                else f"an SQLite database without MLflow's tables (has: {', '.join(sorted(tables)[:5]) or 'none'})")
+        raise OpplanError(f"{db} is not an MLflow store ({what}); it was left untouched. Pass the project's store "
+                          f"(--tracking-uri / tracking.uri, e.g. sqlite:///mlflow.db)")
+
+
 def half_made(db: Path) -> bool:
     """Whether ``db`` is a store whose creation was cut short: its schema is not MLflow's
     latest and it holds no run (a store of an older MLflow with runs is the user's to upgrade)."""
@@ -70,6 +104,8 @@ def half_made(db: Path) -> bool:
                 if "alembic_version" in tables else None
             runs = con.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
     except sqlite3.DatabaseError:  # not a database at all: MLflow's own error says so
+        return False
+    if tables and not tables & {"alembic_version", "experiments"}:  # another program's database: not ours to repair
         return False
     return runs == 0 and (version is None or version[0] != _get_latest_schema_revision())
 
