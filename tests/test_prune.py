@@ -144,6 +144,15 @@ def test_a_transition_below_the_bar_is_pruned_recorded_in_mlflow_and_reused(tiny
     assert run.data.tags[t.TAG_PRUNED] == "true" and run.data.metrics[t.M_PRUNE_BAR] == 2.0
     again = runner(S0, dst, None, bar=None)  # a rerun reuses the pruned run, whatever the bar now
     assert again == record
+    from opplan.report import run_report
+
+    tracker.end_run(parent, t.STATUS_FINISHED)
+    params = params.model_copy(update={"report": params.report.model_copy(update={"figures": False})})
+    folder = run_report(params, out=str(tmp_path / "reports")).parent
+    text = "\n".join(p.read_text() for p in folder.rglob("*.md"))
+    assert "Pruned: bound < bar" in text and f"{100 * record.bound:.2f} < 200.00" in text
+    assert "1 transition(s) pruned (plan.prune" in text
+    assert f"S0 → {dst.name} after {record.epochs_trained} epochs" in text
 
 
 @pytest.mark.slow
