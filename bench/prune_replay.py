@@ -1,4 +1,4 @@
-"""Replay a finished planning with ``plan.prune`` on (docs/design.md, "Pruning").
+"""Replay a finished planning with ``plan.prune`` on (docs/design.md §10b).
 
     python bench/prune_replay.py [--plan plan.json] [--curves plots/transitions] [--params params.yaml] [--z 1 2 3]
 

@@ -285,7 +285,7 @@ class PlanParams(_Section):
     """Stop a transition early once an optimistic bound of its score (the knee fit's peak
     plus prune_z SEs) cannot reach the best score already known for its target state, and
     run the transitions into a state most promising first (ours, beyond the paper;
-    docs/design.md, "Pruning"). A pruned transition is never chosen. Off: the paper's DP."""
+    docs/design.md §10b). A pruned transition is never chosen. Off: the paper's DP."""
     prune_z: Annotated[float, Field(ge=0)] = 2.0
     """plan.prune: how many standard errors of the current point the bound adds to the fit's peak."""
     prune_min_epochs: Annotated[int, Field(ge=0)] = 10
@@ -293,7 +293,7 @@ class PlanParams(_Section):
     that then takes off fools any fit of its start (the demo's S0 -> us/8/0.02: flat to epoch
     8, chosen in the end); bench/prune_replay.py measures what each value saves and changes."""
     setting: Literal["own", "authors"] = "own"
-    """authors: the authors' released planning (docs/design.md, "The authors' setting"): sets
+    """authors: the authors' released planning (docs/design.md §10c): sets
     graph basic, one sampling (the first of plan.sampling), val_clips 1, metric top135, score
     fitted, decision argmax, keep_start_se null and prune false; a key set to another value
     beside it is refused. own: every key as written."""

@@ -1,4 +1,4 @@
-"""Pruning dominated transitions (docs/design.md, "Pruning"): against the DP without pruning
+"""Pruning dominated transitions (docs/design.md §10b): against the DP without pruning
 on random oracles whose optimistic bound holds, and the bound of a running transition."""
 
 from __future__ import annotations

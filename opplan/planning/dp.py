@@ -30,7 +30,7 @@ tested with a synthetic oracle in milliseconds (STYLE habit 5)::
    (their ``V`` and ``se`` are those of their chosen incoming transitions), and its path
    back to ``S0``.
 
-A failed or pruned transition (docs/design.md, "Pruning"; :func:`_explore`) has
+A failed or pruned transition (docs/design.md §10b; :func:`_explore`) has
 ``V = -inf`` and gives ``Sj`` no model; a state none of whose
 transitions finished is never trained from, and its outgoing edges are *skipped*.
 Exceptions raised by ``run_transition`` propagate (the caller's runs are resumable);
@@ -160,7 +160,7 @@ ARGMAX = Rule()
 
 @dataclass(frozen=True)
 class Bar:
-    """What a transition into a state must beat not to be pruned (docs/design.md, "Pruning").
+    """What a transition into a state must beat not to be pruned (docs/design.md §10b).
 
     ``value`` and ``se``: ``V`` and SE of the best finished transition into the state so
     far. Under ``argmax`` a transition whose optimistic bound lies below ``value`` can
@@ -401,7 +401,7 @@ class _Explored:
 def _sources(graph: TransitionGraph, dst: State, dp: _Explored, prune: bool) -> list[Node]:
     """``dst``'s predecessors in the order the DP runs them: the graph's, or with pruning the
     most promising first (the highest ``V`` of the source's own model; ``S0`` last), so that
-    the bar is high early (docs/design.md, "Pruning")."""
+    the bar is high early (docs/design.md §10b)."""
     sources = list(graph.predecessors(dst))
     if prune:
         sources.sort(key=lambda s: -dp.value.get(s, -math.inf))  # stable: ties keep the graph's order

@@ -9,7 +9,7 @@ accuracy, ``y_k``: after epoch ``k``). After each epoch, once ``t >= T``:
 3. stop at the first ``t >= t* + T`` (or at ``max_epochs``) and keep epoch ``t*``.
 
 Also here: the keep-start rule (docs/design.md §10), :func:`replay` of a recorded curve and
-the optimistic bound pruning uses (docs/design.md, "Pruning").
+the optimistic bound pruning uses (docs/design.md §10b).
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def replay(curve: Sequence[float], *, function: str = DEFAULT_FUNCTION, delay: i
 
 def optimistic_bound(fit: KneeFit | None, curve: Sequence[float], se: float, z: float,
                      last_epoch: int | None = None) -> float | None:
-    """An optimistic bound of a running transition's ``V`` (docs/design.md, "Pruning"): the
+    """An optimistic bound of a running transition's ``V`` (docs/design.md §10b): the
     best of the knee fit's peak over the epochs the transition may still reach (``0 ..
     last_epoch``, ``plan.max_epochs``; ``None``: the fit's horizon, ``fit.value``) and the best
     observed point, at most 1 (every planning metric is a fraction), plus ``z`` standard

@@ -37,7 +37,7 @@ BASELINES_SUFFIX = t.BASELINES_SUFFIX
 EVAL_METRICS = (t.M_TOP1, t.M_TOP5, t.M_MEAN_CLASS_ACC, t.M_SINGLE_VIEW_TOP1)
 COST_METRICS = (t.M_EPOCHS_TRAINED, t.M_CLIPS_SEEN, t.M_COMPUTE_SECONDS)
 # The planning-noise metrics (V's SE, the DP margin in SEs, the knee cap, a pruned transition's
-# bound and bar: docs/design.md, "Pruning") are read when logged.
+# bound and bar: docs/design.md §10b) are read when logged.
 NOISE_METRICS = (t.M_SCORE_SE, t.M_DP_MARGIN_SE, t.M_CAPPED, t.M_PRUNE_BOUND, t.M_PRUNE_BAR)
 TRANSITION_METRICS = (t.M_CHOSEN_EPOCH, t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_KNEE_RMSE, t.M_KNEE_R2,
                       *COST_METRICS, *NOISE_METRICS)
