@@ -54,13 +54,6 @@ def per_video_scores(scores: np.ndarray, labels: np.ndarray, metric: Metric = "t
     raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
 
 
-def binomial_se(p: float, n: int) -> float:
-    """Standard error of a proportion ``p`` measured on ``n`` independent videos."""
-    if n <= 0:
-        return math.nan
-    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
-
-
 def mean_se(values: Sequence[float] | np.ndarray) -> float:
     """Standard error of the mean of per-video values (sample SD / sqrt(n)).
 
@@ -71,26 +64,6 @@ def mean_se(values: Sequence[float] | np.ndarray) -> float:
         return math.nan
     return float(x.std(ddof=1) / math.sqrt(len(x)))
 
-
-def bootstrap_se(values: Sequence[float] | np.ndarray, *, reps: int = 2000, seed: int = 0) -> float:
-    """Bootstrap standard error of the mean over videos (resampling videos with replacement)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        return math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(axis=1)
-    return float(means.std(ddof=1))
-
-
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: sane at 0 and 1 and on small ``n``."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    z = sps.norm.ppf(0.5 + level / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass(frozen=True)

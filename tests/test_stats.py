@@ -11,29 +11,10 @@ from numpy.testing import assert_allclose
 from opplan import stats
 
 
-def test_binomial_se_known_cases() -> None:
-    assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
-    assert stats.binomial_se(0.2, 400) == pytest.approx(0.02)
-    assert stats.binomial_se(0.0, 50) == 0.0
-    assert math.isnan(stats.binomial_se(0.5, 0))
-
-
 def test_mean_se_of_zero_one_values_is_the_binomial_se_with_bessel() -> None:
     values = np.array([1] * 30 + [0] * 70, dtype=float)
     p, n = 0.3, 100
     assert stats.mean_se(values) == pytest.approx(math.sqrt(p * (1 - p) / n) * math.sqrt(n / (n - 1)))
-
-
-def test_bootstrap_se_agrees_with_the_analytic_se() -> None:
-    values = np.random.default_rng(1).random(300) < 0.4
-    assert stats.bootstrap_se(values, reps=4000, seed=3) == pytest.approx(stats.mean_se(values), rel=0.06)
-
-
-def test_wilson_interval_known_values() -> None:
-    # Wilson 95% interval for 8 of 10 (textbook value 0.490 .. 0.943)
-    low, high = stats.wilson_interval(8, 10)
-    assert_allclose([low, high], [0.4902, 0.9433], atol=1e-3)
-    assert stats.wilson_interval(0, 20)[0] == 0.0
 
 
 def test_per_video_scores_for_each_metric() -> None:

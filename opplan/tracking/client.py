@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -234,10 +234,6 @@ def flatten(prefix: str, data: Any) -> dict[str, Any]:
             out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
         return out
     return {prefix: data}
-
-
-def tags_of(runs: Iterable[Run], key: str) -> list[str]:
-    return [run.data.tags.get(key, "") for run in runs]
 
 
 def open_store(uri: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> dict[str, Store]:

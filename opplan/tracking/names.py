@@ -118,10 +118,6 @@ def checkpoint_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{ARTIFACT_CHECKPOINT}"
 
 
-def baselines_experiment(experiment: str) -> str:
-    return experiment + BASELINES_SUFFIX
-
-
 def runs_page_url(base_url: str, experiment_id: str) -> str:
     """The MLflow UI's runs table of an experiment (route of MLflow 3's UI)."""
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
