@@ -68,6 +68,14 @@ class PrepareParams(_Section):
     """Frames are resized so that their shorter side has this many pixels."""
     max_frames: Annotated[int, Field(gt=0, le=100_000)] | None = None
     """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
+    fps: Annotated[float, Field(gt=0, le=1000)] | None = None
+    """Resample to this frame rate first (frames picked at the nearest earlier time; a
+    slower video keeps all its frames); null keeps the video's own rate."""
+    codec: Literal["raw", "jpeg"] = "raw"
+    """How shards store frames: raw uint8 RGB, or JPEG images decoded in the loader workers
+    (docs/design.md "Frame shards")."""
+    quality: Annotated[int, Field(ge=1, le=100)] = 90
+    """JPEG quality of ``codec: jpeg``."""
     val_size: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = None
     """Internal validation size: a count, a fraction of the training set, or null for
     the size of the original validation split (docs/design.md §5)."""

@@ -69,6 +69,19 @@ def prepare(params_path: str) -> None:
 
 @data.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="The params file.")
+def estimate(params_path: str) -> None:
+    """Estimate the shards' size from a sample of videos and the free space (what `prepare` checks first)."""
+    from opplan.config import load_params
+    from opplan.data.prepare import estimate_dataset
+
+    params = load_params(params_path)
+    result = estimate_dataset(params.data.root, params.prepare.out, params.prepare)
+    click.echo(f"{result.line()}{'' if result.bytes <= result.free else ': does not fit'}")
+
+
+@data.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="The params file (its prepare.out is checked).")
 @click.option("--quick", is_flag=True, help="Only sizes and sampled bytes (the check every training stage makes).")
 def verify(params_path: str, quick: bool) -> None:

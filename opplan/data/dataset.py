@@ -22,7 +22,7 @@ from opplan.config import EvaluateParams, TrainParams
 from opplan.data import sampling
 from opplan.data.manifest import CLASSES, read_classes
 from opplan.data.prepare import VIDEO_COLUMNS, VIDEOS_CSV
-from opplan.data.shards import ShardReader
+from opplan.data.shards import ShardReader, is_jpeg
 from opplan.data.transforms import MultiCrop, eval_transform, to_video, train_transform
 from opplan.errors import DataError
 
@@ -137,7 +137,9 @@ def _check_arguments(splits: tuple[str, ...], sampling_name: str, clip_length: i
 
 def _check_shards(shards_dir: Path, videos: pd.DataFrame) -> None:
     """Every shard the videos need exists and is long enough (before any worker starts)."""
-    end = videos["offset"] + videos["num_frames"] * videos["height"] * videos["width"] * 3
+    raw = videos["offset"] + videos["num_frames"] * videos["height"] * videos["width"] * 3
+    # a jpeg shard: at least the video's frame table (the frames' ends are checked on reading)
+    end = raw.where(~videos["shard"].map(is_jpeg), videos["offset"] + 8 * (videos["num_frames"] + 1))
     for name, needed in end.groupby(videos["shard"]).max().items():
         path = shards_dir / name
         try:

@@ -6,7 +6,8 @@
    header: frames are read one by one until the stream ends or the first error, and
    the frames actually decoded are what counts (a stream with an error is decoded again
    with PyAV, which stops at the same frame every run). Unopenable or zero frames: a bad video.
-3. Append the frames (optionally ``prepare.max_frames`` of them, uniformly) to shards.
+3. Append the frames (resampled to ``prepare.fps``, then optionally ``prepare.max_frames``
+   of them, uniformly) to shards, raw or as JPEG (``prepare.codec``, encoded in the workers).
 4. Split the original training set into internal train / val (docs/design.md §5), stratified
    and seeded.
 5. Write ``checksums.json`` (see :mod:`opplan.data.shards`), ``videos.csv``, ``classes.txt``,
@@ -14,13 +15,24 @@
 
 ``videos.csv`` is removed first and written last, so an interrupted run never leaves
 an index that points into half-written shards.
+
+Before decoding, the shards' size is estimated from a sample of videos and a dataset the
+disk cannot hold is refused (:func:`estimate_dataset`). Each finished shard is recorded in
+``prepare.partial.json`` with the rows so far; a killed or failed run with the same inputs
+and settings keeps the shards it lists (full SHA-256 checked), skips their videos and redoes
+the rest, giving the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import multiprocessing
+import os
+import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -34,7 +46,7 @@ import numpy as np
 
 from opplan.config import Params, PrepareParams
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
-from opplan.data.shards import ShardWriter
+from opplan.data.shards import SHARD_RE, ShardWriter, encode_jpeg_video, full_digest
 from opplan.data.splits import check_classes, stratified_split, validation_count
 from opplan.errors import DataError
 from opplan.fileio import atomic_write_json, atomic_write_text
@@ -44,6 +56,11 @@ log = logging.getLogger(__name__)
 VIDEOS_CSV = "videos.csv"
 BAD_VIDEOS_CSV = "bad_videos.csv"
 SUMMARY_JSON = "prepare.json"
+PARTIAL_JSON = "prepare.partial.json"
+ESTIMATE_SAMPLE = 8
+"""Videos decoded (evenly spaced through the manifest) to estimate the shards' size."""
+KILL_AFTER_ENV = "OPPLAN_PREPARE_KILL_AFTER"
+"""Test hook: SIGKILL this process after that many videos are stored (the resume test)."""
 VIDEO_COLUMNS = ("index", "path", "label", "label_index", "split", "num_frames", "shard", "offset", "height", "width")
 
 
@@ -64,7 +81,7 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(1, round(height * short_side / width)), short_side
 
 
-def decode_video(path: str, short_side: int, max_frames: int | None = None) -> Decoded:
+def decode_video(path: str, short_side: int, max_frames: int | None = None, fps: float | None = None) -> Decoded:
     """Decode ``path`` frame by frame, resized; stop at the end or at the first failure.
 
     decord decodes in a worker thread and raises on its first error however many decoded
@@ -80,43 +97,52 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None) -> D
         height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
         size = resized_shape(height, width, short_side)
         reader = decord.VideoReader(path, num_threads=1, width=size[1], height=size[0])
-        header = len(reader)
+        header, rate = len(reader), reader.get_avg_fps()
         frames = []
         with contextlib.suppress(StopIteration):
             while True:
                 frames.append(reader.next().asnumpy())
     except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError/IndexError alike
         log.debug("%s: decord failed (%s); decoding it with PyAV", path, _first_line(exc))
-        header, frames = decode_until_error(path, short_side)
+        header, frames, rate = decode_until_error(path, short_side)
         if header is None:
             return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
     if not frames:
         return Decoded(None, "no frame could be decoded", header)
+    if fps is not None and rate and fps < rate:
+        frames = [frames[i] for i in resample_indices(len(frames), rate, fps)]
     if max_frames is not None and len(frames) > max_frames:
         keep = ((2 * np.arange(max_frames) + 1) * len(frames)) // (2 * max_frames)
         frames = [frames[i] for i in keep]
     return Decoded(np.stack(frames), header_frames=header)
 
 
-def decode_until_error(path: str, short_side: int) -> tuple[int | None, list[np.ndarray]]:
-    """(frame count the header claims, frames resized like decord's) of ``path`` up to its
-    first undecodable packet; ``(None, [])`` when not even a first frame decodes."""
+def resample_indices(count: int, rate: float, fps: float) -> np.ndarray:
+    """Indices of the frames shown at times ``k / fps`` of a ``count``-frame video at ``rate``
+    frames/s (each the latest frame at or before that time), as the Kinetics recipes resample."""
+    keep = int(np.ceil(count * fps / rate - 1e-9))
+    return np.minimum(np.floor(np.arange(keep) * rate / fps + 1e-9).astype(np.int64), count - 1)
+
+
+def decode_until_error(path: str, short_side: int) -> tuple[int | None, list[np.ndarray], float]:
+    """(frame count the header claims, frames resized like decord's, frame rate) of ``path`` up
+    to its first undecodable packet; ``(None, [], 0)`` when not even a first frame decodes."""
     import av  # here, not at import time: only decoding processes need it
 
     frames: list[np.ndarray] = []
-    header, size = None, None
+    header, size, rate = None, None, 0.0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type, stream.thread_count = "NONE", 1
-            header = stream.frames
+            header, rate = stream.frames, float(stream.average_rate or 0)
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     size = size or resized_shape(frame.height, frame.width, short_side)  # the first frame's
                     frames.append(frame.to_ndarray(width=size[1], height=size[0], format="rgb24"))
     except (av.FFmpegError, IndexError, ValueError) as exc:  # the first corrupt packet ends the video
         log.debug("%s: decoding stopped after %d frames: %s", path, len(frames), _first_line(exc))
-    return (header if frames or header else None), frames
+    return (header if frames or header else None), frames, rate
 
 
 def _first_line(exc: BaseException) -> str:
@@ -124,17 +150,37 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _decode_all(paths: list[str], cfg: PrepareParams) -> Iterator[Decoded]:
-    """Decoded videos in order; ``cfg.workers`` processes, a bounded number in flight."""
+@dataclass(frozen=True)
+class Stored:
+    """One video as a shard stores it (``data``: frames or JPEG bytes), or why there is none."""
+
+    data: np.ndarray | None
+    shape: tuple[int, int, int] = (0, 0, 0)
+    """(T, H, W) of the frames."""
+    reason: str = ""
+    header_frames: int = 0
+
+
+def store_video(path: str, cfg: PrepareParams) -> Stored:
+    """Decode ``path`` (:func:`decode_video`) and encode it as ``cfg.codec`` says (in the worker)."""
+    decoded = decode_video(path, cfg.short_side, cfg.max_frames, cfg.fps)
+    if decoded.frames is None:
+        return Stored(None, reason=decoded.reason, header_frames=decoded.header_frames)
+    data = decoded.frames if cfg.codec == "raw" else encode_jpeg_video(decoded.frames, cfg.quality)
+    return Stored(data, decoded.frames.shape[:3], header_frames=decoded.header_frames)
+
+
+def _decode_all(paths: list[str], cfg: PrepareParams) -> Iterator[Stored]:
+    """Stored videos in order; ``cfg.workers`` processes, a bounded number in flight."""
     if cfg.workers == 1:
-        yield from (decode_video(p, cfg.short_side, cfg.max_frames) for p in paths)
+        yield from (store_video(p, cfg) for p in paths)
         return
     # spawn: no fork of a parent that may hold torch/OpenMP threads
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
 
         def submit(path: str) -> tuple[str, Future]:
-            return path, pool.submit(decode_video, path, cfg.short_side, cfg.max_frames)
+            return path, pool.submit(store_video, path, cfg)
 
         queue = iter(paths)
         pending = deque(submit(p) for p in islice(queue, 4 * cfg.workers))
@@ -152,8 +198,8 @@ def _decode_all(paths: list[str], cfg: PrepareParams) -> Iterator[Decoded]:
 class _Progress:
     """Logs every ``every`` items, every ``seconds`` and at the end, with rate and ETA."""
 
-    def __init__(self, total: int, every: int, seconds: float = 15.0) -> None:
-        self.total, self.every, self.seconds = total, max(1, every), seconds
+    def __init__(self, total: int, every: int, seconds: float = 15.0, skipped: int = 0) -> None:
+        self.total, self.every, self.seconds, self.skipped = total, max(1, every), seconds, skipped
         self.start = self.last = time.perf_counter()
 
     def step(self, done: int) -> None:
@@ -161,7 +207,7 @@ class _Progress:
         if done % self.every and done != self.total and now - self.last < self.seconds:
             return
         self.last, elapsed = now, now - self.start
-        rate = done / elapsed if elapsed > 0 else float("inf")
+        rate = (done - self.skipped) / elapsed if elapsed > 0 else float("inf")
         eta = (self.total - done) / rate if rate > 0 else 0.0
         log.info("prepare: %d/%d videos decoded, %.1f videos/s, ETA %.0f s", done, self.total, rate, eta)
 
@@ -175,10 +221,14 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     check_classes(*_labels(entries), warn=False)  # before decoding: a one-class dataset fails fast
     out.mkdir(parents=True, exist_ok=True)
     (out / VIDEOS_CSV).unlink(missing_ok=True)
-    log.info("prepare: %d videos of %d classes in %s -> %s (short side %d, %d worker(s))",
-             len(entries), len(classes), root, out, cfg.short_side, cfg.workers)
-    writer = ShardWriter(out, cfg.shard_mb * 2**20)
-    rows, bad = _decode_into(writer, entries, root, cfg, classes)
+    log.info("prepare: %d videos of %d classes in %s -> %s (short side %d, %s, %d worker(s))",
+             len(entries), len(classes), root, out, cfg.short_side, cfg.codec, cfg.workers)
+    writer = ShardWriter(out, cfg.shard_mb * 2**20, cfg.codec)
+    key = _resume_key(root, entries, cfg)
+    resumed = _resume(out, key, writer)
+    if resumed is None:
+        check_disk(estimate_dataset(root, out, cfg, entries))
+    rows, bad = _decode_into(writer, entries, root, cfg, classes, key, resumed)
     writer.flush()
     writer.write_checksums()
     bad = [(f"{p.file}:{p.line}", p.reason) for p in problems] + bad
@@ -189,6 +239,7 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     atomic_write_text(out / CLASSES, "".join(f"{c}\n" for c in classes))
     write_csv(out / VIDEOS_CSV, VIDEO_COLUMNS, ([i, *(r[c] for c in VIDEO_COLUMNS[1:])] for i, r in enumerate(rows)))
     writer.remove_stale()
+    (out / PARTIAL_JSON).unlink(missing_ok=True)
     summary = _summary(rows, bad, classes, writer, cfg, seed)
     atomic_write_json(out / SUMMARY_JSON, summary)
     log.info("prepare: %d usable videos (%s), %d bad, %d shard(s), %.1f MiB",
@@ -197,25 +248,131 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     return summary
 
 
-def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: PrepareParams,
-                 classes: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Decode every entry into ``writer``; usable rows and (path, reason) of bad ones."""
+def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: PrepareParams, classes: list[str],
+                 key: str, resumed: dict | None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Decode every entry into ``writer`` (after those a resumed run kept); usable rows and
+    (path, reason) of bad ones. Records each finished shard in ``prepare.partial.json``."""
     label_index = {name: i for i, name in enumerate(classes)}
-    progress = _Progress(len(entries), every=max(len(entries) // 10, 1))
-    rows, bad, truncated = [], [], 0
-    for done, (entry, decoded) in enumerate(zip(entries, _decode_all([str(root / e.path) for e in entries], cfg)), 1):
+    start = resumed["consumed"] if resumed else 0
+    rows = resumed["rows"] if resumed else []
+    bad = [tuple(b) for b in resumed["bad"]] if resumed else []
+    progress = _Progress(len(entries), every=max(len(entries) // 10, 1), skipped=start)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
+    truncated = 0
+    todo = entries[start:]
+    for done, (entry, stored) in enumerate(zip(todo, _decode_all([str(root / e.path) for e in todo], cfg)), start + 1):
         progress.step(done)
-        if decoded.frames is None:
-            bad.append((entry.path, decoded.reason))
+        if stored.data is None:
+            bad.append((entry.path, stored.reason))
             continue
-        n, h, w = decoded.frames.shape[:3]
-        truncated += cfg.max_frames is None and n < decoded.header_frames
-        shard, offset = writer.add(decoded.frames)
+        n, h, w = stored.shape
+        truncated += cfg.max_frames is None and cfg.fps is None and n < stored.header_frames
+        if writer.full_after(stored.data):
+            writer.flush()
+            _record(writer, key, done - 1, rows, bad)
+        shard, offset = writer.add(stored.data)
         rows.append({"path": entry.path, "label": entry.label, "label_index": label_index[entry.label],
                      "split": entry.split, "num_frames": n, "shard": shard, "offset": offset, "height": h, "width": w})
+        if kill_after and done >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
     if truncated:
         log.warning("prepare: %d video(s) decoded fewer frames than their headers claim (kept what decoded)", truncated)
     return rows, bad
+
+
+def _resume_key(root: Path, entries: list[Entry], cfg: PrepareParams) -> str:
+    """Digest of what the shards depend on: the settings that shape them and every video's
+    path, label, split, size and modification time."""
+    settings = {k: getattr(cfg, k) for k in ("short_side", "max_frames", "fps", "codec", "quality", "shard_mb")}
+    videos = []
+    for e in entries:
+        try:
+            stat = (root / e.path).stat()
+            videos.append((e.path, e.label, e.split, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            videos.append((e.path, e.label, e.split, None, None))
+    return hashlib.sha256(json.dumps([settings, str(root.resolve()), videos]).encode()).hexdigest()
+
+
+def _record(writer: ShardWriter, key: str, consumed: int, rows: list[dict], bad: list) -> None:
+    """``prepare.partial.json``: the shards written so far and the rows and bad videos of the
+    first ``consumed`` manifest entries (all inside those shards)."""
+    atomic_write_json(writer.folder / PARTIAL_JSON, {
+        "key": key, "consumed": consumed, "shards": {n: writer.sha256[n] for n in writer.written},
+        "total_bytes": writer.total_bytes, "rows": rows, "bad": bad})
+
+
+def _resume(out: Path, key: str, writer: ShardWriter) -> dict | None:
+    """The state of an interrupted run with the same inputs whose shards are intact, set into
+    ``writer``; None (start afresh) otherwise."""
+    for tmp in out.glob(".*.tmp"):  # a shard half-written when the run was killed
+        if SHARD_RE.fullmatch(tmp.name[1:].rsplit(".", 2)[0]):
+            tmp.unlink()
+    try:
+        state = json.loads((out / PARTIAL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        log.info("prepare: %s is from other inputs or settings; starting afresh", out / PARTIAL_JSON)
+        return None
+    for name, digest in state["shards"].items():
+        path = out / name
+        if not path.is_file() or full_digest(path) != digest:
+            log.warning("prepare: %s differs from what the interrupted run wrote; starting afresh", path)
+            return None
+    writer.written = list(state["shards"])
+    writer.sha256 = dict(state["shards"])
+    writer.total_bytes = state["total_bytes"]
+    log.info("prepare: resuming after %d videos (%d shard(s) kept and verified)", state["consumed"],
+             len(writer.written))
+    return state
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The shards' size estimated from a sample of videos, and the disk space for them."""
+
+    bytes: int
+    videos: int
+    sampled: int
+    usable: int
+    free: int
+    out: Path
+
+    def line(self) -> str:
+        return (f"{self.out}: the shards need about {_gib(self.bytes)} for {self.videos} videos (estimated from "
+                f"{self.usable} of {self.sampled} sampled videos); {_gib(self.free)} free there")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**27 else f"{size / 2**20:.1f} MiB"
+
+
+def estimate_dataset(root: str | Path, out: str | Path, cfg: PrepareParams,
+                     entries: list[Entry] | None = None) -> Estimate:
+    """Decode ``ESTIMATE_SAMPLE`` evenly spaced videos as ``prepare`` would and scale their
+    stored bytes to the whole manifest; ``free``: the free space where ``out`` goes plus
+    the shards already there (each is replaced as its successor is written)."""
+    root, out = Path(root), Path(out)
+    if entries is None:
+        entries = read_manifest(root)[0]
+    picks = sorted({(2 * k + 1) * len(entries) // (2 * ESTIMATE_SAMPLE) for k in range(ESTIMATE_SAMPLE)})
+    picks = [i for i in picks if i < len(entries)]
+    sizes = [s.data.nbytes for s in _decode_all([str(root / entries[i].path) for i in picks], cfg) if s.data is not None]
+    total = round(np.mean(sizes) * len(entries) * 1.02) if sizes else 0  # + npy headers, JPEG size spread
+    where = out
+    while not where.exists():
+        where = where.parent
+    existing = sum(p.stat().st_size for p in out.glob("*.npy") if SHARD_RE.fullmatch(p.name)) if out.is_dir() else 0
+    return Estimate(total, len(entries), len(picks), len(sizes), shutil.disk_usage(where).free + existing, out)
+
+
+def check_disk(estimate: Estimate) -> None:
+    """Refuse, in one line, a dataset whose shards the disk cannot hold."""
+    log.info("prepare: %s", estimate.line())
+    if estimate.bytes > estimate.free:
+        raise DataError(f"{estimate.line()}: not enough space; free some, or set prepare.codec: jpeg, a smaller "
+                        "prepare.short_side, prepare.fps or prepare.max_frames")
 
 
 def _labels(rows: list) -> tuple[list[str], list[str]]:
@@ -260,6 +417,8 @@ def _summary(rows: list[dict], bad: list, classes: list[str], writer: ShardWrite
         "shard_bytes": writer.total_bytes,
         "short_side": cfg.short_side,
         "max_frames": cfg.max_frames,
+        **({"fps": cfg.fps} if cfg.fps is not None else {}),
+        **({"codec": cfg.codec, "quality": cfg.quality} if cfg.codec != "raw" else {}),
         "val_size": cfg.val_size,
         "seed": seed,
     }

@@ -1,4 +1,12 @@
-"""Frame shards: decoded uint8 frames in memory-mapped ``.npy`` files (nanoGPT's habit).
+"""Frame shards: decoded frames in memory-mapped ``.npy`` files (nanoGPT's habit).
+
+Two codecs (``prepare.codec``, docs/design.md "Frame shards"):
+- ``raw``: shards ``frames-NNNNN.npy``, laid out as below;
+- ``jpeg``: shards ``jpeg-NNNNN.npy``; one video is, from ``offset`` on, ``T + 1``
+  little-endian uint64 frame offsets (relative to the end of that table) followed by its
+  ``T`` JPEG images. A clip reads the table and then only its frames' byte ranges, and
+  decodes them with libjpeg-turbo (``torchvision.io.decode_jpeg``) in the loader worker.
+  The shard's name says its codec, so ``videos.csv`` keeps its columns.
 
 A shard is a flat uint8 array in a ``.npy`` file, ``frames-NNNNN.npy``; one video is
 the ``num_frames * height * width * 3`` bytes from ``offset`` on, frames (T, H, W, 3)
@@ -22,6 +30,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,9 +40,15 @@ from opplan.errors import DataError
 from opplan.fileio import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its image codecs in favour of torchcodec (not a dependency here);
+# they are libjpeg-turbo and nvJPEG, the fastest at hand (docs/design.md "Frame shards").
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 SHARD_NAME = "frames-{:05d}.npy"
-SHARD_RE = re.compile(r"frames-\d{5}\.npy")
+SHARD_NAMES = {"raw": SHARD_NAME, "jpeg": "jpeg-{:05d}.npy"}
+SHARD_RE = re.compile(r"(frames|jpeg)-\d{5}\.npy")
+CODECS = tuple(SHARD_NAMES)
 CHECKSUMS = "checksums.json"
 SAMPLE_WINDOWS = 64
 SAMPLE_BYTES = 4096
@@ -47,31 +62,39 @@ class ShardWriter:
     shard of its own.
     """
 
-    def __init__(self, folder: str | Path, shard_bytes: int) -> None:
+    def __init__(self, folder: str | Path, shard_bytes: int, codec: str = "raw") -> None:
+        if codec not in SHARD_NAMES:
+            raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         self.folder = Path(folder)
         self.shard_bytes = shard_bytes
+        self.name_format = SHARD_NAMES[codec]
         self.written: list[str] = []
         self.sha256: dict[str, str] = {}
         self.total_bytes = 0
         self._pending: list[np.ndarray] = []
         self._pending_bytes = 0
 
-    def add(self, frames: np.ndarray) -> tuple[str, int]:
-        """Queue uint8 (T, H, W, 3) frames; returns (shard file name, byte offset in it)."""
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"expected uint8 (T, H, W, 3) frames, got {frames.dtype} {frames.shape}")
-        if self._pending and self._pending_bytes + frames.nbytes > self.shard_bytes:
+    def full_after(self, video: np.ndarray) -> bool:
+        """Whether adding ``video`` (its stored bytes) starts a new shard first."""
+        return bool(self._pending) and self._pending_bytes + video.nbytes > self.shard_bytes
+
+    def add(self, video: np.ndarray) -> tuple[str, int]:
+        """Queue one video's stored bytes: uint8 (T, H, W, 3) frames (``raw``) or the flat
+        uint8 array of :func:`encode_jpeg_video`; returns (shard file name, byte offset in it)."""
+        if video.dtype != np.uint8 or video.ndim not in (1, 4) or (video.ndim == 4 and video.shape[-1] != 3):
+            raise ValueError(f"expected uint8 (T, H, W, 3) frames or encoded bytes, got {video.dtype} {video.shape}")
+        if self.full_after(video):
             self.flush()
         offset = self._pending_bytes
-        self._pending.append(np.ascontiguousarray(frames))
-        self._pending_bytes += frames.nbytes
-        return SHARD_NAME.format(len(self.written)), offset
+        self._pending.append(np.ascontiguousarray(video))
+        self._pending_bytes += video.nbytes
+        return self.name_format.format(len(self.written)), offset
 
     def flush(self) -> None:
         """Write the queued videos as the next shard."""
         if not self._pending:
             return
-        name = SHARD_NAME.format(len(self.written))
+        name = self.name_format.format(len(self.written))
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
                                                       "shape": (self._pending_bytes,)})
@@ -95,9 +118,35 @@ class ShardWriter:
     def remove_stale(self) -> None:
         """Delete shard files of an earlier, larger run that this run did not write."""
         keep = set(self.written)
-        for path in self.folder.glob("frames-*.npy"):
+        for path in self.folder.glob("*.npy"):
             if SHARD_RE.fullmatch(path.name) and path.name not in keep:
                 path.unlink()
+
+
+# --- JPEG frames ---------------------------------------------------------------------------
+
+
+def encode_jpeg_video(frames: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames -> the flat uint8 bytes a ``jpeg`` shard stores for them
+    (offset table + JPEG images; libjpeg-turbo, 4:2:0, deterministic)."""
+    import torch
+    from torchvision.io import encode_jpeg
+
+    images = [encode_jpeg(torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).contiguous(), quality=quality)
+              for f in frames]
+    ends = np.cumsum([0] + [len(i) for i in images], dtype="<u8")
+    return np.concatenate([ends.view(np.uint8), *(i.numpy() for i in images)])
+
+
+def decode_jpeg_frames(blobs: list[np.ndarray], device: str = "cpu") -> np.ndarray:
+    """JPEG images (uint8 arrays) -> uint8 (N, H, W, 3); ``device="cuda"`` decodes the batch on the GPU
+    (nvJPEG) and returns the frames to the host."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.from_numpy(np.array(b, copy=True)) for b in blobs]
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return torch.stack(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 # --- checksums ---------------------------------------------------------------------------
@@ -210,8 +259,21 @@ class ShardReader:
             self._maps[name] = array
         return array
 
+    def jpeg_images(self, name: str, offset: int, num_frames: int, indices: np.ndarray) -> list[np.ndarray]:
+        """The JPEG images of the chosen frames of one video in a ``jpeg`` shard (views of the map)."""
+        flat = self.shard(name)
+        table = offset + 8 * (num_frames + 1)
+        ends = np.frombuffer(flat[offset:table].tobytes(), dtype="<u8").astype(np.int64) if table <= flat.size else []
+        if len(ends) != num_frames + 1 or table + int(ends[-1]) > flat.size or np.any(np.diff(ends) <= 0):
+            raise DataError(f"{self.folder / name}: shard is shorter than videos.csv says or its frame table "
+                            "is damaged; rerun `dvc repro prepare`")
+        return [flat[table + ends[i] : table + ends[i + 1]] for i in np.asarray(indices)]
+
     def video(self, name: str, offset: int, num_frames: int, height: int, width: int) -> np.ndarray:
-        """All frames of one video as a read-only (T, H, W, 3) uint8 view of the map."""
+        """All frames of one video as a read-only (T, H, W, 3) uint8 view of the map (decoded
+        copies for a ``jpeg`` shard)."""
+        if is_jpeg(name):
+            return self.frames(name, offset, (num_frames, height, width), np.arange(num_frames))
         size = num_frames * height * width * 3
         flat = self.shard(name)[offset : offset + size]
         if flat.size != size:
@@ -220,4 +282,17 @@ class ShardReader:
 
     def frames(self, name: str, offset: int, shape: tuple[int, int, int], indices: np.ndarray) -> np.ndarray:
         """uint8 (len(indices), H, W, 3) copies of the chosen frames of one video."""
+        if is_jpeg(name):
+            indices = np.asarray(indices)
+            unique, inverse = np.unique(indices, return_inverse=True)  # a frame used twice is decoded once
+            decoded = decode_jpeg_frames(self.jpeg_images(name, offset, shape[0], unique))
+            if decoded.shape[1:3] != tuple(shape[1:]):
+                raise DataError(f"{self.folder / name}: frames of {decoded.shape[2]}x{decoded.shape[1]}, videos.csv "
+                                f"says {shape[2]}x{shape[1]}; rerun `dvc repro prepare`")
+            return decoded[inverse.reshape(-1)]
         return np.asarray(self.video(name, offset, *shape)[indices])
+
+
+def is_jpeg(shard_name: str) -> bool:
+    """Whether a shard file holds JPEG frames (its name says so)."""
+    return shard_name.startswith("jpeg-")
