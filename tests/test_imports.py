@@ -52,7 +52,7 @@ def test_no_module_imports_itself_back() -> None:
 
 
 def test_training_code_does_not_load_mlflow() -> None:
-    code = ("import sys, opplan.train.transition, opplan.train.schedule, opplan.tracking.names; "
+    code = ("import sys, opplan.train.transition, opplan.train.schedule, opplan.names; "
             "print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]"
@@ -69,3 +69,20 @@ def test_comments_cite_the_design_not_issue_numbers() -> None:
             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
             if pattern.search(line) and path.name != "test_imports.py"]
     assert not hits, "issue numbers cited: " + ", ".join(hits)
+
+
+def test_training_code_imports_nothing_of_tracking_and_only_tracking_imports_mlflow() -> None:
+    """The layering of docs/design.md §1: ``train/`` names its metrics from :mod:`opplan.names`, and
+    MLflow is imported (anywhere in a file, also inside functions) only under ``opplan/tracking/``."""
+    modules = opplan_modules()
+    upward = sorted(f"{name} -> {imported}" for name, path in modules.items() if name.startswith("opplan.train")
+                    for imported in imports_of(path, modules) if imported.startswith("opplan.tracking"))
+    assert not upward, "train/ imports tracking/: " + ", ".join(upward)
+    mlflow_users = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names) and not name.startswith("opplan.tracking"):
+                mlflow_users.append(name)
+    assert not mlflow_users, "mlflow imported outside opplan/tracking/: " + ", ".join(sorted(set(mlflow_users)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
 from opplan.train.checkpoint import epoch_state_path

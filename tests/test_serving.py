@@ -17,7 +17,7 @@ from opplan.config import Params
 from opplan.stages.common import final_state
 from opplan.stages.evaluate import run_evaluate
 from opplan.stages.final import run_final
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.train.checkpoint import MODEL_FILE
 from opplan.train.setup import TrainSetup

@@ -23,7 +23,7 @@ from opplan.stages.baselines import run_baselines
 from opplan.stages.common import WORK_ROOT
 from opplan.stages.final import run_final
 from opplan.stages.plan import run_plan
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.store import ensure_store
 

@@ -18,7 +18,7 @@ from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_text, file_digest
 from opplan.stages import evaluate, final
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))

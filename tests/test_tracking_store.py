@@ -14,7 +14,7 @@ from mlflow.protos import databricks_pb2 as codes
 
 from opplan.cli import cli
 from opplan.errors import OpplanError
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking import retries
 from opplan.tracking.client import Tracker, open_store
 from opplan.tracking.store import half_made

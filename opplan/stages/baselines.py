@@ -29,7 +29,7 @@ from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, project_lock, require_shards, stage_config
 from opplan.stages.repeats import retrain_and_score, seeds, steps_scale, train_and_score
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run
 from opplan.train.schedule import ScheduledEpoch

@@ -5,20 +5,18 @@ metrics, with a confusion-matrix PNG.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-from mlflow.exceptions import MlflowException
 
 from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_savefig, atomic_write_json, file_digest
 from opplan.stages.common import FINAL_RECORD, final_state, require_current, require_file, require_shards
 from opplan.stages.scoring import score_model
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker, open_store, resolve_uri
 from opplan.train.checkpoint import MODEL_FILE
 from opplan.predictions import log_predictions
@@ -120,8 +118,7 @@ def final_run_tracker(params: Params, run_id: str, record_path: Path) -> Tracker
     reader = readers.get(params.tracking.experiment)
     run = None
     if reader is not None:
-        with contextlib.suppress(MlflowException):
-            run = reader.get_run(run_id)
+        run = reader.find_run(run_id)
     if run is None or run.info.experiment_id != reader.experiment_id:
         raise OpplanError(f"{record_path} names MLflow run {run_id} of experiment {params.tracking.experiment!r}, "
                           f"which the store at {uri} does not hold (was the store deleted or replaced?). Restore "

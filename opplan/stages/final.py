@@ -21,7 +21,7 @@ from opplan.stages.common import (
     FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_file, require_shards,
 )
 from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds, steps_scale
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import MODEL_FILE, clear_work_dir

@@ -26,7 +26,7 @@ from opplan.planning.graph import graph_from_params
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.transitions import TransitionRunner
 from opplan.stages.workers import plan_with_workers, worker_devices
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker, flatten
 from opplan.train.progress import PlanProgress
 from opplan.train.setup import TrainSetup

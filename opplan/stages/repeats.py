@@ -18,7 +18,7 @@ from opplan.planning.graph import State
 from opplan.predictions import log_predictions
 from opplan.stages.common import FULL_TRAIN, WORK_ROOT
 from opplan.stages.scoring import score_model
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opplan.planning.dp import PRUNED, Bar, TransitionRecord
 from opplan.planning.graph import Node, State
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir

@@ -1,6 +1,6 @@
 """MLflow: every run opplan makes and reads.
 
-- :mod:`~opplan.tracking.names`: every tag, metric, artifact and experiment name (no MLflow
+- :mod:`~opplan.names`: every tag, metric, artifact and experiment name (no MLflow
   import: training code uses it without loading MLflow);
 - :mod:`~opplan.tracking.retries`: which errors are waited out, and for how long;
 - :mod:`~opplan.tracking.client`: :class:`Store` (reading) and :class:`Tracker` (writing);
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from opplan.tracking.names import *  # noqa: F403 - the names are this package's vocabulary
+from opplan.names import *  # noqa: F403 - the names are this package's vocabulary
 
 _LAZY = ("client", "retries", "lifecycle", "store")
 _MISSING = object()

@@ -2,7 +2,7 @@
 
 Every run opplan makes is created here with explicit run ids (``MlflowClient``), not
 through MLflow's global "active run", so nesting is explicit and nothing leaks
-between transitions. Names of tags and metrics: :mod:`opplan.tracking.names`; which run
+between transitions. Names of tags and metrics: :mod:`opplan.names`; which run
 a piece of work uses: :mod:`opplan.tracking.lifecycle`; retries: :mod:`opplan.tracking.retries`.
 """
 
@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from opplan.config import TrackingParams
 from opplan.errors import OpplanError
-from opplan.tracking.names import (
+from opplan.names import (
     BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED,
     TAG_CREATE_TOKEN, TAG_STATUS, runs_page_url,
 )
@@ -103,6 +103,13 @@ class Store:
 
     def get_run(self, run_id: str) -> Run:
         return self._call(self.client.get_run, run_id)
+
+    def find_run(self, run_id: str) -> Run | None:
+        """The run ``run_id``, or None where the store has no such run (other errors raise)."""
+        try:
+            return self.get_run(run_id)
+        except MlflowException:
+            return None
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """A metric's ``(step, value)`` pairs in step order (the last value per step wins)."""

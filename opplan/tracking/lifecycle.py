@@ -30,7 +30,7 @@ from typing import Any
 from mlflow.entities import Run
 
 from opplan.tracking.client import Tracker
-from opplan.tracking.names import ENDED, M_EPOCHS_TRAINED, STATUS_KILLED, STATUS_RUNNING, TAG_STATUS
+from opplan.names import ENDED, M_EPOCHS_TRAINED, STATUS_KILLED, STATUS_RUNNING, TAG_STATUS
 from opplan.train.checkpoint import clear_work_dir, latest_epoch_state, run_work_dir
 
 log = logging.getLogger(__name__)

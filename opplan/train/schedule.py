@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from opplan import distributed
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.models import set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import (

@@ -36,7 +36,7 @@ from opplan.planning.fitting import KneeFit
 from opplan.planning.graph import State
 from opplan.planning.knee import KeepStart, KneeDecision, KneeStopper, keep_start_rule, optimistic_bound
 from opplan.stats import mean_se, per_video_scores
-from opplan.tracking import names as n
+from opplan import names as n
 from opplan.train.checkpoint import (
     MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
 )

@@ -1,7 +1,7 @@
 """Every name opplan gives things in MLflow: tags, metrics, artifacts, experiments.
 
-No MLflow import here: training code (``opplan.train``) names its metrics from this
-module without loading MLflow. Nothing else spells these strings (STYLE: a key built in
+Outside :mod:`opplan.tracking` and without an MLflow import: training code
+(``opplan.train``) names its metrics from this module and imports nothing of ``tracking``. Nothing else spells these strings (STYLE: a key built in
 one place is never hard-coded in another).
 
 What the names describe (runs are made by :mod:`opplan.tracking.lifecycle`):
