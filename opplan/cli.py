@@ -29,6 +29,7 @@ COMMANDS = {
     "evaluate": ("opplan.commands:evaluate", "Multi-view testing of the final model."),
     "baselines": ("opplan.commands:baselines", "Train and score the hand-tuned grid."),
     "report": ("opplan.commands:report", "Paper-style tables and figures from MLflow."),
+    "study": ("opplan.study.commands:study", "Run a pre-registered study: OP against a paper-shaped grid."),
     "ui": ("opplan.commands:ui", "Start the MLflow UI over the project's store."),
     "predict": ("opplan.predict:predict", "Top-k labels of videos from the final model."),
     "export": ("opplan.predict:export", "Export the final model to TorchScript or ONNX."),
