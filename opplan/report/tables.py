@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opplan import stats
 from opplan import tracking as t
 from opplan.planning import fitting
 from opplan.planning.graph import State
@@ -101,16 +102,13 @@ def table3(baselines: pd.DataFrame, cmp: Comparison | None, experiment: str) -> 
     grid, _ = current_grid(baselines, experiment)
     rows: list[dict[str, Any]] = []
     for (sampling, schedule, decay), group in grid.groupby(["sampling", "clip_schedule", "decay"], sort=False):
-        ok = group[(group.status == t.STATUS_FINISHED) & group[t.M_TOP1].notna()]
-        best = None
-        if not ok.empty:
-            best = ok.assign(_e=-ok.epochs).sort_values([t.M_TOP1, "_e"], ascending=False, kind="stable").iloc[0]
+        best = stats.best_candidate(group.to_dict("records"), t.M_TOP1, t.STATUS_FINISHED)
         rows.append({"method": "HS", "sampling": sampling, "clip_schedule": schedule,
                      "clip_lengths": group.clip_lengths.iloc[0], "decay": decay,
                      "top1": math.nan if best is None else best[t.M_TOP1],
-                     "epochs": math.nan if best is None else best.epochs,
+                     "epochs": math.nan if best is None else best["epochs"],
                      "candidates": len(group), "failed": int((group.status == t.STATUS_FAILED).sum()),
-                     "run_id": "" if best is None else best.run_id})
+                     "run_id": "" if best is None else best["run_id"]})
     if cmp is not None:
         rows.append({"method": "OP", "sampling": path_sampling(cmp), "clip_schedule": "planned",
                      "clip_lengths": path_lengths(cmp), "decay": "planned",
