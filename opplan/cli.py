@@ -13,6 +13,7 @@ import importlib
 
 import click
 
+from opplan import signals
 from opplan.errors import OpplanError, user_message
 from opplan.logs import configure_logging
 
@@ -57,6 +58,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
+        except (KeyboardInterrupt, signals.Terminated) as exc:
+            name = ctx.invoked_subcommand or ctx.info_name or "opplan"
+            line, status = signals.stopped(exc, name, f"opplan {name}")
+            click.echo(line, err=True)
+            ctx.exit(status)
         except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
             message = user_message(exc)
             if message is None:
@@ -69,6 +75,7 @@ class LazyGroup(click.Group):
 def cli(verbose: bool) -> None:
     """opplan: optimization planning for 3D ConvNets on MLflow and DVC."""
     configure_logging(verbose)
+    signals.install()
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from opplan.errors import ENVIRONMENT_ERRORS, OpplanError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
@@ -26,8 +28,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     if "w" not in mode:
         raise ValueError(f"atomic_open is for writing, got mode {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_sibling(path)
+    except OSError as exc:
+        if exc.errno in ENVIRONMENT_ERRORS:  # a full or read-only disk: the CLI's message says what to do
+            raise
+        # e.g. a folder where nothing can be made (/proc), a parent that is a file: one line, not a traceback
+        raise OpplanError(f"cannot write {path}: {exc.strerror or exc}; choose a path in a writable folder") from None
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from opplan import signals
 from opplan.config import Params, load_params
 from opplan.errors import OpplanError, user_message
 from opplan.logs import configure_logging
@@ -21,6 +22,7 @@ def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
     :func:`require_unchanged`), so that DVC never records values the stage did not use.
     """
     configure_logging()
+    signals.install()
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
     try:
         params = load_params(path)
@@ -35,6 +37,11 @@ def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:
         else:
             work(params)
         require_unchanged(path, params)
+    except (KeyboardInterrupt, signals.Terminated) as exc:
+        stage = Path(sys.argv[0]).stem
+        line, status = signals.stopped(exc, stage, f"dvc repro {stage}")
+        print(line, file=sys.stderr)
+        sys.exit(status)
     except Exception as exc:  # noqa: BLE001 - only user errors are turned into a message
         message = user_message(exc)
         if message is None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from opplan.cli import cli
 from opplan.config import PlanParams
 from opplan.errors import OpplanError
 from opplan.planning.drawing import draw_graph
@@ -205,3 +209,13 @@ def test_png_is_written(tmp_path):
     draw_graph(graph, path, chosen=chosen, labels={("cs/16/0.01", "cs/32/0.01"): "12 ep, 0.61"})
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs a /proc folder, where nothing can be made")
+def test_graph_png_where_nothing_can_be_written_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["graph", "--png", "/proc/x.png"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write /proc/x.png" in result.output and "Traceback" not in result.output
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(cli, ["graph", "--png", str(tmp_path / "file" / "x.png")])  # a parent that is a file
+    assert result.exit_code == 2 and f"cannot write {tmp_path / 'file' / 'x.png'}" in result.output, result.output

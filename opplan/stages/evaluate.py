@@ -25,6 +25,12 @@ from opplan.train.setup import TrainSetup
 log = logging.getLogger(__name__)
 
 
+def literal_label(text: str) -> str:
+    """``text`` shown as written in a matplotlib figure: a ``$`` would start math text, whose
+    parser fails on names the importer accepts (e.g. ``$\\x$``); ``\\$`` is a plain dollar."""
+    return text.replace("$", r"\$")
+
+
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     import matplotlib
 
@@ -34,8 +40,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    labels = [literal_label(name) for name in classes]
+    ax.set_xticks(range(len(classes)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), labels, fontsize=7)
     for (i, j), value in np.ndenumerate(matrix):
         if value:
             ax.text(j, i, str(value), ha="center", va="center", fontsize=6,

@@ -18,6 +18,7 @@ from typing import Any
 
 from opplan.config import Params
 from opplan.errors import OpplanError
+from opplan import signals
 from opplan.logs import configure_logging
 from opplan.planning.dp import Bar, PlanResult, Rule, TransitionRecord, plan_path_parallel
 from opplan.planning.graph import Node, State, TransitionGraph, graph_from_params
@@ -80,6 +81,7 @@ def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str,
     """Set up one planning worker: its slot (device), logging, threads, runner, watchdog."""
     import torch
 
+    signals.quiet_worker()  # Ctrl-C reaches the whole process group: the planning process reports it
     slot = slots.get()
     configure_logging(log_level <= logging.DEBUG)
     for handler in logging.getLogger().handlers:
