@@ -102,7 +102,8 @@ def test_odd_files_are_decoded_or_reported(odd_shards: Path) -> None:
     assert (videos["portrait.mp4"]["height"], videos["portrait.mp4"]["width"]) == ("40", "32")
     bad = {r["path"]: r["reason"] for r in read_csv(odd_shards / "bad_videos.csv")}
     assert {"v/empty.mp4", "v/text.mp4", "v/truncated.mp4"} <= set(bad)
-    assert all("cannot open" in bad[p] for p in ("v/empty.mp4", "v/text.mp4", "v/truncated.mp4"))
+    assert bad["v/empty.mp4"] == "an empty file (0 bytes), not a video"
+    assert all(bad[p].startswith("not a video file that can be opened") for p in ("v/text.mp4", "v/truncated.mp4"))
     lines = {p.rsplit(":", 1)[1]: reason for p, reason in bad.items() if "manifest.csv:" in p}
     assert set(lines) == {"16", "17", "18", "19"}
     assert "not found" in lines["16"] and "zebra" in lines["17"] and "holdout" in lines["18"]
@@ -366,3 +367,54 @@ def test_one_class_is_refused_and_a_thin_class_is_warned_about(tiny_dataset: Pat
     prepare_dataset(linked_dataset(tiny_dataset, tmp_path / "thin", thin), tmp_path / "s2",
                     PrepareParams(short_side=32, workers=1, val_size=2), seed=0)
     assert f"1 class(es) have fewer than 2 training videos, so none goes to internal validation: {other}" in caplog.text
+
+
+def test_files_that_are_no_video_are_refused_in_a_users_words(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A PNG renamed .mp4 (FFmpeg reads it as a one-frame video), audio only, a text file: each
+    listed with a reason a user understands; decord's and FFmpeg's own text only in the debug log."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    entries = [Entry(f"g{i}.mp4", "ab"[i % 2], "train") for i in range(4)]
+    for i in range(4):
+        write_video(data / f"g{i}.mp4", frames(8, seed=i))
+    Image.fromarray(frames(1)[0]).save(data / "image.mp4", format="PNG")
+    Image.fromarray(frames(1)[0]).save(data / "photo.avi", format="JPEG")
+    with av.open(str(data / "sound.mp4"), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        samples.sample_rate = 16000
+        for packet in [*stream.encode(samples), *stream.encode()]:
+            out.mux(packet)
+    (data / "text.mp4").write_text("this is not a video\n" * 20)
+    names = ["image.mp4", "photo.avi", "sound.mp4", "text.mp4"]
+    write_dataset(data, entries + [Entry(name, "a", "test") for name in names], ["a", "b"])
+    caplog.set_level("DEBUG", logger="opplan.data.prepare")
+    prepare_dataset(data, tmp_path / "out", PrepareParams(short_side=32, val_size=1, workers=1,
+                                                          max_bad_fraction=0.9), seed=0)
+    bad = {r["path"]: r["reason"] for r in read_csv(tmp_path / "out" / "bad_videos.csv")}
+    assert bad == {
+        "image.mp4": "an image (PNG), not a video",
+        "photo.avi": "an image (JPEG), not a video",
+        "sound.mp4": "no video stream (audio or data only)",
+        "text.mp4": "not a video file that can be opened (an unknown format, or a damaged or truncated header)",
+    }
+    assert not any(word in reason for reason in bad.values() for word in ("Check failed", "st_nb", "index"))
+    assert "ERROR opening" not in capfd.readouterr().err
+    assert "FFmpeg cannot open it" in caplog.text  # the library's words, at debug level
+
+
+def test_a_video_larger_than_shard_mb_gets_a_shard_of_its_own_and_says_so(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Videos are never split (prepare.shard_mb's documentation): a long one makes one big shard."""
+    from opplan.data.shards import SHARD_NAME, ShardWriter
+
+    caplog.set_level("INFO", logger="opplan.data.shards")
+    writer = ShardWriter(tmp_path, shard_bytes=10_000)
+    small, long = frames(2, size=(16, 16)), frames(40, size=(32, 32))
+    assert [writer.add(v) for v in (small, long, small)] == [(SHARD_NAME.format(i), 0) for i in range(3)]
+    writer.flush()
+    assert "larger than prepare.shard_mb" in caplog.text and "never split" in caplog.text
+    assert (tmp_path / SHARD_NAME.format(1)).stat().st_size >= long.nbytes > 10_000

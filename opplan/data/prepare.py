@@ -33,6 +33,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -81,6 +83,61 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     return max(1, round(height * short_side / width)), short_side
 
 
+IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+"""File signatures of still images, refused even when renamed ``.mp4`` (FFmpeg would read them
+as a one-frame video)."""
+IMAGE_CODECS = {"png", "mjpeg", "bmp", "tiff", "webp", "jpeg2000", "gif"}
+
+
+def unusable_reason(path: str) -> str | None:
+    """Why ``path`` is no video, in a user's terms, or ``None`` when it has a video stream
+    of more than one frame; FFmpeg's own words go to the debug log."""
+    import av  # here, not at import time: only decoding processes need it
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "an empty file (0 bytes), not a video"
+    for magic, kind in IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            return f"an image ({kind}), not a video"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "an image (WebP), not a video"
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return "no video stream (audio or data only)"
+            stream = container.streams.video[0]
+            if stream.codec_context.name in IMAGE_CODECS and (stream.frames or 0) <= 1:
+                return f"an image ({stream.codec_context.name.upper()}), not a video"
+    except (av.FFmpegError, ValueError, IndexError) as exc:
+        log.debug("%s: FFmpeg cannot open it: %s", path, _first_line(exc))
+        return "not a video file that can be opened (an unknown format, or a damaged or truncated header)"
+    return None
+
+
+@contextlib.contextmanager
+def _library_stderr_to_debug(path: str) -> Iterator[None]:
+    """decord's C++ writes lines such as ``ERROR opening`` to the process's stderr (file
+    descriptor 2) before raising; they go to the debug log instead of the user's terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace").strip()
+            if text:
+                log.debug("%s: decord said: %s", path, text[:2000])
+
+
 def decode_video(path: str, short_side: int, max_frames: int | None = None, fps: float | None = None) -> Decoded:
     """Decode ``path`` frame by frame, resized; stop at the end or at the first failure.
 
@@ -88,27 +145,35 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None, fps:
     frames are still queued, so on a corrupt stream it keeps 0..all of the good frames at
     random (0 to 28 of 28 for one test file under load), even the first. A stream decord
     fails on is therefore decoded again with PyAV, in this thread, one packet at a time:
-    the same frames every run.
+    the same frames every run. A file that is no video (an image, audio only, an unknown
+    format) is refused first, with the reason in a user's terms (:func:`unusable_reason`).
     """
     import decord  # here, not at import time: only decoding processes need it
 
+    reason = unusable_reason(path)
+    if reason is not None:
+        return Decoded(None, reason)
     decord.logging.set_level(decord.logging.QUIET)
     try:
-        height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
-        size = resized_shape(height, width, short_side)
-        reader = decord.VideoReader(path, num_threads=1, width=size[1], height=size[0])
-        header, rate = len(reader), reader.get_avg_fps()
-        frames = []
-        with contextlib.suppress(StopIteration):
-            while True:
-                frames.append(reader.next().asnumpy())
+        with _library_stderr_to_debug(path):
+            height, width = decord.VideoReader(path, num_threads=1)[0].shape[:2]
+            size = resized_shape(height, width, short_side)
+            reader = decord.VideoReader(path, num_threads=1, width=size[1], height=size[0])
+            header, rate = len(reader), reader.get_avg_fps()
+            frames = []
+            with contextlib.suppress(StopIteration):
+                while True:
+                    frames.append(reader.next().asnumpy())
     except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError/IndexError alike
         log.debug("%s: decord failed (%s); decoding it with PyAV", path, _first_line(exc))
         header, frames, rate = decode_until_error(path, short_side)
         if header is None:
-            return Decoded(None, f"cannot open or decode the first frame: {_first_line(exc)}")
+            return Decoded(None, "zero frames decode (the video stream is damaged from its first frame)")
+        if frames and header and len(frames) < header:
+            log.info("%s: truncated at frame %d (its header says %d frames); keeping the %d that decode", path,
+                     len(frames), header, len(frames))
     if not frames:
-        return Decoded(None, "no frame could be decoded", header)
+        return Decoded(None, "zero frames (the video stream holds no decodable frame)", header)
     if fps is not None and rate and fps < rate:
         frames = [frames[i] for i in resample_indices(len(frames), rate, fps)]
     if max_frames is not None and len(frames) > max_frames:
