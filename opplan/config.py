@@ -83,8 +83,8 @@ class PrepareParams(_Section):
     """Fail when more than this fraction of the videos cannot be decoded."""
     shard_mb: Annotated[int, Field(gt=0, le=4096)] = 256
     """Target size of one frame shard file in MiB (held in memory while it is written). A video
-    is never split across shards: one whose decoded frames exceed this gets a shard of its own, of
-    its own size (a 5-minute video at 30 fps and short side 128 is about 470 MiB), and a video is
+    is never split across shards: one whose stored frames exceed this gets a shard of its own, of
+    its own size (a raw 5-minute video at 30 fps and short side 128 is about 470 MiB), and a video is
     held whole in memory while it is decoded. ``max_frames`` bounds both."""
     workers: Workers = 2
     """Decoding processes."""

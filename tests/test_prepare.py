@@ -409,12 +409,12 @@ def test_files_that_are_no_video_are_refused_in_a_users_words(tmp_path: Path, ca
 def test_a_video_larger_than_shard_mb_gets_a_shard_of_its_own_and_says_so(tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     """Videos are never split (prepare.shard_mb's documentation): a long one makes one big shard."""
-    from opplan.data.shards import SHARD_NAME, ShardWriter
+    from opplan.data.shards import ShardWriter
 
     caplog.set_level("INFO", logger="opplan.data.shards")
     writer = ShardWriter(tmp_path, shard_bytes=10_000)
     small, long = frames(2, size=(16, 16)), frames(40, size=(32, 32))
-    assert [writer.add(v) for v in (small, long, small)] == [(SHARD_NAME.format(i), 0) for i in range(3)]
+    assert [writer.add(v) for v in (small, long, small)] == [(writer.name_format.format(i), 0) for i in range(3)]
     writer.flush()
     assert "larger than prepare.shard_mb" in caplog.text and "never split" in caplog.text
-    assert (tmp_path / SHARD_NAME.format(1)).stat().st_size >= long.nbytes > 10_000
+    assert (tmp_path / writer.name_format.format(1)).stat().st_size >= long.nbytes > 10_000

@@ -85,10 +85,10 @@ class ShardWriter:
             raise ValueError(f"expected uint8 (T, H, W, 3) frames or encoded bytes, got {video.dtype} {video.shape}")
         if self.full_after(video):
             self.flush()
-        if frames.nbytes > self.shard_bytes:
-            log.info("a video of %d frames (%.0f MiB) is larger than prepare.shard_mb (%.0f MiB): it gets a shard of "
-                     "its own size (videos are never split; prepare.max_frames bounds them)", len(frames),
-                     frames.nbytes / 2**20, self.shard_bytes / 2**20)
+        if video.nbytes > self.shard_bytes:
+            log.info("a video of %.0f MiB is larger than prepare.shard_mb (%.0f MiB): it gets a shard of its own "
+                     "size (videos are never split; prepare.max_frames bounds them)", video.nbytes / 2**20,
+                     self.shard_bytes / 2**20)
         offset = self._pending_bytes
         self._pending.append(np.ascontiguousarray(video))
         self._pending_bytes += video.nbytes
