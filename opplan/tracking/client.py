@@ -30,7 +30,7 @@ from opplan.names import (
     TAG_CREATE_TOKEN, TAG_STATUS, runs_page_url,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
-from opplan.tracking.store import check_readable, ensure_store
+from opplan.tracking.store import SQLITE, check_readable, ensure_store, sqlite_path
 
 T = TypeVar("T")
 
@@ -42,9 +42,9 @@ def resolve_uri(params_uri: str) -> str:
 
 def absolute_uri(uri: str) -> str:
     """``uri`` with a relative SQLite path made absolute (other URIs as given)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+    db = sqlite_path(uri)
+    if db is not None and not uri[len(SQLITE):].startswith("/"):
+        return SQLITE + str(db.resolve())
     return uri
 
 
@@ -55,8 +55,9 @@ def resolve_read_uri(explicit: str | None, params_uri: str) -> str:
 
 def local_store_path(uri: str) -> Path | None:
     """The database file or folder of a local store; ``None`` for a tracking server."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+    db = sqlite_path(uri)
+    if db is not None:
+        return db
     if uri.startswith("file://"):
         from urllib.parse import urlparse
 

@@ -29,7 +29,8 @@ SQLITE = "sqlite:///"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (absolute, see ``resolve_uri``), else ``None``."""
+    """The database file of a ``sqlite:///`` URI (absolute, see ``resolve_uri``), else ``None``:
+    the one parser of SQLite store URIs (``opplan.tracking.client`` uses it too)."""
     return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
