@@ -120,21 +120,43 @@ def report(params_path: str, tracking_uri: str | None, out: str | None) -> None:
 
 @click.command()
 @PARAMS_OPTION
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-def ui(params_path: str, port: int) -> None:
-    """Start the MLflow UI on 127.0.0.1 over the project's store."""
-    import subprocess
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The interface the UI binds to (0.0.0.0: every interface; anyone who reaches it can write runs).")
+@click.option("--port", default=5000, show_default=True, type=int,
+              help="The TCP port; checked first: a taken or invalid port exits 2 at once.")
+@click.option("--wait", "wait_s", default=300, show_default=True, type=int,
+              help="Seconds to wait for the server to answer before giving up.")
+def ui(params_path: str, host: str, port: int, wait_s: int) -> None:
+    """Start the MLflow UI over the project's store and print links into it.
 
-    from opplan.tracking.client import resolve_uri, runs_pages
+    Binds HOST:PORT (one worker, no job runner), waits until the server answers, then
+    prints: the newest planning's transitions as a table with V, V_se, chosen_epoch,
+    dp_margin_se, epochs_trained and compute seconds as columns (a saved view this command
+    writes into the experiment), MLflow's compare page of the chosen path's transitions
+    (their curve plots side by side), and each experiment's runs table. Ctrl-C stops the
+    server and every process it started.
+    """
+    from opplan.tracking import ui as server
+    from opplan.tracking.client import resolve_uri
     from opplan.tracking.store import check_readable
 
     params = load_params(params_path)
+    server.check_port(host, port)
     uri = resolve_uri(params.tracking.uri)
-    check_readable(uri)  # `mlflow ui` would migrate a foreign database it is given
-    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
-    for name, url in runs_pages(uri, params.tracking.experiment, f"http://127.0.0.1:{port}").items():
-        click.echo(f"  runs of {name}: {url}")
-    # opplan's own interpreter: `mlflow` need not be on PATH (e.g. `.venv/bin/opplan ui` without activating it)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
-    raise SystemExit(subprocess.call(command))
+    check_readable(uri)  # MLflow's server would migrate a foreign database it is given
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    click.echo(f"starting the MLflow UI for {uri} on {base} ...")
+    process = server.start(uri, host, port)
+    try:
+        server.wait_until_up(process, f"{base}/health", timeout=wait_s)
+        from opplan.tracking.views import planning_links
+
+        click.echo(f"MLflow UI on {base} (Ctrl-C stops it)")
+        for link in planning_links(uri, params.tracking.experiment, base):
+            click.echo(f"  {link.label}:\n    {link.url}")
+        if process.wait() != 0:
+            raise OpplanError(f"the MLflow server stopped with status {process.returncode}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop(process)

@@ -179,25 +179,42 @@ def test_an_anchor_without_alias_and_the_shipped_files_still_load(tmp_path: Path
     assert load_params(write(tmp_path, "plan: &p\n  delay: 2\n")).plan.delay == 2
 
 
-def test_ui_starts_mlflow_from_opplans_own_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH)."""
+def test_ui_runs_mlflow_lean_from_opplans_own_environment() -> None:
+    """`.venv/bin/opplan ui` without an activated venv (no `mlflow` on PATH): this interpreter,
+    one worker, MLflow's job runner off."""
     import importlib.util
-    import subprocess
-    import types
 
-    started: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda command, **kwargs: started.append(command) or 0)
-    client = types.ModuleType("opplan.tracking.client")  # not the real one: it imports MLflow (seconds)
-    client.resolve_uri = lambda uri: uri  # type: ignore[attr-defined]
-    client.runs_pages = lambda uri, experiment, base: {}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "opplan.tracking.client", client)  # whether or not another test loaded it
-    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find there
-    result = CliRunner().invoke(cli, ["ui", "--params", str(ROOT / "params.yaml"), "--port", "5123"])
-    assert result.exit_code == 0, result.output
-    [command] = started
-    assert command[:4] == [sys.executable, "-m", "mlflow", "ui"] and command[-2:] == ["--port", "5123"]
+    from opplan.tracking import ui
+
+    command = ui.server_command("sqlite:///x.db", "127.0.0.1", 5123)
+    assert command[:4] == [sys.executable, "-m", "mlflow", "server"]
+    assert command[command.index("--port") + 1] == "5123" and command[command.index("--workers") + 1] == "1"
+    assert ui.LEAN_ENV == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     spec = importlib.util.find_spec("mlflow")  # `python -m mlflow` runs in this interpreter
     assert spec is not None and (Path(spec.origin).parent / "__main__.py").is_file()
+
+
+def test_ui_on_a_taken_or_invalid_port_exits_2_with_one_line_and_starts_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import subprocess
+
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["ui", "--params", str(ROOT / "params.yaml"), "--port", str(port)])
+    assert result.exit_code == 2 and started == []
+    assert result.output.count("\n") == 1 and f"port {port}" in result.output and "--port" in result.output
+    invalid = CliRunner().invoke(cli, ["ui", "--params", str(ROOT / "params.yaml"), "--port", "99999"])
+    assert invalid.exit_code == 2 and started == [] and invalid.output.count("\n") == 1 and "99999" in invalid.output
+
+
+def test_ui_help_says_what_it_binds_and_prints() -> None:
+    text = CliRunner().invoke(cli, ["ui", "--help"]).output
+    assert all(word in text for word in ("--host", "--port", "V_se", "chosen_epoch", "compare", "Ctrl-C"))
 
 
 @pytest.mark.parametrize("name,longest", [("ucf101", 64), ("hmdb51", 64), ("kinetics400", 128), ("activitynet", 128)])

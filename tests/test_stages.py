@@ -86,14 +86,30 @@ def test_plan_logs_one_nested_run_per_edge_and_a_path_of_the_graph(planned: tupl
         tags, metrics = run.data.tags, run.data.metrics
         assert tags[t.TAG_STATUS] == t.STATUS_FINISHED
         assert tags[t.TAG_SAMPLING] == "cs" and tags[t.TAG_CLIP_LENGTH] in ("4", "8")
-        assert run.info.run_name == f"{tags[t.TAG_SRC]} → {tags[t.TAG_DST]}"
+        assert run.info.run_name == f"{tags[t.TAG_DST]} ← {tags[t.TAG_SRC]}"  # the destination shows first
         assert {t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_CHOSEN_EPOCH, t.M_EPOCHS_TRAINED} <= set(metrics)
         curve = tracker.history(run.info.run_id, t.M_VAL_ACC)
         assert [step for step, _ in curve] == list(range(int(metrics[t.M_EPOCHS_TRAINED]) + 1))
         assert len(tracker.history(run.info.run_id, t.M_TRAIN_LOSS)) == metrics[t.M_EPOCHS_TRAINED]
         artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "checkpoint")}
         assert artifacts == {"checkpoint/model.pt"}
-        assert [a.path for a in tracker.client.list_artifacts(run.info.run_id, "plots")] == ["plots/curve.png"]
+        root = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+        assert {t.ARTIFACT_CURVE_PLOT, t.ARTIFACT_FIT} <= root  # at the root: MLflow's compare page shows them
+        fit = tracker.read_json_artifact(run.info.run_id, t.ARTIFACT_FIT)
+        assert fit["function"] == params.plan.fit_function and fit["chosen_epoch"] == metrics[t.M_CHOSEN_EPOCH]
+        assert not any(key.startswith("knee_a") for key in metrics) and t.M_LR not in metrics
+        for step, value in tracker.history(run.info.run_id, t.M_KNEE_T):  # only once the knee is within reach
+            assert value <= step
+        assert all(0 <= v <= 1 for _, v in tracker.history(run.info.run_id, t.M_KNEE_VALUE))
+        assert tags[t.TAG_ON_PATH] == str(tags[t.TAG_DST] in document["path"] and
+                                          document["path"][document["path"].index(tags[t.TAG_DST]) - 1]
+                                          == tags[t.TAG_SRC]).lower()
+        rivals = [r for r in runs if r.data.tags[t.TAG_DST] == tags[t.TAG_DST]]
+        if len(rivals) > 1:  # decided between sources: a margin (absent, never NaN, when its SE is 0) and its rival
+            assert tags[t.TAG_DP_VERSUS] != tags[t.TAG_SRC]
+            assert math.isfinite(metrics.get(t.M_DP_MARGIN_SE, 0.0)), (tags, metrics)
+        else:
+            assert t.TAG_DP_VERSUS not in tags and t.M_DP_MARGIN_SE not in metrics
     # the scores in plan.json are the ones MLflow holds
     by_edge = {(r.data.tags[t.TAG_SRC], r.data.tags[t.TAG_DST]): r.data.metrics[t.M_SCORE] for r in runs}
     for record in document["explored"]:
@@ -220,3 +236,28 @@ def test_the_grid_has_one_candidate_per_distinct_clip_schedule(lengths: list[int
         assert clip_lengths_of(c.schedule, lengths) == expected[c.schedule]
         trained = [e.state.clip_length for e in build_schedule(c, params)]
         assert len(trained) == 6 and list(dict.fromkeys(trained)) == expected[c.schedule]
+
+
+def test_ui_links_open_the_transitions_with_their_columns_and_compare_the_path(planned: tuple[Path, Params]) -> None:
+    """What `opplan ui` prints (docs/operations.md): a shared view of MLflow's UI, written into
+    the experiment, filtered to the planning's transitions with V, V_se, chosen_epoch columns."""
+    from urllib.parse import unquote
+
+    from opplan.tracking.views import SHARED_VIEW_TAG, planning_links
+
+    project, params = planned
+    links = planning_links(params.tracking.uri, params.tracking.experiment, "http://127.0.0.1:5999")
+    assert all("workflowType=machine_learning" in link.url for link in links)
+    table, compare = links[0].url, links[1].url
+    key = table.split("viewStateShareKey=")[1]
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    view = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags[SHARED_VIEW_TAG + key])
+    assert {"metrics.`V`", "metrics.`V_se`", "metrics.`chosen_epoch`", "tags.`opplan.on_path`"} <= set(
+        view["selectedColumns"])
+    planning = tracker.search({t.TAG_KIND: t.KIND_PLANNING})[-1].info.run_id
+    found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
+    assert len(found) == len(transition_runs(params)) and planning in view["searchFilter"]
+    on_path = {r.info.run_id for r in transition_runs(params) if r.data.tags[t.TAG_ON_PATH] == "true"}
+    assert set(json.loads(unquote(compare).split("runs=")[1].split("&")[0])) == on_path
+    document = json.loads((project / "plan.json").read_text())
+    assert len(on_path) == len(document["path"]) - 1

@@ -98,13 +98,25 @@ def test_experiments_open_on_the_runs_table_and_ui_prints_its_link(tmp_path: Pat
     assert tracker.client.get_experiment(older).tags[n.EXPERIMENT_KIND_TAG] == n.EXPERIMENT_KIND
 
     (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n  experiment: demo\n")
-    started = []
-    monkeypatch.setattr("subprocess.call", lambda command, **_: started.append(command) or 0)
+    started, stopped = [], []
+
+    class Server:  # stands for MLflow's server: answers at once, stops when asked
+        pid, returncode = -1, 0
+
+        def wait(self) -> int:
+            return 0
+
+    from opplan.tracking import ui
+
+    monkeypatch.setattr(ui, "start", lambda uri, host, port: started.append((uri, host, port)) or Server())
+    monkeypatch.setattr(ui, "wait_until_up", lambda process, url, timeout: None)
+    monkeypatch.setattr(ui, "stop", lambda process: stopped.append(process))
     result = CliRunner().invoke(cli, ["ui", "--params", "params.yaml", "--port", "5123"])
     assert result.exit_code == 0, result.output
-    assert f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/runs" in result.output
-    assert f"http://127.0.0.1:5123/#/experiments/{older}/runs" in result.output
-    assert started
+    view = "runs?workflowType=machine_learning"  # MLflow's training view, not its GenAI one
+    assert f"http://127.0.0.1:5123/#/experiments/{tracker.experiment_id}/{view}" in result.output
+    assert f"http://127.0.0.1:5123/#/experiments/{older}/{view}" in result.output
+    assert started == [(f"sqlite:///{db}", "127.0.0.1", 5123)] and len(stopped) == 1
 
 
 def foreign_files(tmp_path: Path) -> list[Path]:
@@ -124,7 +136,7 @@ def foreign_files(tmp_path: Path) -> list[Path]:
 def test_read_only_commands_refuse_a_foreign_file_and_leave_it_byte_identical(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("subprocess.call", lambda *a, **k: pytest.fail("mlflow ui started on a foreign file"))
+    monkeypatch.setattr("subprocess.Popen", lambda *a, **k: pytest.fail("mlflow server started on a foreign file"))
     for db in foreign_files(tmp_path):
         before = db.read_bytes()
         (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n")

@@ -79,7 +79,7 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
         rows = [_planning_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_PLANNING})] if reader else []
         plannings += rows
         for row in rows:
-            transitions += [_transition_row(row["run_id"], run)
+            transitions += [_transition_row(row["run_id"], run, reader)
                             for run in reader.search({t.TAG_KIND: t.KIND_TRANSITION}, parent_id=row["run_id"])]
             docs[row["run_id"]] = reader.read_json_artifact(row["run_id"], t.ARTIFACT_PLAN_JSON)
         if reader is not None:
@@ -143,18 +143,29 @@ def _planning_row(experiment: str, run: Any) -> dict[str, Any]:
             "plan_val_clips": params.get("plan.val_clips", "")}
 
 
-def _transition_row(planning_run: str, run: Any) -> dict[str, Any]:
+def _transition_row(planning_run: str, run: Any, reader: t.Store) -> dict[str, Any]:
     tags = run.data.tags
+    return {"planning_run": planning_run, **_common(run), "src": tags.get(t.TAG_SRC, ""),
+            "dst": tags.get(t.TAG_DST, ""), "sampling": tags.get(t.TAG_SAMPLING, ""),
+            "clip_length": _number(tags.get(t.TAG_CLIP_LENGTH)), "lr": _number(tags.get(t.TAG_LR)),
+            **_metrics(run, TRANSITION_METRICS), "fit_params": _fit_params(run, reader)}
+
+
+def _fit_params(run: Any, reader: t.Store) -> tuple[float, ...]:
+    """The knee fit's coefficients: the ``fit.json`` artifact, or the ``knee_a<i>`` metrics
+    a store written by an older opplan holds instead."""
+    if run.data.tags.get(t.TAG_STATUS) == t.STATUS_FINISHED:
+        document = reader.read_json_artifact(run.info.run_id, t.ARTIFACT_FIT)
+        if document is not None:
+            values = list(document.get("coefficients", {}).values())
+            return tuple(values) if all(isinstance(v, (int, float)) for v in values) else ()
     params = []
     for i in range(1, fitting.MAX_PARAMS + 1):
         value = run.data.metrics.get(t.M_KNEE_PARAM.format(i))
         if value is None:
             break
         params.append(value)
-    return {"planning_run": planning_run, **_common(run), "src": tags.get(t.TAG_SRC, ""),
-            "dst": tags.get(t.TAG_DST, ""), "sampling": tags.get(t.TAG_SAMPLING, ""),
-            "clip_length": _number(tags.get(t.TAG_CLIP_LENGTH)), "lr": _number(tags.get(t.TAG_LR)),
-            **_metrics(run, TRANSITION_METRICS), "fit_params": tuple(params)}
+    return tuple(params)
 
 
 def _final_row(experiment: str, run: Any) -> dict[str, Any]:

@@ -20,13 +20,14 @@ from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
 from opplan.planning.diagnosis import Finding, diagnose, diagnosis_json, diagnosis_tag
-from opplan.planning.dp import FINAL, PlanResult, Rule, plan_path
+from opplan.planning.dp import FINAL, PlanResult, Rule, TransitionRecord, plan_path
 from opplan.planning.drawing import draw_graph
 from opplan.planning.graph import graph_from_params
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.transitions import TransitionRunner
 from opplan.stages.workers import plan_with_workers, worker_devices
 from opplan import names as n
+from opplan.stats import margin_in_se
 from opplan.tracking.client import Tracker, flatten
 from opplan.train.progress import PlanProgress
 from opplan.train.setup import TrainSetup
@@ -144,15 +145,25 @@ def diagnose_planning(params: Params, shards: Path, result: PlanResult) -> list[
 
 
 def log_decisions(tracker: Tracker, parent: str, result: PlanResult, findings: list[Finding]) -> None:
-    """Each DP choice's runner-up and margin on the chosen transition's run; the path's smallest
-    margin, the final choice and the diagnosis on the planning run."""
+    """Each DP choice's runner-up and margin on the chosen transition's run, every other
+    finished transition's margin to the one chosen over it, and ``opplan.on_path`` on every
+    transition; the path's smallest margin, the final choice and the diagnosis on the
+    planning run."""
+    on_path = {(r.src, r.dst) for r in result.transitions}
+    for record in result.records:
+        if record.run_id is None:
+            continue
+        tags = {n.TAG_ON_PATH: str((record.src, record.dst) in on_path).lower()}
+        margin, versus = _margin_of(result, record)
+        if versus is not None:
+            tags[n.TAG_DP_VERSUS] = versus
+        if margin is not None and math.isfinite(margin[1]):
+            tracker.log_metrics(record.run_id, {n.M_DP_MARGIN: margin[0], n.M_DP_MARGIN_SE: margin[1]})
+        tracker.set_tags(record.run_id, tags)
     for state, choice in result.choices.items():
         record = result.best.get(state)
         if record is None or record.run_id is None:
             continue
-        tracker.log_metrics(record.run_id, {k: v for k, v in {n.M_DP_MARGIN: choice.margin,
-                                                               n.M_DP_MARGIN_SE: choice.margin_se}.items()
-                                            if v is not None and math.isfinite(v)})
         tracker.set_tags(record.run_id, {n.TAG_DP_RUNNER_UP: choice.runner_up or "none",
                                          n.TAG_DP_TIE: str(choice.tie).lower()})
     margins = [c.margin_se for c in result.path_choices if c.margin_se is not None and c.runner_up is not None]
@@ -165,6 +176,22 @@ def log_decisions(tracker: Tracker, parent: str, result: PlanResult, findings: l
     if coin_flips:
         log.info("%d of the path's %d decisions were within 1 SE of their runner-up: %s", len(coin_flips),
                  len(result.path_choices), "; ".join(c.describe() for c in coin_flips))
+
+
+def _margin_of(result: PlanResult, record: TransitionRecord) -> tuple[tuple[float, float] | None, str | None]:
+    """``((margin, margin in SEs), versus)`` of a finished transition in its state's decision:
+    the chosen one against the runner-up (the DP's own numbers), any other against the chosen
+    one (negative when it scored lower). ``(None, None)`` for a failed transition or a
+    state decided without a rival."""
+    choice, chosen = result.choices.get(record.dst), result.best.get(record.dst)
+    if not record.finished or choice is None or chosen is None:
+        return None, None
+    if chosen.run_id == record.run_id:
+        if choice.runner_up is None or choice.margin is None or choice.margin_se is None:
+            return None, None
+        return (choice.margin, choice.margin_se), choice.runner_up
+    margin_se = margin_in_se(record.score, chosen.score, record.se_value(), chosen.se_value())
+    return (record.score - chosen.score, margin_se), chosen.src
 
 
 def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:

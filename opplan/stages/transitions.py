@@ -12,6 +12,7 @@ import logging
 import math
 from pathlib import Path
 
+from opplan.fileio import atomic_write_json
 from opplan.planning.dp import PRUNED, Bar, TransitionRecord
 from opplan.planning.graph import Node, State
 from opplan import names as n
@@ -20,13 +21,19 @@ from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir
 from opplan.train.plots import plot_transition
 from opplan.train.setup import TrainSetup
-from opplan.train.transition import TransitionOutcome, train_transition
+from opplan.train.transition import TransitionOutcome, fit_document, train_transition
 
 log = logging.getLogger(__name__)
 
 
 def transition_name(src: Node, dst: State) -> str:
     return f"{src.name} → {dst.name}"
+
+
+def run_name(src: Node, dst: State) -> str:
+    """The run's name in MLflow: the destination first, so that a cut name still tells
+    siblings apart (the runs table shows about 15 characters)."""
+    return f"{dst.name} ← {src.name}"
 
 
 class TransitionRunner:
@@ -37,7 +44,7 @@ class TransitionRunner:
         self.tracker, self.parent_id, self.setup, self.work_dir = tracker, parent_id, setup, work_dir
 
     def work(self, src: Node, dst: State) -> Work:
-        return Work(label=transition_name(src, dst), run_name=transition_name(src, dst),
+        return Work(label=transition_name(src, dst), run_name=run_name(src, dst),
                     key={n.TAG_KIND: n.KIND_TRANSITION, n.TAG_SRC: src.name, n.TAG_DST: dst.name},
                     tags={n.TAG_SAMPLING: dst.sampling, n.TAG_CLIP_LENGTH: dst.clip_length, n.TAG_LR: f"{dst.lr:g}"},
                     work_root=self.work_dir / "transitions", progress_metric=n.M_VAL_ACC, parent_id=self.parent_id)
@@ -64,13 +71,11 @@ class TransitionRunner:
 
     def _log_outcome(self, run_id: str, name: str, out: TransitionOutcome, work: Path) -> None:
         """``name``: the run's name (:func:`transition_name`), for the log and the plot."""
-        summary = {n.M_EPOCHS_TRAINED: out.epochs_trained,
-                   n.M_CLIPS_SEEN: out.epochs_trained * self.setup.train_videos,
-                   n.M_COMPUTE_SECONDS: sum(out.seconds)}
-        if out.status == "finished":
+        summary: dict[str, float | None] = {}
+        if out.status == "finished":  # V and the decision's numbers first: MLflow lists metrics as logged
             score = out.fitted if self.setup.params.plan.score == "fitted" else out.observed
-            summary |= {n.M_CHOSEN_EPOCH: out.t_star, n.M_FITTED: out.fitted, n.M_OBSERVED: out.observed,
-                        n.M_SCORE: score, n.M_SCORE_SE: out.se, n.M_CAPPED: float(out.capped),
+            summary |= {n.M_SCORE: score, n.M_SCORE_SE: out.se, n.M_CHOSEN_EPOCH: out.t_star,
+                        n.M_FITTED: out.fitted, n.M_OBSERVED: out.observed, n.M_CAPPED: float(out.capped),
                         n.M_START_MARGIN_SE: out.start_margin_se}
             self.tracker.set_tags(run_id, {n.TAG_KEEP: out.keep or "knee", n.TAG_CAPPED: str(out.capped).lower()})
             if out.capped:
@@ -80,6 +85,9 @@ class TransitionRunner:
             if out.rmse is not None:
                 summary |= {n.M_KNEE_RMSE: out.rmse, n.M_KNEE_R2: out.r2}
             self.tracker.log_artifact(run_id, out.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
+            fit = work / n.ARTIFACT_FIT
+            atomic_write_json(fit, fit_document(out, self.setup.params.plan.fit_function))
+            self.tracker.log_artifact(run_id, fit)
         elif out.status == PRUNED:
             summary |= {n.M_PRUNE_BOUND: out.bound, n.M_PRUNE_BAR: out.bar}
             self.tracker.set_tags(run_id, {n.TAG_PRUNED: "true"})
@@ -87,11 +95,14 @@ class TransitionRunner:
                      name, out.epochs_trained, out.bound, out.bar, name.split(" → ")[-1])
         else:
             self.tracker.set_tags(run_id, {n.TAG_FAILURE: (out.failure or "")[:4000]})
+        summary |= {n.M_EPOCHS_TRAINED: out.epochs_trained,
+                    n.M_CLIPS_SEEN: out.epochs_trained * self.setup.train_videos,
+                    n.M_COMPUTE_SECONDS: sum(out.seconds)}
         log_summary_once(self.tracker, run_id, {k: v for k, v in summary.items() if v is not None and math.isfinite(v)},
                          step=out.epochs_trained)
-        plot = work / "curve.png"
+        plot = work / n.ARTIFACT_CURVE_PLOT  # at the artifact root: MLflow's compare page shows those side by side
         plot_transition(out, self.setup.params.plan.fit_function, plot, title=name)
-        self.tracker.log_artifact(run_id, plot, n.ARTIFACT_PLOTS_DIR)
+        self.tracker.log_artifact(run_id, plot)
         # a pruned run ended as planned: finished, so that a rerun reuses it (its tag says pruned)
         self.tracker.end_run(run_id, n.STATUS_FAILED if out.status == "failed" else n.STATUS_FINISHED)
 

@@ -27,7 +27,7 @@ from opplan.config import TrackingParams
 from opplan.errors import OpplanError
 from opplan.names import (
     BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED,
-    TAG_CREATE_TOKEN, TAG_STATUS, runs_page_url,
+    TAG_CREATE_TOKEN, TAG_STATUS,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
 from opplan.tracking.store import SQLITE, check_readable, ensure_store, sqlite_path
@@ -122,6 +122,10 @@ class Store:
     def download_artifact(self, run_id: str, path: str, dst: str | Path) -> Path:
         Path(dst).mkdir(parents=True, exist_ok=True)
         return Path(self._call(self.client.download_artifacts, run_id, path, str(dst)))
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        """The one write a reader makes: a saved view of MLflow's UI (:mod:`opplan.tracking.views`)."""
+        self._call(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def read_json_artifact(self, run_id: str, path: str) -> Any | None:
         """A JSON artifact of a run, or ``None`` when the run has none at ``path``."""
@@ -272,13 +276,3 @@ def open_store(uri: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS) -> dic
     except Exception as exc:  # any other backend failure: a broken file, a refused request
         raise OpplanError(f"cannot read the MLflow store at {uri}: {exc}") from exc
 
-
-def runs_pages(uri: str, experiment: str, base_url: str) -> dict[str, str]:
-    """The UI's runs page of ``experiment`` and its baselines, those that exist in the store at
-    ``uri`` (nothing is created; an unreadable or missing store gives none)."""
-    try:
-        readers = open_store(uri, retry_seconds=5.0)
-    except OpplanError:
-        return {}
-    names = (experiment, experiment + BASELINES_SUFFIX)
-    return {name: runs_page_url(base_url, readers[name].experiment_id) for name in names if name in readers}

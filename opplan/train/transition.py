@@ -269,20 +269,36 @@ def _read_curve_se(work_dir: Path, points: int) -> list[float]:
 
 
 def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
-    """What MLflow gets after each epoch: the curve point, and the knee fit when there is one."""
-    metrics = {n.M_VAL_ACC: out.curve[-1], n.M_VAL_SE: out.curve_se[-1] if out.curve_se else None, n.M_LR: dst.lr}
+    """What MLflow gets after each epoch: the curve point, and the knee fit when there is one.
+
+    ``knee_t`` and ``knee_value`` only once the knee lies within the epochs seen (``t* <= t``):
+    before that the fit's maximiser is an extrapolation to ``plan.horizon`` (a spike to 999 in
+    MLflow's charts, a value far outside [0, 1]). The fit's coefficients go to one artifact at
+    the end (:data:`~opplan.names.ARTIFACT_FIT`), not to a metric each; the learning
+    rate is a param of the run, constant over a transition."""
+    metrics = {n.M_VAL_ACC: out.curve[-1], n.M_VAL_SE: out.curve_se[-1] if out.curve_se else None}
     if out.losses and len(out.curve) > 1:
         metrics[n.M_TRAIN_LOSS] = out.losses[-1]
         metrics[n.M_EPOCH_SECONDS] = out.seconds[-1]
     fit = getattr(decision, "fit", None)
     if fit is not None:
-        metrics[n.M_KNEE_T] = fit.t_star
-        metrics[n.M_KNEE_VALUE] = fit.value
         metrics[n.M_KNEE_RMSE] = fit.rmse
         metrics[n.M_KNEE_R2] = fit.r2
-        for i, value in enumerate(fit.params, start=1):
-            metrics[n.M_KNEE_PARAM.format(i)] = value
+        if fit.t_star <= decision.t:
+            metrics[n.M_KNEE_T] = fit.t_star
+            metrics[n.M_KNEE_VALUE] = min(max(fit.value, 0.0), 1.0)  # plan.metric is a fraction in [0, 1]
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def fit_document(out: TransitionOutcome, function: str) -> dict[str, Any]:
+    """The transition's knee fit as one JSON artifact: ``f`` of docs/design.md §4 with its
+    coefficients ``a1, a2, ...``, the kept epoch and the fit's quality."""
+    def clean(value: float | None) -> float | None:
+        return None if value is None else _json_float(value)
+
+    return {"function": function, "coefficients": {f"a{i}": clean(v) for i, v in enumerate(out.fit_params, start=1)},
+            "chosen_epoch": out.t_star, "fitted_value": clean(out.fitted), "observed_value": clean(out.observed),
+            "rmse": clean(out.rmse), "r2": clean(out.r2)}
 
 
 def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, kept: KeepStart,
