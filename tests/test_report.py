@@ -658,3 +658,38 @@ def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
     ok = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None, None,
                     0, 0, noise=Noise(None, None, None, None, None, None, None, None, {"ok": True, "findings": []}))
     assert "diagnosis" not in summary_paragraph(ok, "e")
+
+
+def test_figures_share_the_y_scale_and_label_axes_and_marks(tmp_path: Path) -> None:
+    """The transitions figure: one y-scale, SE bars, axis labels, a legend for every mark;
+    the schedule's clip length on integer ticks in frames."""
+    import pandas as pd
+
+    from opplan.report import figures
+    from opplan.report.compare import Comparison
+
+    saved: list = []
+    original = figures.atomic_savefig
+    figures.atomic_savefig = lambda fig, path, **kw: saved.append(fig) or original(fig, path, **kw)
+    try:
+        rows = pd.DataFrame([{"planning_run": "p", "run_id": f"r{i}", "src": "S0", "dst": f"cs/{4 * (i + 1)}/0.1",
+                              "status": t.STATUS_FINISHED, "start_time": i, t.M_CHOSEN_EPOCH: 2.0,
+                              "fit_params": ()} for i in range(3)])
+        curves = {f"r{i}": pd.DataFrame({t.M_VAL_ACC: [0.1 * i, 0.2 + 0.1 * i, 0.3], t.M_VAL_SE: [0.05] * 3})
+                  for i in range(3)}
+        cmp = Comparison.__new__(Comparison)
+        object.__setattr__(cmp, "planning_run", "p")
+        object.__setattr__(cmp, "path", None)
+        object.__setattr__(cmp, "config_hash", "abcdef0123")
+        figures.curves_figure(rows, curves, cmp, "exponential", tmp_path / "transitions.png")
+        history = pd.DataFrame({t.M_CLIP_LENGTH: [8.0, 8.0, 8.0], t.M_TRAIN_LOSS: [2.0, 1.5, 1.2]}, index=[1, 2, 3])
+        figures.schedule_figure(history, cmp, tmp_path / "schedule.png")
+    finally:
+        figures.atomic_savefig = original
+    panels = [ax for ax in saved[0].axes if ax.axison]
+    assert len({ax.get_ylim() for ax in panels}) == 1  # one y-scale
+    assert panels[0].get_ylabel() and all(ax.get_xlabel() for ax in panels[-2:])
+    assert [text.get_text() for text in saved[0].legends[0].get_texts()][:3] == [
+        "observed ± 1 SE", "exponential fit", "kept epoch t*"]
+    clip = saved[1].axes[0]
+    assert "frames" in clip.get_ylabel() and list(clip.get_yticks()) == [8.0]

@@ -73,35 +73,48 @@ def curves_figure(transitions: pd.DataFrame, curves: dict[str, pd.DataFrame], cm
         return None
     on_path = {(s.src, s.dst) for s in cmp.path or ()}
     rows = math.ceil(len(mine) / COLUMNS)
-    fig = _new_figure(3.0 * min(COLUMNS, len(mine)), 2.3 * rows)
-    axes = fig.subplots(rows, min(COLUMNS, len(mine)), squeeze=False)
+    fig = _new_figure(3.4 * min(COLUMNS, len(mine)), 2.8 * rows + 0.9)
+    # one y-scale for the whole figure: noise below one SE must not look like a trend (sharey)
+    axes = fig.subplots(rows, min(COLUMNS, len(mine)), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, mine.itertuples()):
         _curve_panel(ax, row, curves[row.run_id], function, (row.src, row.dst) in on_path)
     for ax in list(axes.flat)[len(mine):]:
         ax.set_axis_off()
-    fig.suptitle(f"transitions of planning {cmp.config_hash[:8]}: validation accuracy, {function} fit, knee t*"
-                 " (red: on the chosen path)", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation score (fraction)", fontsize=9)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch of the transition", fontsize=9)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="-", color="0.2", ms=4, label="observed ± 1 SE"),
+               Line2D([], [], color="tab:blue", lw=1.4, label=f"{function} fit"),
+               Line2D([], [], color="tab:orange", ls="--", lw=1.2, label="kept epoch t*"),
+               Line2D([], [], color="tab:red", lw=2.0, label="frame: on the chosen path")]
+    fig.legend(handles=handles, loc="upper right", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle(f"transitions of planning {cmp.config_hash[:8]}", fontsize=11, x=0.02, ha="left")
     # fixed margins: tight_layout costs a second on a few dozen panels
     width, height = fig.get_size_inches()
-    fig.subplots_adjust(left=0.45 / width, right=1 - 0.1 / width, bottom=0.3 / height, top=1 - 0.5 / height,
-                        wspace=0.3, hspace=0.55)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.55 / height, top=1 - 0.8 / height,
+                        wspace=0.12, hspace=0.5)
     atomic_savefig(fig, path, dpi=90)
     return path
 
 
 def _curve_panel(ax: Any, row: Any, curve: pd.DataFrame, function: str, chosen: bool) -> None:
     acc = curve[t.M_VAL_ACC].dropna() if t.M_VAL_ACC in curve else pd.Series(dtype=float)
-    ax.plot(acc.index, acc.values, "o", ms=3, color="0.2")
+    se = curve[t.M_VAL_SE].reindex(acc.index) if t.M_VAL_SE in curve else None
+    ax.errorbar(acc.index, acc.values, yerr=None if se is None else se.fillna(0).values, fmt="o", ms=3,
+                color="0.2", ecolor="0.6", elinewidth=0.8, capsize=1.5)
     params = tuple(row.fit_params)
     if function in fitting.FUNCTIONS and len(params) == fitting.n_params(function) and len(acc):
         grid = np.linspace(0, max(float(acc.index.max()), 1.0), 120)
         ax.plot(grid, fitting.evaluate(function, params, grid), "-", lw=1.2, color="tab:blue")
     t_star = getattr(row, t.M_CHOSEN_EPOCH)
     if not math.isnan(t_star):
-        ax.axvline(t_star, color="tab:red", ls="--", lw=1)
+        ax.axvline(t_star, color="tab:orange", ls="--", lw=1.2)
     ax.set_title(f"{row.src} → {row.dst}" + ("" if row.status == t.STATUS_FINISHED else f" ({row.status})"),
-                 fontsize=7, color="tab:red" if chosen else "black")
-    ax.tick_params(labelsize=6)
+                 fontsize=9, color="tab:red" if chosen else "black")
+    ax.tick_params(labelsize=8)
     for side in ax.spines.values():
         side.set_edgecolor("tab:red" if chosen else "0.6")
         side.set_linewidth(1.6 if chosen else 0.8)
@@ -109,8 +122,8 @@ def _curve_panel(ax: Any, row: Any, curve: pd.DataFrame, function: str, chosen: 
 
 def schedule_figure(history: pd.DataFrame, cmp: Comparison, path: Path) -> Path | None:
     """Clip length, learning rate and training loss per epoch of the final run."""
-    panels = [(t.M_CLIP_LENGTH, "clip length", "steps-post", False), (t.M_LR, "learning rate", "steps-post", True),
-              (t.M_TRAIN_LOSS, "train loss", "default", False)]
+    panels = [(t.M_CLIP_LENGTH, "clip length (frames)", "steps-post", False),
+              (t.M_LR, "learning rate", "steps-post", True), (t.M_TRAIN_LOSS, "train loss", "default", False)]
     panels = [p for p in panels if p[0] in history and history[p[0]].notna().any()]
     if not panels:
         return None
@@ -120,11 +133,15 @@ def schedule_figure(history: pd.DataFrame, cmp: Comparison, path: Path) -> Path 
         values = history[key].dropna()
         ax.plot(values.index, values.values, drawstyle=style, marker="." if style == "default" else None,
                 color="tab:red" if key == t.M_TRAIN_LOSS else "tab:blue")
-        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylabel(label, fontsize=9)
         if log_scale:
             ax.set_yscale("log")
-        ax.tick_params(labelsize=7)
-    axes[-1].set_xlabel("epoch")
+        if key == t.M_CLIP_LENGTH:  # the lengths trained, as integer ticks, not 7.6-8.4 around a constant
+            lengths = sorted({int(v) for v in values.values})
+            ax.set_yticks(lengths)
+            ax.set_ylim(min(lengths) - 1, max(lengths) + 1)
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("epoch of the final retrain", fontsize=9)
     sampling = ""
     if t.M_SAMPLING_US in history and history[t.M_SAMPLING_US].notna().any():
         sampling = ", uniform sampling" if history[t.M_SAMPLING_US].dropna().iloc[-1] else ", consecutive sampling"

@@ -39,7 +39,8 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
 
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="held-out videos")
     labels = [literal_label(name) for name in classes]
     ax.set_xticks(range(len(classes)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(classes)), labels, fontsize=7)
@@ -47,8 +48,8 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
         if value:
             ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
                     color="white" if value > matrix.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     ax.set_title("held-out confusion matrix")
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=120)
