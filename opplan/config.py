@@ -445,6 +445,11 @@ class TrackingParams(_Section):
     """How long one MLflow call is retried (backoff 1, 2, 4, ... 30 s, a WARNING each) while
     the tracking server or database is unreachable, busy or failing with 5xx, before the
     stage gives up with an error. Errors that cannot go away by waiting are raised at once."""
+    system_metrics_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    """Sampling interval of the system metrics (CPU, memory and, on CUDA, GPU utilisation and
+    memory) logged as ``system/...`` into the planning, final and baseline runs while they
+    train (MLflow's system-metrics monitor, :mod:`opplan.tracking.system`); 0 switches them off.
+    GPU utilisation needs NVML (``nvidia-ml-py``)."""
 
     @field_validator("experiment")
     @classmethod

@@ -36,7 +36,7 @@ def evaluated(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     project = tmp_path_factory.mktemp("serving")
     params = Params.model_validate(tiny_config(
         tiny_shards, plan={"clip_lengths": [4], "lrs": [0.02]}, final={"register_as": NAME},
-        tracking={"uri": f"sqlite:///{project / 'mlflow.db'}"}))
+        tracking={"uri": f"sqlite:///{project / 'mlflow.db'}", "system_metrics_seconds": 0.05}))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         mp.delenv(n.ENV_URI, raising=False)
@@ -106,3 +106,12 @@ def test_predict_gives_evaluates_top1_and_survives_a_broken_file(evaluated: dict
     assert [d["top"][0]["label"] for d in lines] == [classes[i] for i in expected]
     for doc, row in zip(lines, evaluated["scores"]):
         assert doc["top"][0]["probability"] == pytest.approx(float(row.max()), abs=1e-5)
+
+
+def test_the_final_run_has_system_metrics(evaluated: dict) -> None:
+    """Sampled every 0.05 s while the final model trained (``tracking.system_metrics_seconds``)."""
+    tracker = Tracker.from_params(evaluated["params"].tracking)
+    metrics = tracker.get_run(evaluated["record"]["run_id"]).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0 * 64
+    assert metrics["system/system_memory_usage_megabytes"] > 0

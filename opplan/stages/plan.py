@@ -76,6 +76,7 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
     with project_lock("plan"):  # before the store is opened: a second process must not create it too
         tracker = Tracker.from_params(params.tracking)
         parent = find_or_start_planning(tracker, config, digest)
+        tracker.watch_system(parent)  # CPU, memory, GPU of the whole planning (its workers included)
         tracker.log_params(parent, speed_params(params))  # recorded even where the hash leaves them out
         log.info("planning %s (MLflow run %s in %s), %d states, %d edges", digest, parent, tracker.uri,
                  len(graph.states), len(graph.edges))

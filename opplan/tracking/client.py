@@ -143,17 +143,19 @@ class Tracker(Store):
     missing (:mod:`opplan.tracking.store`), the experiment marked for MLflow's runs view."""
 
     def __init__(self, uri: str, experiment: str, *, artifact_root: str | Path = "mlartifacts",
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS, system_metrics_seconds: float = 0.0) -> None:
         uri = resolve_uri(uri)
         ensure_store(uri)  # before the client: MlflowClient itself would create a missing store
         super().__init__(uri, "", retry_seconds=retry_seconds)
         self.experiment_id = self._experiment(experiment, Path(artifact_root))
+        self.system_metrics_seconds = system_metrics_seconds
+        self._monitors: dict[str, Any] = {}
 
     @classmethod
     def from_params(cls, tracking: TrackingParams, *, baselines: bool = False) -> Tracker:
         """The tracker of params' ``tracking`` section; ``baselines``: on ``<experiment>-baselines``."""
         return cls(tracking.uri, tracking.experiment + (BASELINES_SUFFIX if baselines else ""),
-                   retry_seconds=tracking.retry_seconds)
+                   retry_seconds=tracking.retry_seconds, system_metrics_seconds=tracking.system_metrics_seconds)
 
     def _experiment(self, name: str, artifact_root: Path) -> str:
         found = self._call(self.client.get_experiment_by_name, name)
@@ -218,8 +220,21 @@ class Tracker(Store):
     def log_artifact(self, run_id: str, path: str | Path, artifact_dir: str | None = None) -> None:
         self._call(self.client.log_artifact, run_id, str(path), artifact_dir)
 
+    def watch_system(self, run_id: str) -> None:
+        """Log system metrics into ``run_id`` until :meth:`end_run` closes it
+        (:mod:`opplan.tracking.system`; off when ``system_metrics_seconds`` is 0)."""
+        if run_id not in self._monitors:
+            from opplan.tracking.system import start_monitor
+
+            monitor = start_monitor(run_id, self.uri, self.system_metrics_seconds)
+            if monitor is not None:
+                self._monitors[run_id] = monitor
+
     def end_run(self, run_id: str, status: str) -> None:
         """Close a run; ``status`` is opplan's status, mapped onto MLflow's run status."""
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:  # its last samples go in while the run is still open
+            monitor.finish()
         mlflow_status = {STATUS_FINISHED: "FINISHED", STATUS_FAILED: "FAILED", STATUS_KILLED: "KILLED"}[status]
         self.set_tags(run_id, {TAG_STATUS: status})
         self._call(self.client.set_terminated, run_id, status=mlflow_status)

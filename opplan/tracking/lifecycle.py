@@ -89,13 +89,21 @@ def claim_run(tracker: Tracker, work: Work) -> Claim:
     if running and _resumable(tracker, work, running[-1]):
         run_id = running[-1].info.run_id
         log.info("%s: resuming interrupted MLflow run %s", work.label, run_id)
-        return Claim(run_id, run_work_dir(work.work_root, run_id))
+        return _watched(tracker, work, Claim(run_id, run_work_dir(work.work_root, run_id)))
     if running:
         _kill(tracker, work, running[-1], f"interrupted, and its work folder "
               f"{run_work_dir(work.work_root, running[-1].info.run_id)} holds no epoch state to continue from")
     run_id = tracker.create_run(work.run_name, {**work.key, **work.tags, TAG_STATUS: STATUS_RUNNING},
                                 parent_id=work.parent_id)
-    return Claim(run_id, run_work_dir(work.work_root, run_id))
+    return _watched(tracker, work, Claim(run_id, run_work_dir(work.work_root, run_id)))
+
+
+def _watched(tracker: Tracker, work: Work, claim: Claim) -> Claim:
+    """A top-level run that is about to train gets system metrics (the final run, each baseline
+    and retrain); a transition's are its planning run's (:mod:`opplan.tracking.system`)."""
+    if work.parent_id is None:
+        tracker.watch_system(claim.run_id)
+    return claim
 
 
 def _resumable(tracker: Tracker, work: Work, run: Run) -> bool:
