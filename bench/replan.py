@@ -59,7 +59,7 @@ def replan_params(params: Params, root: Path, seed: int, work: Path) -> Params:
 
 
 def replan(params: Params, work: Path) -> tuple[dict, dict, float]:
-    """The stages plan, final and evaluate in ``work`` (as bench/study.py runs them);
+    """The stages plan, final and evaluate in ``work`` (as opplan study runs them);
     (plan.json, metrics.json, seconds)."""
     from opplan.stages.evaluate import run_evaluate
     from opplan.stages.final import run_final

@@ -2,7 +2,7 @@
 tests and the verdict "better / worse / within noise" (docs/design.md, "Noise").
 
 Pure numpy/scipy, no torch and no MLflow: planning (the SE of every transition's score and
-the noise-aware DP), the report (OP against HS) and ``bench/study.py`` share it.
+the noise-aware DP), the report (OP against HS) and ``opplan study`` share it.
 
 Per-video values are what every estimate starts from: ``per_video_scores`` turns a
 ``(videos, classes)`` score matrix into one number per video for a metric, and the metric of

@@ -123,7 +123,7 @@ def retrain(params: Params, rep: Path, schedule: list[Any], state: Any, kind: st
     reused from MLflow when finished), with its per-video held-out correctness by video id."""
     from opplan.predictions import per_video
     from opplan.stages.repeats import retrain_and_score
-    from opplan.tracking import names as n
+    from opplan import names as n
     from opplan.tracking.client import Tracker
 
     with working_in(rep):
@@ -144,10 +144,11 @@ def retrain(params: Params, rep: Path, schedule: list[Any], state: Any, kind: st
 def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: Path, workers: int
                   ) -> dict[str, Any]:
     from opplan.stages.baselines import Candidate, build_schedule, candidates
-    from opplan.stages.common import config_hash, final_state, planning_config
+    from opplan.stages.common import config_hash, final_state, stage_config
+    from opplan.stages.repeats import steps_scale
     from opplan.stages.final import path_schedule
     from opplan.study import grid as g
-    from opplan.tracking import names as n
+    from opplan import names as n
 
     rep = work / f"rep{seed}"
     rep.mkdir(parents=True, exist_ok=True)
@@ -160,12 +161,7 @@ def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: P
         plan_doc = json.loads((rep / f"plan-{arm}.json").read_text())
         tags = {n.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], n.TAG_CONFIG_HASH: plan_doc["config_hash"],
                 n.TAG_MATCH_STEPS: str(params.final.match_steps)}
-        # final.match_steps scales the path as the final stage does (planning videos over train + val)
-        from opplan.train.setup import TrainSetup
-
-        scale = (TrainSetup(params, shards).train_videos / TrainSetup(params, shards, train_splits=("train", "val"))
-                 .train_videos) if params.final.match_steps else 1.0
-        schedule = path_schedule(plan_doc, params, scale)
+        schedule = path_schedule(plan_doc, params, steps_scale(params, shards))  # final.match_steps, as final
         arms[arm] = {**cost, "retrain": retrain(params, rep, schedule, final_state(plan_doc, params),
                                                 n.KIND_OP_RETRAIN, f"OP {arm}", tags, ids, labels)}
 
@@ -175,13 +171,16 @@ def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: P
     best = g.pick(everything)
     if best is None:
         raise OpplanError(f"replicate {seed}: no grid candidate finished")
-    digest = config_hash(planning_config(base, shards) | {"baselines": base.section_dict("baselines")["baselines"]})
+    digest = config_hash(stage_config(base, "baselines", shards))
 
     def hs_retrain(row: dict[str, Any], label: str) -> dict[str, Any]:
         c = Candidate(row["sampling"], row["schedule"], row["decay"], row["epochs"])
-        schedule = build_schedule(c, base)
-        return retrain(base, rep, schedule, schedule[-1].state, n.KIND_HS_RETRAIN, label,
-                       {n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest}, ids, labels) | {"candidate": c.name}
+        schedule = build_schedule(c, base, steps_scale(base, shards))  # final.match_steps, as the baselines stage
+        tags = {n.TAG_SCHEDULE: c.name, n.TAG_CONFIG_HASH: digest}
+        if base.final.match_steps:
+            tags[n.TAG_MATCH_STEPS] = str(True)
+        return retrain(base, rep, schedule, schedule[-1].state, n.KIND_HS_RETRAIN, label, tags, ids,
+                       labels) | {"candidate": c.name}
 
     hs = {"pick": best, "interior": g.interior(everything, best), "retrain": hs_retrain(best, f"HS {best['name']}"),
           "grid_core_seconds": sum(r["core_seconds"] for r in everything),
