@@ -279,3 +279,25 @@ def test_a_video_path_that_is_not_utf8_is_a_reported_problem(tmp_path: Path) -> 
     assert manifest(tmp_path / "data") == [("videos/a_000000_000000.mp4", "cat", "train")]
     [(_, line, reason)] = report(tmp_path / "data")
     assert line == 3 and "is not UTF-8; rename the file" in reason
+
+
+def test_mmaction2_video_lists(tmp_path: Path) -> None:
+    """MMAction2/PySlowFast ``path label`` lists: the train list and the val list of a folder."""
+    root = tmp_path / "kinetics"
+    touch(root, "train/a.mp4", "train/b.mp4", "val/c.mp4")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "kinetics400_train_list_videos.txt").write_text("train/a.mp4 0\ntrain/b.mp4 10\ntrain/x.mp4 1\n"
+                                                             "train/b.mp4 cat\n")
+    (lists / "kinetics400_val_list_videos.txt").write_text("val/c.mp4 10\n\nval/frames 64 1\n")
+    out = tmp_path / "data"
+    listing = import_dataset("list", root, lists, out)
+    assert listing.classes == ["0", "1", "10"]  # every index listed, numerically
+    assert manifest(out) == [("videos/train/a.mp4", "0", "train"), ("videos/train/b.mp4", "10", "train"),
+                             ("videos/val/c.mp4", "10", "test")]
+    problems = report(out)
+    assert [(f, line) for f, line, _ in problems] == [("kinetics400_train_list_videos.txt", 3),
+                                                      ("kinetics400_train_list_videos.txt", 4),
+                                                      ("kinetics400_val_list_videos.txt", 3)]
+    assert "not found" in problems[0][2] and "expected 'path label'" in problems[1][2]
+    assert "rawframes" in problems[2][2]

@@ -55,7 +55,7 @@ from opplan.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv")
+FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv", "list")
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
 )
@@ -396,7 +396,37 @@ def read_csv(root: Path, annotations: Path, split: int = 1) -> Listing:
     return listing
 
 
-READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv}
+def read_list(root: Path, annotations: Path, split: int = 1) -> Listing:
+    """MMAction2/PySlowFast video lists, ``path label`` per line (label: a class index): one
+    file, or a folder of ``*.txt``/``*.csv`` lists; a list whose name says ``train`` is the
+    training set, the others (val, test) the held-out set. Classes are the indices as names."""
+    files = sorted(p for p in annotations.iterdir() if p.suffix in (".txt", ".csv")) if annotations.is_dir() \
+        else [annotations]
+    if not files or not is_file(files[0]):
+        raise AnnotationFileError(annotations, "no list file (lines 'path label')")
+    rows = []
+    for path in files:
+        kind = "train" if "train" in path.name.lower() else "test"
+        for line, text in _lines(path):
+            cells = text.replace(",", " ").split()
+            label = _number(cells[-1]) if len(cells) == 2 else None
+            rows.append((path, line, kind, cells, label))
+    listing = Listing(classes=[str(i) for i in sorted({r[4] for r in rows if r[4] is not None})])
+    for path, line, kind, cells, label in rows:
+        if len(cells) == 3 and _number(cells[1]) is not None:
+            listing.bad((path, line), "a rawframes line (frame_dir total label): frame folders are not read yet; "
+                                      "list the videos instead")
+        elif label is None:
+            listing.bad((path, line), f"expected 'path label' (label a class index), got {' '.join(cells)!r}"[:300])
+        else:
+            found = _locate(root, cells[0]) if not Path(cells[0]).is_absolute() else (
+                Path(cells[0]) if is_file(Path(cells[0])) else None)
+            listing.add(root, found, str(label), kind, (path, line), cells[0])
+    return listing
+
+
+READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv,
+           "list": read_list}
 
 
 # --- the import ------------------------------------------------------------------------
