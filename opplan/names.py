@@ -45,6 +45,7 @@ TAG_DIAGNOSIS = "opplan.diagnosis"  # planning: ok | at_chance,short_path (oppla
 TAG_SEED = "opplan.seed"  # op_retrain / hs_retrain: the training seed of a repeated retrain
 TAG_MATCH_STEPS = "opplan.match_steps"  # final / op_retrain: "True" when trained with final.match_steps
 TAG_CREATE_TOKEN = "opplan.create_token"  # client-made id of a run: makes create_run safe to retry
+TAG_CHECKPOINT_SHA256 = "opplan.checkpoint_sha256"  # checkpoint/model.pt's digest when logged; checked on download
 
 KIND_PLANNING = "planning"
 KIND_TRANSITION = "transition"

@@ -261,3 +261,58 @@ def test_ui_links_open_the_transitions_with_their_columns_and_compare_the_path(p
     assert set(json.loads(unquote(compare).split("runs=")[1].split("&")[0])) == on_path
     document = json.loads((project / "plan.json").read_text())
     assert len(on_path) == len(document["path"]) - 1
+
+
+def checkpoint_file(tracker: t.Tracker, run_id: str) -> Path:
+    """Where the local store keeps a run's ``checkpoint/model.pt``."""
+    from urllib.parse import urlparse
+
+    return Path(urlparse(tracker.get_run(run_id).info.artifact_uri).path) / "checkpoint" / "model.pt"
+
+
+def test_a_replaced_or_truncated_checkpoint_is_a_damaged_run_never_its_result(
+        planned: tuple[Path, Params], monkeypatch: pytest.MonkeyPatch) -> None:
+    project, params = planned
+    monkeypatch.chdir(project)
+    record = run_final(params)
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    run_id = record["run_id"]
+    assert tracker.get_run(run_id).data.tags["opplan.checkpoint_sha256"] == record["model_sha256"]
+    stored = checkpoint_file(tracker, run_id)
+    own = stored.read_bytes()
+    other = checkpoint_file(tracker, next(r.info.run_id for r in transition_runs(params)
+                                          if r.data.tags[t.TAG_STATUS] == t.STATUS_FINISHED
+                                          and "opplan.checkpoint_sha256" in r.data.tags)).read_bytes()
+    try:
+        for damaged in (other, own[: len(own) // 2]):  # replaced by another valid model; cut short
+            stored.write_bytes(damaged)
+            (project / "final" / "model.pt").unlink(missing_ok=True)  # as `dvc repro` does before `final`
+            with pytest.raises(OpplanError, match=rf"MLflow run {run_id}: its artifact checkpoint/model.pt is not"):
+                run_final(params)
+            assert not (project / "final" / "model.pt").exists()  # never written from the damaged file
+    finally:
+        stored.write_bytes(own)
+    assert run_final(params)["model_sha256"] == record["model_sha256"]
+
+
+def test_planning_refuses_a_source_checkpoint_replaced_in_the_store(
+        planned: tuple[Path, Params], monkeypatch: pytest.MonkeyPatch) -> None:
+    project, params = planned
+    monkeypatch.chdir(project)
+    tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
+    runs = [r for r in transition_runs(params) if r.data.tags[t.TAG_STATUS] == t.STATUS_FINISHED]
+    source = next(r for r in runs if "opplan.checkpoint_sha256" in r.data.tags
+                  and any(d.data.tags[t.TAG_SRC] == r.data.tags[t.TAG_DST] for d in runs))
+    dependent = next(d for d in runs if d.data.tags[t.TAG_SRC] == source.data.tags[t.TAG_DST])
+    stored = checkpoint_file(tracker, source.info.run_id)
+    own = stored.read_bytes()
+    other = next(checkpoint_file(tracker, r.info.run_id) for r in runs
+                 if r.info.run_id != source.info.run_id and "opplan.checkpoint_sha256" in r.data.tags).read_bytes()
+    stored.write_bytes(other)
+    tracker.set_tags(dependent.info.run_id, {t.TAG_STATUS: t.STATUS_RUNNING})  # its retraining needs the source
+    try:
+        with pytest.raises(OpplanError, match=rf"MLflow run {source.info.run_id}: its artifact checkpoint/model.pt"):
+            run_plan(params)
+    finally:
+        stored.write_bytes(own)
+    run_plan(params)  # the intact source: the dependent transition retrains from it

@@ -108,7 +108,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
                    n.M_STEPS: optimizer_steps(setup.train_videos, schedule, params.train),
                    n.M_PLANNED_STEPS: planned_steps(plan_doc, params, planning_videos)}
         log_summary_once(tracker, claim.run_id, summary, step=len(schedule))
-        tracker.log_artifact(claim.run_id, outcome.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
+        tracker.log_checkpoint(claim.run_id, outcome.checkpoint)
         record = final_record(claim.run_id, plan_doc, schedule, summary, outcome.losses, outcome.checkpoint)
         write_outputs(out_dir, outcome.checkpoint, record, schedule)
         tracker.end_run(claim.run_id, n.STATUS_FINISHED)
@@ -140,7 +140,7 @@ def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: dict[str, Any], sc
                n.M_COMPUTE_SECONDS: metrics[n.M_COMPUTE_SECONDS]}
     summary |= {key: int(metrics[key]) for key in (n.M_STEPS, n.M_PLANNED_STEPS) if key in metrics}
     losses = [value for _, value in tracker.history(claim.run_id, n.M_TRAIN_LOSS)]
-    checkpoint = tracker.download_artifact(claim.run_id, n.ARTIFACT_CHECKPOINT, claim.work_dir)
+    checkpoint = tracker.download_checkpoint(claim.run_id, claim.work_dir)
     record = final_record(claim.run_id, plan_doc, schedule, summary, losses, checkpoint)
     write_outputs(out_dir, checkpoint, record, schedule)
     clear_work_dir(claim.work_dir)

@@ -63,7 +63,7 @@ class TransitionRunner:
                bar: Bar | None = None) -> None:
         init = None
         if src_record is not None:  # into this run's own folder: workers may start from one source at once
-            init = self.tracker.download_artifact(src_record.run_id, n.ARTIFACT_CHECKPOINT, work / "source")
+            init = self.tracker.download_checkpoint(src_record.run_id, work / "source")
         outcome = train_transition(self.setup, dst, init, work, label=transition_name(src, dst),
                                    on_epoch=self.tracker.epoch_logger(run_id, n.M_VAL_ACC), bar=bar)
         self._log_outcome(run_id, transition_name(src, dst), outcome, work)
@@ -84,7 +84,7 @@ class TransitionRunner:
                             self.setup.params.plan.max_epochs)
             if out.rmse is not None:
                 summary |= {n.M_KNEE_RMSE: out.rmse, n.M_KNEE_R2: out.r2}
-            self.tracker.log_artifact(run_id, out.checkpoint, n.ARTIFACT_CHECKPOINT_DIR)
+            self.tracker.log_checkpoint(run_id, out.checkpoint)
             fit = work / n.ARTIFACT_FIT
             atomic_write_json(fit, fit_document(out, self.setup.params.plan.fit_function))
             self.tracker.log_artifact(run_id, fit)

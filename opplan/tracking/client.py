@@ -26,8 +26,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from opplan.config import TrackingParams
 from opplan.errors import OpplanError
 from opplan.names import (
-    BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED,
-    TAG_CREATE_TOKEN, TAG_STATUS,
+    ARTIFACT_CHECKPOINT, ARTIFACT_CHECKPOINT_DIR, BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG,
+    STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED, TAG_CHECKPOINT_SHA256, TAG_CREATE_TOKEN, TAG_STATUS,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
 from opplan.tracking.store import SQLITE, check_readable, ensure_store, sqlite_path
@@ -126,6 +126,24 @@ class Store:
     def set_experiment_tag(self, key: str, value: str) -> None:
         """The one write a reader makes: a saved view of MLflow's UI (:mod:`opplan.tracking.views`)."""
         self._call(self.client.set_experiment_tag, self.experiment_id, key, value)
+
+    def download_checkpoint(self, run_id: str, dst: str | Path) -> Path:
+        """A run's ``checkpoint/model.pt``, checked against the SHA-256 recorded when it was logged
+        (:meth:`Tracker.log_checkpoint`). A file that differs (replaced by another model, or cut
+        short) is a damaged run, never its result: :class:`OpplanError` names the run and artifact.
+        Runs logged before digests were recorded carry none and are taken as they are."""
+        from opplan.fileio import file_digest
+
+        path = self.download_artifact(run_id, ARTIFACT_CHECKPOINT, dst)
+        expected = self.get_run(run_id).data.tags.get(TAG_CHECKPOINT_SHA256)
+        if expected is not None and file_digest(path) != expected:
+            path.unlink(missing_ok=True)
+            raise OpplanError(
+                f"MLflow run {run_id}: its artifact {ARTIFACT_CHECKPOINT} is not the checkpoint the run logged "
+                f"(sha256 differs from its tag {TAG_CHECKPOINT_SHA256}: replaced or damaged in the store at {self.uri}). "
+                f"The run is damaged: delete it (`mlflow runs delete --run-id {run_id}`, with MLFLOW_TRACKING_URI "
+                f"set to the store) and run the stage again to train it anew")
+        return path
 
     def read_json_artifact(self, run_id: str, path: str) -> Any | None:
         """A JSON artifact of a run, or ``None`` when the run has none at ``path``."""
@@ -229,6 +247,14 @@ class Tracker(Store):
             monitor = start_monitor(run_id, self.uri, self.system_metrics_seconds)
             if monitor is not None:
                 self._monitors[run_id] = monitor
+
+    def log_checkpoint(self, run_id: str, path: str | Path) -> None:
+        """Log ``path`` as the run's ``checkpoint/model.pt``, its SHA-256 first as a tag, so that
+        every download can tell the run's own weights from a replaced or truncated file."""
+        from opplan.fileio import file_digest
+
+        self.set_tags(run_id, {TAG_CHECKPOINT_SHA256: file_digest(path)})
+        self.log_artifact(run_id, path, ARTIFACT_CHECKPOINT_DIR)
 
     def end_run(self, run_id: str, status: str) -> None:
         """Close a run; ``status`` is opplan's status, mapped onto MLflow's run status."""
