@@ -8,7 +8,7 @@ time with 1 and 2 planning workers.
    with gloo: 1 process with all cores, 1 process with one core per process's share, and
    2 processes (DDP, batch 8 each). The cores are split, never oversubscribed. Batches are
    made in memory, so this is model + communication only.
-2. ``opplan plan`` on a tiny synthetic dataset with ``plan.workers`` 1 and 2 (each its own
+2. ``opplan plan`` on a tiny synthetic dataset with ``runtime.plan_workers`` 1 and 2 (each its own
    project folder and MLflow store): wall times, and whether 2 workers explored exactly
    what 1 worker did with the same threads per process.
 

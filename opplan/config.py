@@ -9,6 +9,8 @@ the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -27,6 +30,8 @@ from pydantic import (
 from opplan.errors import ParamsError
 from opplan.planning import fitting
 from opplan.planning.graph import DECISIONS, KINDS, SAMPLINGS, State
+
+_log = logging.getLogger(__name__)
 
 Sampling = Literal[SAMPLINGS]
 # Every number is bounded by what the program can take (docs/design.md §12): past these, a setting
@@ -474,6 +479,29 @@ class DistributedParams(_Section):
     """How long a process waits for the others (e.g. while rank 0 talks to MLflow) before failing."""
 
 
+_SECTION_MODELS = {"prepare": PrepareParams, "plan": PlanParams, "train": TrainParams, "tracking": TrackingParams}
+
+MOVED_TO_RUNTIME: dict[str, tuple[str, str]] = {
+    "prepare_workers": ("prepare", "workers"),
+    "plan_workers": ("plan", "workers"),
+    "num_workers": ("train", "num_workers"),
+    "prefetch_factor": ("train", "prefetch_factor"),
+    "progress_seconds": ("train", "progress_seconds"),
+    "val_cache_mb": ("train", "val_cache_mb"),
+    "retry_seconds": ("tracking", "retry_seconds"),
+}
+"""``runtime.<name>`` -> where the setting used to be (and where the code still reads it)."""
+
+RuntimeParams = create_model(
+    "RuntimeParams", __base__=_Section, __doc__="Settings that change only how fast something runs (docs/design.md §13).",
+    **{name: (_SECTION_MODELS[section].model_fields[key].annotation, copy.copy(_SECTION_MODELS[section].model_fields[key]))
+       for name, (section, key) in MOVED_TO_RUNTIME.items()})
+for _section, _key in MOVED_TO_RUNTIME.values():  # the sections keep them for the code, but dump them only under runtime
+    _SECTION_MODELS[_section].model_fields[_key].exclude = True
+for _model in _SECTION_MODELS.values():
+    _model.model_rebuild(force=True)
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False, validate_default=True,
                               use_attribute_docstrings=True)
@@ -494,6 +522,39 @@ class Params(_Section):
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
     distributed: DistributedParams = DistributedParams()
+    runtime: RuntimeParams = RuntimeParams()  # type: ignore[valid-type]
+    """Settings that change only speed; no stage depends on them (docs/design.md §13)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_in_one_place(cls, data: Any) -> Any:
+        """``runtime.<name>`` is the place of a speed-only setting; its old place still works
+        (with a warning) and the sections keep the value, where the code reads it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        runtime = data.get("runtime") or {}
+        runtime = dict(runtime) if isinstance(runtime, dict) else runtime.model_dump()
+        for name, (section, key) in MOVED_TO_RUNTIME.items():
+            value = data.get(section)
+            if isinstance(value, dict) and key in value:
+                if name not in runtime:
+                    _log.warning("%s.%s has moved to runtime.%s; reading it from there", section, key, name)
+                    runtime[name] = value[key]
+                elif runtime[name] != value[key]:
+                    raise ValueError(f"{section}.{key} and runtime.{name} are both set: keep runtime.{name}")
+            elif isinstance(value, BaseModel) and key in value.model_fields_set:
+                runtime.setdefault(name, getattr(value, key))
+        for name, (section, key) in MOVED_TO_RUNTIME.items():  # validated in both places, each error named
+            if name not in runtime:
+                continue
+            value = data.get(section)
+            if isinstance(value, BaseModel):
+                data[section] = value.model_copy(update={key: runtime[name]})
+            elif value is None or isinstance(value, dict):  # anything else: refused by the section itself
+                data[section] = {**(value or {}), key: runtime[name]}
+        data["runtime"] = runtime
+        return data
 
     @model_validator(mode="after")
     def _model_fits_plan(self) -> Params:
@@ -682,15 +743,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def dump_params(params: Params) -> str:
-    """The resolved settings as YAML, every default filled in."""
+    """The resolved settings as YAML, every default filled in; speed-only settings under
+    ``runtime`` only."""
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
 
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+"""Shipped with the package (package data), so that an installed opplan lists and copies them."""
 
 
 def preset_path(name: str) -> Path:
-    """Path of a shipped preset (``configs/<name>.yaml``), by name only: never a path elsewhere."""
+    """Path of a shipped preset (``opplan/presets/<name>.yaml``), by name only: never a path elsewhere."""
     known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
     if name not in known:
         raise ParamsError(f"unknown preset {_excerpt(repr(name))}; shipped presets: {', '.join(known) or 'none'} "

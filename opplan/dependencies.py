@@ -18,17 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from opplan.config import Params
+from opplan.config import MOVED_TO_RUNTIME, Params
 
-RUNTIME: dict[str, tuple[str, ...]] = {
-    "prepare": ("workers",),
-    "train": ("num_workers", "prefetch_factor", "progress_seconds", "val_cache_mb"),
-    "plan": ("workers",),
-    "tracking": ("retry_seconds",),
-    "distributed": ("nproc_per_node", "backend", "timeout_minutes"),
-}
-"""Settings that change only speed. ``distributed``: with N processes BatchNorm sees batch/N
-clips per device, as ``train.micro_batch_per_length`` does in one process (README, "Scaling out")."""
+RUNTIME = ("runtime", "distributed")
+"""Sections of settings that change only speed: worker processes, loader prefetching, the
+validation cache, progress lines, retries (``runtime``), and the distributed launch. With N
+distributed processes BatchNorm sees batch/N clips per device, as
+``train.micro_batch_per_length`` does in one process (README, "Scaling out")."""
 
 WHERE = ("device", "tracking.uri", "tracking.experiment")
 
@@ -62,8 +58,10 @@ STAGE_WHERE: dict[str, tuple[str, ...]] = {
 
 
 def _fields(section: str) -> list[str]:
+    """The keys of a section as a params file writes them (the speed-only ones under ``runtime``)."""
     model = Params.model_fields[section].annotation
-    return list(getattr(model, "model_fields", {}))
+    moved = {key for where, key in MOVED_TO_RUNTIME.values() if where == section}
+    return [key for key in getattr(model, "model_fields", {}) if key not in moved]
 
 
 def all_keys() -> list[str]:
@@ -76,14 +74,14 @@ def all_keys() -> list[str]:
 
 
 def runtime_keys() -> set[str]:
-    return {f"{section}.{key}" for section, keys in RUNTIME.items() for key in keys}
+    return {f"{section}.{key}" for section in RUNTIME for key in _fields(section)}
 
 
 def _expand(entry: str) -> list[str]:
-    """A section name -> its keys that are not ``RUNTIME``; a key or top-level setting -> itself."""
+    """A section name -> its keys; a key or top-level setting -> itself."""
     if "." in entry or not _fields(entry):
         return [entry]
-    return [f"{entry}.{key}" for key in _fields(entry) if key not in RUNTIME.get(entry, ())]
+    return [f"{entry}.{key}" for key in _fields(entry)]
 
 
 def result_keys(stage: str) -> list[str]:
@@ -92,12 +90,9 @@ def result_keys(stage: str) -> list[str]:
 
 
 def stage_params(stage: str) -> list[str]:
-    """``dvc.yaml``'s ``params`` for a stage: whole sections where none of their keys is
-    ``RUNTIME``, the section's other keys one by one where some are."""
+    """``dvc.yaml``'s ``params`` for a stage: ``STAGE_READS`` and its ``WHERE`` keys."""
     where = STAGE_WHERE.get(stage, WHERE)
-    listed: list[str] = []
-    for entry in STAGE_READS[stage]:
-        listed += [entry] if "." not in entry and entry not in RUNTIME else _expand(entry)
+    listed = list(STAGE_READS[stage])
     return [*where[:1], *listed, *where[1:]] if where[:1] == ("device",) else [*listed, *where]
 
 

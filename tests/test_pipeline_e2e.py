@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,21 +23,22 @@ from opplan.planning.graph import graph_from_params
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["opplan", "pipeline", "configs", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml",
+COPIED = ["opplan", "pipeline", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "dvc.yaml",
           "params.yaml", "pyproject.toml"]
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opplan e2e", "GIT_AUTHOR_EMAIL": "e2e@opplan.invalid",
                 "GIT_COMMITTER_NAME": "opplan e2e", "GIT_COMMITTER_EMAIL": "e2e@opplan.invalid"}
 
 TINY = {
-    "prepare": {"short_side": 40, "workers": 1},
+    "prepare": {"short_side": 40},
     "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
     "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-              "eval_batch_size": 8, "num_workers": 0},
+              "eval_batch_size": 8},
     "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "extended",
              "delay": 1, "max_epochs": 6},
     "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
     "baselines": {"enabled": True, "schedules": ["l1-lN"], "decays": ["step"], "sampling": ["cs"], "epochs": [2]},
     "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "e2e"},
+    "runtime": {"prepare_workers": 1, "num_workers": 0},
 }
 
 
@@ -168,3 +170,23 @@ def test_changing_a_planning_param_reruns_plan_but_never_prepare(project: Path) 
         assert changed_stages(project) == {"report"}
     finally:
         (project / "params.yaml").write_text(original)
+
+
+def test_experiments_in_temporary_copies_use_the_project_s_store(project: Path) -> None:
+    """``dvc exp run --temp`` and ``--queue`` run in copies of the workspace without the
+    git-ignored store: the report stage of each still reads the project's ``mlflow.db`` (a
+    store of its own would hold no planning, and the stage would fail), and no store is made
+    in the copies (docs/operations.md, "Experiments")."""
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "before experiments"], project)
+    run(["dvc", "exp", "run", "--temp", "-n", "temp-exp", "-S", "report.figures=false"], project)
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-exp", "-S", "report.figures=false"], project)
+    run(["dvc", "queue", "start"], project)
+    deadline = time.monotonic() + 300
+    while "Queued" in (status := run(["dvc", "queue", "status"], project)) or "Running" in status:
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert "Success" in status and "Failed" not in status, status
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
+    assert "temp-exp" in shown and "queued-exp" in shown
+    assert not list((project / ".dvc").rglob("mlflow.db"))

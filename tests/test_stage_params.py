@@ -56,7 +56,7 @@ def test_the_demo_settings_rerun_what_the_issue_found_missing() -> None:
         assert {"plan", "final", "evaluate"} <= stages_of(key)
         assert "prepare" not in stages_of(key) and "report" not in stages_of(key)
     assert stages_of("plan.delay") == {"plan", "final", "evaluate"}  # not the grid: it does not plan
-    assert stages_of("plan.workers") == stages_of("train.num_workers") == set()
+    assert stages_of("runtime.plan_workers") == stages_of("runtime.num_workers") == set()
 
 
 def _read_keys(path: Path) -> set[str]:
@@ -103,7 +103,7 @@ def test_what_a_stage_s_code_reads_is_a_dependency_or_runtime(name: str) -> None
 
 
 def test_the_read_walk_finds_the_planning_signal() -> None:
-    assert {"plan.metric", "plan.decision", "plan.workers"} <= set().union(
+    assert {"plan.metric", "plan.decision", "model.name"} <= set().union(
         *(_read_keys(p) for p in source_files(ROOT / "pipeline" / "plan.py")))
 
 
@@ -127,9 +127,10 @@ def test_the_hashes_follow_the_keys(tiny_shards: Path) -> None:
                 config_hash(stage_config(params, "baselines", tiny_shards)))
 
     plan0, grid0 = hashes("plan", "delay", data["plan"]["delay"])
-    assert hashes("plan", "workers", 1) == (plan0, grid0)
-    assert hashes("train", "num_workers", 3) == (plan0, grid0)
-    assert hashes("tracking", "retry_seconds", 5) == (plan0, grid0)
+    assert hashes("runtime", "plan_workers", 1) == (plan0, grid0)
+    assert hashes("runtime", "num_workers", 3) == (plan0, grid0)
+    assert hashes("runtime", "retry_seconds", 5) == (plan0, grid0)
+    assert hashes("runtime", "val_cache_mb", 0) == (plan0, grid0)
     decided = hashes("plan", "decision", "argmax")
     assert decided[0] != plan0 and decided[1] == grid0
     delayed = hashes("plan", "delay", 3)
@@ -137,4 +138,31 @@ def test_the_hashes_follow_the_keys(tiny_shards: Path) -> None:
     metric = hashes("plan", "metric", "top1")
     assert metric[0] != plan0 and metric[1] != grid0
     assert hashes("baselines", "epochs", [16])[1] != grid0
-    assert hashes("train", "val_cache_mb", 0) == (plan0, grid0)
+
+
+@pytest.mark.parametrize("path", [ROOT / "params.yaml", *sorted((ROOT / "opplan" / "presets").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_every_key_a_stage_lists_one_by_one_is_written_in_the_shipped_files(path: Path) -> None:
+    """DVC refuses a stage whose listed key is missing from the params file (whole sections
+    may leave keys to their defaults)."""
+    data = yaml.safe_load(path.read_text())
+    listed = {key for stage in d.STAGE_READS for key in d.stage_params(stage) if "." in key}
+    missing = sorted(k for k in listed if k.split(".")[1] not in (data.get(k.split(".")[0]) or {}))
+    assert not missing, f"{path.name} lacks {missing}"
+
+
+def test_a_speed_setting_in_its_old_place_still_works_and_says_where_it_moved(
+        caplog: pytest.LogCaptureFixture) -> None:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    runtime = data.pop("runtime")
+    old = {**data, "plan": {**data["plan"], "workers": 3}, "train": {**data["train"], "num_workers": 1}}
+    params = parse_params(old)
+    assert params.plan.workers == params.runtime.plan_workers == 3
+    assert params.train.num_workers == params.runtime.num_workers == 1
+    assert "plan.workers has moved to runtime.plan_workers" in caplog.text
+    assert "train.num_workers has moved to runtime.num_workers" in caplog.text
+    assert params.runtime.prefetch_factor == 4  # the default where neither place sets it
+    new = parse_params({**data, "runtime": runtime})
+    assert new.plan.workers == runtime["plan_workers"] and new.train.prefetch_factor == runtime["prefetch_factor"]
+    with pytest.raises(Exception, match="runtime.plan_workers"):
+        parse_params({**old, "runtime": {"plan_workers": 1}})

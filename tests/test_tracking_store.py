@@ -182,3 +182,20 @@ def test_ui_refuses_a_port_out_of_range_in_one_line(tmp_path: Path, monkeypatch:
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     result = CliRunner().invoke(cli, ["ui", "--params", "params.yaml", "--port", "99999"])
     assert result.exit_code == 2 and "99999" in result.output and "Traceback" not in result.output
+
+
+def test_a_relative_store_resolves_against_the_dvc_repository_a_stage_runs_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dvc exp run --temp``/``--queue`` run stages in a copy of the workspace and set
+    ``DVC_ROOT`` to the repository: its store, not the copy's."""
+    from opplan.tracking.client import absolute_uri
+
+    copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "standalone" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{copy.resolve()}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
+    assert absolute_uri("sqlite:////elsewhere/m.db") == "sqlite:////elsewhere/m.db"
+    assert absolute_uri("http://server:5000") == "http://server:5000"

@@ -40,11 +40,21 @@ def resolve_uri(params_uri: str) -> str:
     return absolute_uri(os.environ.get(ENV_URI) or params_uri)
 
 
+def project_root() -> Path:
+    """The project a relative store path belongs to: the DVC repository a stage runs for
+    (``DVC_ROOT``), else the working directory. ``dvc exp run --temp`` and ``--queue`` run
+    stages in a temporary copy of the workspace, without git-ignored files such as the store,
+    and set ``DVC_ROOT`` to the repository they were started from; their runs go to its
+    store, where ``dvc repro`` finds them again (docs/operations.md, "Experiments")."""
+    return Path(os.environ.get("DVC_ROOT") or ".")
+
+
 def absolute_uri(uri: str) -> str:
-    """``uri`` with a relative SQLite path made absolute (other URIs as given)."""
+    """``uri`` with a relative SQLite path made absolute against :func:`project_root`
+    (other URIs as given)."""
     db = sqlite_path(uri)
     if db is not None and not uri[len(SQLITE):].startswith("/"):
-        return SQLITE + str(db.resolve())
+        return SQLITE + str((project_root() / db).resolve())
     return uri
 
 
