@@ -188,6 +188,17 @@ def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch:
     again = run_baselines(params)  # finished candidates are reused, not retrained
     assert [c["run_id"] for c in again["candidates"]] == [c["run_id"] for c in document["candidates"]]
 
+    # two at a time, each in a worker process, as planning's transitions (runtime.plan_workers)
+    two = params.model_copy(update={"plan": params.plan.model_copy(update={"workers": 2}),
+                                    "baselines": params.baselines.model_copy(update={"epochs": [1]})})
+    parallel = run_baselines(two)
+    assert [c["name"] for c in parallel["candidates"]] == ["cs/l1-lN/step/1", "cs/l1-lN/cosine/1"]
+    assert all(c["status"] == t.STATUS_FINISHED for c in parallel["candidates"])
+    assert parallel["grid"]["epochs"] == 2 and parallel["config_hash"] != document["config_hash"]
+    runs = {c["run_id"] for c in parallel["candidates"]}
+    assert len(runs) == 2 and not runs & {c["run_id"] for c in document["candidates"]}
+    assert run_baselines(two)["candidates"] == parallel["candidates"]  # reused, as in sequence
+
 
 def test_diverging_transitions_fail_and_planning_says_when_no_route_is_left(
         tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, project_lock, require_shards, stage_config
 from opplan.stages.repeats import retrain_and_score, seeds, steps_scale, train_and_score
+from opplan.stages.workers import map_with_workers, worker_devices
 from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run
@@ -118,6 +119,13 @@ def run_candidate(tracker: Tracker, setup: TrainSetup, c: Candidate, digest: str
     return _summary(c, claim.run_id, status, tracker.get_run(claim.run_id).data.metrics)
 
 
+def _candidate_in_worker(setup: TrainSetup, item: tuple[int, int, Candidate, str]) -> dict[str, Any]:
+    """One candidate in a worker process (:func:`opplan.stages.workers.map_with_workers`)."""
+    i, total, c, digest = item
+    log.info("baseline %d/%d: %s", i, total, c.name)
+    return run_candidate(Tracker.from_params(setup.params.tracking, baselines=True), setup, c, digest)
+
+
 def _summary(c: Candidate, run_id: str, status: str, metrics: dict[str, float]) -> dict[str, Any]:
     return {"name": c.name, "sampling": c.sampling, "schedule": c.schedule, "decay": c.decay, "epochs": c.epochs,
             "run_id": run_id, "status": status, "top1": metrics.get(n.M_TOP1), "val_top1": metrics.get(n.M_VAL_TOP1),
@@ -141,9 +149,15 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
     results = []
     with project_lock("baselines"):  # before the store is opened: a second process must not create it too
         tracker = Tracker.from_params(params.tracking, baselines=True)
-        for i, c in enumerate(grid, start=1):
-            log.info("baseline %d/%d: %s", i, len(grid), c.name)
-            results.append(run_candidate(tracker, setup, c, digest))
+        workers = min(params.plan.workers, len(grid))
+        if workers > 1:  # as planning's transitions: one candidate at a time per worker (runtime.plan_workers)
+            log.info("baselines: %d candidates, %d at a time", len(grid), workers)
+            results = map_with_workers(params, worker_devices(params, workers), shards, _candidate_in_worker,
+                                       [(i, len(grid), c, digest) for i, c in enumerate(grid, start=1)])
+        else:
+            for i, c in enumerate(grid, start=1):
+                log.info("baseline %d/%d: %s", i, len(grid), c.name)
+                results.append(run_candidate(tracker, setup, c, digest))
         selected = best_of(results, "val_top1")
         retrains = [] if selected is None else _retrain(tracker, params, shards, grid, selected, digest)
     document = {"enabled": True, "config_hash": digest, "candidates": results, "selected": selected,

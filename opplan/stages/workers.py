@@ -79,6 +79,15 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str, work_dir: Path, slots: Any,
                  parent_pid: int, log_level: int) -> None:
     """Set up one planning worker: its slot (device), logging, threads, runner, watchdog."""
+    setup = _worker_setup(params, shards, slots, parent_pid, log_level)
+    tracker = Tracker(tracker_uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)
+    _WORKER.update(graph=graph_from_params(params.plan),
+                   runner=TransitionRunner(tracker, parent_id, setup, work_dir))
+
+
+def _worker_setup(params: Params, shards: Path, slots: Any, parent_pid: int, log_level: int) -> TrainSetup:
+    """What every worker process does first: take a slot (device), prefix its log lines, split
+    the CPU cores, and end with its parent."""
     import torch
 
     signals.quiet_worker()  # Ctrl-C reaches the whole process group: the planning process reports it
@@ -93,11 +102,35 @@ def _init_worker(params: Params, shards: Path, tracker_uri: str, parent_id: str,
     elif params.train.cpu_threads is None:  # the cores split between the workers; a lower OMP_NUM_THREADS holds
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(min(torch.get_num_threads(), max(1, cores // params.plan.workers)))
-    tracker = Tracker(tracker_uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)
-    _WORKER.update(graph=graph_from_params(params.plan),
-                   runner=TransitionRunner(tracker, parent_id, setup, work_dir))
-    log.info("planning worker %d (pid %d) on %s, %d torch thread(s)", slot, os.getpid(), setup.device,
+    log.info("worker %d (pid %d) on %s, %d torch thread(s)", slot, os.getpid(), setup.device,
              torch.get_num_threads())
+    return setup
+
+
+def map_with_workers(params: Params, devices: list[str], shards: Path, task: Any, items: list[Any]) -> list[Any]:
+    """``[task(setup, item) for item in items]`` with one item at a time per device of
+    ``devices`` (:func:`worker_devices`), each worker a spawned process with its own
+    :class:`TrainSetup`, as planning's transitions run (the baselines' grid); in order.
+    ``task`` must be a module-level function (it is pickled by name)."""
+    context = multiprocessing.get_context("spawn")
+    slots = context.Queue()
+    for slot in range(len(devices)):
+        slots.put(slot)
+    init_args = (params, shards.resolve(), slots, os.getpid(), logging.getLogger().getEffectiveLevel())
+    try:
+        with ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_mapper,
+                                 initargs=init_args) as pool:
+            return list(pool.map(_map_one, [task] * len(items), items))
+    finally:
+        slots.close()
+
+
+def _init_mapper(params: Params, shards: Path, slots: Any, parent_pid: int, log_level: int) -> None:
+    _WORKER.update(setup=_worker_setup(params, shards, slots, parent_pid, log_level))
+
+
+def _map_one(task: Any, item: Any) -> Any:
+    return task(_WORKER["setup"], item)
 
 
 def _run_in_worker(src: str, dst: str, src_record: TransitionRecord | None, bar: Bar | None = None) -> TransitionRecord:
