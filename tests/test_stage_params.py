@@ -82,8 +82,9 @@ def _read_keys(path: Path) -> set[str]:
 NOT_RUN = {
     # opplan/data/prepare.py: only prepare reads the videos; later stages read the shards (a dependency)
     *((stage, "data.root") for stage in ("plan", "final", "evaluate", "baselines")),
-    # the knee's keep-start rule is planning's (opplan/train/transition.py); the grid trains fixed schedules
-    ("baselines", "plan.keep_start_se"),
+    # the knee's keep-start rule and the transition runner are planning's (opplan/train/transition.py,
+    # opplan/stages/transitions.py, imported with the worker pool the grid shares); the grid trains fixed schedules
+    *(("baselines", f"plan.{key}") for key in ("keep_start_se", "fit_function", "max_epochs", "prune", "score")),
     # the test-split loader (opplan/train/setup.py); planning loads only train and val
     ("plan", "evaluate.batch_size"),
     # pipeline/_stage.py: the distributed launch is the training stages'; the CPU pin selects the float
