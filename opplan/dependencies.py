@@ -40,8 +40,8 @@ that checks ``plan.json`` or ``final/run.json`` against the current params reads
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "data", "prepare"),
     "plan": _PLANNING,
-    "final": (*_PLANNING, "evaluate", "final"),
-    "evaluate": (*_PLANNING, "evaluate"),
+    "final": (*_PLANNING, "evaluate", "final.match_steps", "final.seeds"),
+    "evaluate": (*_PLANNING, "evaluate", "final.register_as"),  # evaluate registers the model it tested
     # the grid trains its own schedules over plan.clip_lengths and plan.lrs, and scores them
     # with planning's signal (plan.metric on plan.val_clips clips) as final does
     "baselines": ("seed", "prepare", "model", "train", "plan.clip_lengths", "plan.lrs", "plan.metric",

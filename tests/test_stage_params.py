@@ -87,6 +87,12 @@ NOT_RUN = {
     *(("baselines", f"plan.{key}") for key in ("keep_start_se", "fit_function", "max_epochs", "prune", "score")),
     # the test-split loader (opplan/train/setup.py); planning loads only train and val
     ("plan", "evaluate.batch_size"),
+    # opplan/inference.py and opplan/data/prepare.py, reached through opplan.tracking (the model that
+    # evaluate logs); report only reads the store and the stages' files
+    *(("report", key) for key in ("data.root", "evaluate.clips", "evaluate.crop_size", "evaluate.crops",
+                                  "plan.clip_lengths", "plan.lrs", "prepare.max_frames", "prepare.out",
+                                  "prepare.short_side", "seed", "train.crop_size", "train.eval_short_side",
+                                  "train.snippet_length")),
     # pipeline/_stage.py: the distributed launch is the training stages'; the CPU pin selects the float
     # kernels the training stages run (docs/determinism.md)
     *((stage, key) for stage in ("prepare", "report") for key in ("device", "train.cpu_isa")),
