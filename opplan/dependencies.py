@@ -26,6 +26,10 @@ validation cache, progress lines, retries (``runtime``), and the distributed lau
 distributed processes BatchNorm sees batch/N clips per device, as
 ``train.micro_batch_per_length`` does in one process (README, "Scaling out")."""
 
+LOGGING_ONLY = ("tracking.system_metrics_seconds",)
+"""How often MLflow's system metrics are sampled: what is logged beside a run, never its result;
+no stage depends on it (its section is listed key by key, as ``WHERE``)."""
+
 WHERE = ("device", "tracking.uri", "tracking.experiment")
 
 SHORTHANDS = ("plan.setting",)
@@ -74,7 +78,7 @@ def all_keys() -> list[str]:
 
 
 def runtime_keys() -> set[str]:
-    return {f"{section}.{key}" for section in RUNTIME for key in _fields(section)}
+    return {f"{section}.{key}" for section in RUNTIME for key in _fields(section)} | set(LOGGING_ONLY)
 
 
 def _expand(entry: str) -> list[str]:
