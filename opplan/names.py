@@ -17,6 +17,8 @@ What the names describe (runs are made by :mod:`opplan.tracking.lifecycle`):
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 # --- tags -----------------------------------------------------------------------
 TAG_KIND = "opplan.kind"  # planning | transition | final | baseline
 TAG_CONFIG_HASH = "opplan.config_hash"
@@ -54,10 +56,23 @@ KIND_BASELINE = "baseline"
 KIND_HS_RETRAIN = "hs_retrain"  # the validation-selected HS, retrained on the full training set, per seed
 KIND_OP_RETRAIN = "op_retrain"  # OP's path retrained with a further seed (final.seeds > 1)
 
-STATUS_RUNNING = "running"
-STATUS_FINISHED = "finished"
-STATUS_FAILED = "failed"
-STATUS_KILLED = "killed"
+
+
+class Status(StrEnum):
+    """A run's ``opplan.status`` tag, and the outcome of a transition or schedule (the one list
+    of these words; each member equals its string, so tags, plan.json and tables read the same)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+    PRUNED = "pruned"  # a transition stopped by plan.prune (docs/design.md, "Pruning")
+
+
+STATUS_RUNNING = Status.RUNNING
+STATUS_FINISHED = Status.FINISHED
+STATUS_FAILED = Status.FAILED
+STATUS_KILLED = Status.KILLED
 ENDED = (STATUS_FINISHED, STATUS_FAILED)
 """A run with one of these statuses is done: it is reused, never trained again."""
 

@@ -52,12 +52,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 from opplan.errors import OpplanError
+from opplan.names import Status
 from opplan.planning.graph import DECISIONS, S0, Node, State, TransitionGraph
 from opplan.stats import margin_in_se
 
 log = logging.getLogger(__name__)
 
-FINISHED, FAILED, PRUNED = "finished", "failed", "pruned"
+FINISHED, FAILED, PRUNED = Status.FINISHED, Status.FAILED, Status.PRUNED
 Prefer = Literal["score", "fitted", "observed"]
 FINAL = "final"  # the state name under which the choice of the final state is kept
 

@@ -99,7 +99,7 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
         tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc["path"]), "epochs": len(schedule)})
         outcome = train_schedule(setup, schedule, claim.work_dir, label="final",
                                  on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
-        if outcome.status != "finished":
+        if outcome.status != n.STATUS_FINISHED:
             tracker.set_tags(claim.run_id, {n.TAG_FAILURE: outcome.failure or ""})
             tracker.end_run(claim.run_id, n.STATUS_FAILED)
             raise OpplanError(f"final training along the planned path diverged: {outcome.failure}")

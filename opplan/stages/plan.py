@@ -196,6 +196,6 @@ def _margin_of(result: PlanResult, record: TransitionRecord) -> tuple[tuple[floa
 
 
 def _edge_labels(result: PlanResult) -> dict[tuple[str, str], str]:
-    return {(r.src, r.dst): (f"pruned {r.epochs_trained}ep" if r.status == "pruned" else "failed"
-                             if r.status != "finished" else f"{r.chosen_epoch}ep {r.score:.3f}")
+    return {(r.src, r.dst): (f"pruned {r.epochs_trained}ep" if r.status == n.Status.PRUNED else "failed"
+                             if r.status != n.STATUS_FINISHED else f"{r.chosen_epoch}ep {r.score:.3f}")
             for r in result.records}

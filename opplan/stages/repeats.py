@@ -87,7 +87,7 @@ def train_and_score(tracker: Tracker, claim: Claim, setup: TrainSetup, schedule:
                n.M_COMPUTE_SECONDS: sum(outcome.seconds),
                n.M_STEPS: optimizer_steps(setup.train_videos, schedule, setup.params.train)}
     status = n.STATUS_FAILED
-    if outcome.status == "finished":
+    if outcome.status == n.STATUS_FINISHED:
         scores, _, predictions = score_model(setup, outcome.checkpoint, state, val=val)
         metrics |= scores
         log_predictions(tracker, claim.run_id, predictions)

@@ -72,7 +72,7 @@ class TransitionRunner:
     def _log_outcome(self, run_id: str, name: str, out: TransitionOutcome, work: Path) -> None:
         """``name``: the run's name (:func:`transition_name`), for the log and the plot."""
         summary: dict[str, float | None] = {}
-        if out.status == "finished":  # V and the decision's numbers first: MLflow lists metrics as logged
+        if out.status == n.STATUS_FINISHED:  # V and the decision's numbers first: MLflow lists metrics as logged
             score = out.fitted if self.setup.params.plan.score == "fitted" else out.observed
             summary |= {n.M_SCORE: score, n.M_SCORE_SE: out.se, n.M_CHOSEN_EPOCH: out.t_star,
                         n.M_FITTED: out.fitted, n.M_OBSERVED: out.observed, n.M_CAPPED: float(out.capped),
@@ -104,7 +104,7 @@ class TransitionRunner:
         plot_transition(out, self.setup.params.plan.fit_function, plot, title=name)
         self.tracker.log_artifact(run_id, plot)
         # a pruned run ended as planned: finished, so that a rerun reuses it (its tag says pruned)
-        self.tracker.end_run(run_id, n.STATUS_FAILED if out.status == "failed" else n.STATUS_FINISHED)
+        self.tracker.end_run(run_id, n.STATUS_FAILED if out.status == n.STATUS_FAILED else n.STATUS_FINISHED)
 
 
 def record_from_run(tracker: Tracker, run_id: str) -> TransitionRecord:

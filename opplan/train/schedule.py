@@ -91,7 +91,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
                                        progress=f"{label} epoch {index + 1}: ")
         except DivergedError as exc:  # raised on every process alike
             log.warning("%s failed: %s", label, exc)
-            return ScheduleOutcome("failed", losses, seconds, None, str(exc))
+            return ScheduleOutcome(n.STATUS_FAILED, losses, seconds, None, str(exc))
         losses.append(result.loss)
         seconds.append(result.seconds)
 
@@ -110,7 +110,7 @@ def train_schedule(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_d
         save_model(checkpoint, model, setup.identity, epochs=len(schedule))
         return checkpoint
 
-    return ScheduleOutcome("finished", losses, seconds, distributed.on_main(finish))
+    return ScheduleOutcome(n.STATUS_FINISHED, losses, seconds, distributed.on_main(finish))
 
 
 def _restore(setup: TrainSetup, schedule: Sequence[ScheduledEpoch], work_dir: Path, model: torch.nn.Module,

@@ -59,7 +59,7 @@ class TransitionOutcome:
     said 0.
     """
 
-    status: str  # "finished" | "failed" | "pruned" (then ``bound`` could not reach ``bar``)
+    status: str  # an opplan.names.Status: finished | failed | pruned (then ``bound`` could not reach ``bar``)
     curve: list[float] = field(default_factory=list)
     curve_se: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -145,7 +145,7 @@ def train_transition(setup: TrainSetup, dst: State, init: Path | None, work_dir:
         try:
             result = setup.train_epoch(net, dst, optimizer, scaler, seed=seed, progress=f"{label} epoch {epoch}: ")
         except DivergedError as exc:  # raised on every process alike
-            out.status, out.failure = "failed", str(exc)
+            out.status, out.failure = n.STATUS_FAILED, str(exc)
             log.warning("%s failed: %s", label, exc)
             return out
         _append_point(out, validate(setup, net, dst))
@@ -324,5 +324,5 @@ def _finish(setup: TrainSetup, out: TransitionOutcome, decision: KneeDecision, k
     model.load_state_dict(kept["state_dict"])
     out.checkpoint = work_dir / MODEL_FILE
     save_model(out.checkpoint, model, setup.identity, chosen_epoch=t_star)
-    out.status = "finished"
+    out.status = n.STATUS_FINISHED
     return out
