@@ -693,3 +693,30 @@ def test_figures_share_the_y_scale_and_label_axes_and_marks(tmp_path: Path) -> N
         "observed ± 1 SE", "exponential fit", "kept epoch t*"]
     clip = saved[1].axes[0]
     assert "frames" in clip.get_ylabel() and list(clip.get_yticks()) == [8.0]
+
+
+def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_store_lacks_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `dvc exp apply` the workspace's plan.json names an older planning than the store's
+    latest: the report is about plan.json's; a planning run deleted from the store is said, with
+    advice that works (`dvc repro --force plan`; a plain `dvc repro plan` sees no change)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(t.ENV_URI, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = t.Tracker(uri, "x", artifact_root=tmp_path / "mlartifacts")
+    params = _params(uri, "x", tmp_path / "reports", HMDB_PLAN).model_copy(
+        update={"report": ReportParams(out=str(tmp_path / "reports"), figures=False)})
+    applied, latest = (_start_planning(tracker, params, d * 16) for d in "de")
+    for run_id in (applied, latest):
+        tracker.end_run(run_id, t.STATUS_FINISHED)
+    (tmp_path / "plan.json").write_text(json.dumps({"mlflow": {"planning_run_id": applied}}))
+    from opplan.report.collect import read_store
+    from opplan.report import workspace_planning_run
+
+    assert read_store(uri, "x", workspace_plan=workspace_planning_run(Path("plan.json"))).primary == applied
+    assert read_store(uri, "x").primary == latest
+    assert "plan.json names" not in run_report(params).read_text()
+
+    tracker.client.delete_run(applied)
+    text = run_report(params).read_text()
+    assert f"plan.json names planning run `{applied}`" in text and "dvc repro --force plan" in text

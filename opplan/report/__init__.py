@@ -44,7 +44,8 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
     """
     uri = t.resolve_read_uri(tracking_uri, params.tracking.uri)
     out_dir = Path(out or params.report.out)
-    data = read_store(uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds)
+    data = read_store(uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds,
+                      workspace_plan=workspace_planning_run(Path("plan.json")))
     primary = compare(data, data.primary) if data.primary else None
     tables = _tables(data, primary)
     figures = _figures(data, primary, out_dir / FIGURES_DIR) if params.report.figures else []
@@ -58,6 +59,16 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
                           notes=notes)
     log.info("report written to %s (%d tables, %d figures)", path, len(tables), len(figures))
     return path
+
+
+def workspace_planning_run(plan_json: Path) -> str | None:
+    """The planning run the workspace's ``plan.json`` names (``None`` without a readable one)."""
+    import json
+
+    try:
+        return str(json.loads(plan_json.read_text(encoding="utf-8"))["mlflow"]["planning_run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _tables(data: StoreData, primary: Comparison | None) -> list[Table]:

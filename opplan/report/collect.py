@@ -63,10 +63,14 @@ class StoreData:
     plan_section: dict[str, Any] = field(default_factory=dict)  # primary's plan.* params as logged
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # transition run -> per-epoch metrics
     final_history: pd.DataFrame | None = None  # the primary's final run, per epoch
+    workspace_notes: list[str] = field(default_factory=list)  # plan.json's run missing from the store, ...
 
 
-def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RETRY_SECONDS) -> StoreData:
-    """Read the store at ``uri``; the report is about ``experiment``'s latest finished planning.
+def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RETRY_SECONDS,
+               workspace_plan: str | None = None) -> StoreData:
+    """Read the store at ``uri``; the report is about the planning run ``workspace_plan`` (the
+    one the workspace's ``plan.json`` names, e.g. after ``dvc exp apply``), else, or when the
+    store lacks it (said in the report's notes), ``experiment``'s latest finished planning.
 
     Raises :class:`OpplanError` when the store does not exist or holds no opplan run
     for ``experiment`` (neither a planning nor a baseline).
@@ -98,6 +102,13 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
         raise OpplanError(f"the MLflow store at {uri} holds no opplan runs for experiment {experiment!r} "
                           f"(experiments with plannings: {known}); run `dvc repro plan` first, or check "
                           f"tracking.experiment in params / --tracking-uri")
+    if workspace_plan is not None and workspace_plan not in set(mine.run_id):
+        data.workspace_notes.append(
+            f"plan.json names planning run `{workspace_plan}`, which experiment `{experiment}` of this store does "
+            f"not hold (deleted, or another store's){'' if mine.empty else '; this report shows the latest one'}. "
+            f"`dvc repro --force plan` plans again into this store.")
+    elif workspace_plan is not None:
+        mine = mine[mine.run_id == workspace_plan]
     if not mine.empty:
         _read_primary(data, readers[experiment], mine)
     if experiment + BASELINES_SUFFIX in readers:

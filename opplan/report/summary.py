@@ -30,7 +30,8 @@ def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
     """One paragraph: path, held-out accuracy, HS, and the cost ratio; says plainly if OP loses."""
     if cmp is None:
         return (f"Experiment `{experiment}` has no planning run yet: there is no chosen path to report "
-                f"(run `dvc repro plan`). Only the hand-tuned grid is shown below.")
+                f"(run `dvc repro --force plan`: a plain `dvc repro plan` does nothing when DVC sees no "
+                f"change, e.g. after the planning run was deleted). Only the hand-tuned grid is shown below.")
     parts = [_path_sentence(cmp), _diagnosis_sentence(cmp), _evaluation_sentence(cmp), _fidelity_sentence(cmp),
              _selected_sentence(cmp), _hs_sentence(cmp), _cost_sentence(cmp)]
     return " ".join(p for p in parts if p)
@@ -155,7 +156,7 @@ def _cost_sentence(cmp: Comparison) -> str:
 
 def missing_notes(data: StoreData, cmp: Comparison | None) -> list[str]:
     """What the store does not hold yet (or holds more than once), one sentence each."""
-    notes = []
+    notes = list(data.workspace_notes)
     if cmp is None:
         notes.append(f"No planning run in experiment `{data.experiment}`.")
         return notes
