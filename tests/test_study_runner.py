@@ -233,6 +233,9 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert all(c > 0 for c in doc["cost"]["op"]["core_seconds"])
     table = (tmp_path / "out" / "results.md").read_text()
     assert "interior:" in table and "Grid : OP" in table
-    second = runner.invoke(cli, args)  # every replicate finished: nothing trains again
-    assert second.exit_code == 0 and "already finished" not in second.output
+    done = sorted((tmp_path / "w").glob("rep*/replicate.json"))
+    stamps = [p.stat().st_mtime_ns for p in done]
+    second = runner.invoke(cli, args)  # every replicate finished: read back, nothing trains again
+    assert second.exit_code == 0, second.output
+    assert len(done) == 2 and [p.stat().st_mtime_ns for p in done] == stamps
     assert json.loads((tmp_path / "out" / "results.json").read_text())["comparisons"] == doc["comparisons"]
