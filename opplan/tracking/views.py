@@ -12,6 +12,7 @@ link opens the training view, not the GenAI one a fresh browser defaults to.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -69,6 +70,9 @@ class Link:
     url: str
 
 
+log = logging.getLogger(__name__)
+
+
 def planning_links(uri: str, experiment: str, base_url: str) -> list[Link]:
     """The links ``opplan ui`` prints: the newest planning's transitions table (a shared view
     written into the experiment), the compare page of its chosen path, and the runs table of
@@ -78,7 +82,8 @@ def planning_links(uri: str, experiment: str, base_url: str) -> list[Link]:
 
     try:
         readers = open_store(uri, retry_seconds=5.0)
-    except OpplanError:
+    except OpplanError as exc:
+        log.warning("%s", exc)
         return []
     links: list[Link] = []
     store = readers.get(experiment)
