@@ -31,26 +31,11 @@ from torch import Tensor, nn
 from opplan.errors import OpplanError
 from opplan.models.blocks import Bottleneck
 from opplan.models.p3d import P3DResNet, describe
+from opplan.models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 
 _SKIPPED = re.compile(r"(\.gc\.|^head|^fusion|\.unit\.conv_t\.)")
-
-
-def _load_state_dict(path: str | Path) -> dict[str, Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise OpplanError(f"{path}: no such ImageNet weights file (model.init wants a local torchvision state_dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds here: pickle, zip, weights_only refusals
-        raise OpplanError(f"{path}: not a loadable PyTorch state_dict ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict", "model"):  # common checkpoint wrappers
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise OpplanError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _source_key(key: str) -> str | None:
@@ -133,7 +118,7 @@ def inflate_imagenet(model: nn.Module, state_dict_path: str | Path) -> None:
                           f"got {type(model).__name__}")
     if model.cfg.block is not Bottleneck:
         raise OpplanError(f"ImageNet inflation needs a bottleneck body (depth 50 or 101), got {describe(model.cfg)}")
-    state = _load_state_dict(path)
+    state = read_state_dict(path, kind="ImageNet weights", missing="model.init: imagenet:PATH wants a local torchvision state_dict")
     _check_keys(model, state, path)
     target = model.state_dict()
     new = {}

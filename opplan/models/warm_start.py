@@ -12,42 +12,23 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from opplan.errors import OpplanError
+from opplan.models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 
 _CLASSIFIER = re.compile(r"(^|\.)fc(\.\d+)?\.(weight|bias)$")
 """The classifier's tensors: ``head.fc``/``head_spatial.fc`` (P3D) and ``net.fc.1`` (torchvision)."""
-OPPLAN_FORMAT = "opplan-checkpoint-v1"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The tensors of an opplan checkpoint or of a plain ``state_dict`` file (``weights_only``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OpplanError(f"{path}: no such checkpoint file (model.init: checkpoint:PATH wants a local file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds: truncated zip, pickle, weights_only refusals
-        raise OpplanError(f"{path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if isinstance(obj, Mapping) and obj.get("format") == OPPLAN_FORMAT:
-        obj = obj.get("state_dict")
-    else:
-        for key in ("state_dict", "model"):  # common checkpoint wrappers
-            if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-    if not isinstance(obj, Mapping) or not obj or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-        raise OpplanError(f"{path}: not a checkpoint (expected an opplan model.pt or a state_dict of tensors, "
-                          f"found a {type(obj).__name__})")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return read_state_dict(path, kind="checkpoint", missing="model.init: checkpoint:PATH wants a local file")
 
 
 def _candidates(key: str) -> list[str]:
