@@ -436,6 +436,11 @@ class ReportParams(_Section):
     """Folder the report (Markdown, LaTeX tables, figures) goes to."""
     figures: bool = True
     """Draw the figures (graph with path, curves with fits, schedules); off: tables only."""
+    margin: Annotated[float, Field(gt=0, le=100)] = 3.0
+    """Non-inferiority margin δ of the verdict of OP against the validation-selected HS, in
+    top-1 points: *OP non-inferior* when the 95 % paired interval of OP − HS lies above −δ,
+    *OP better* above 0, *OP worse* below 0 and past −δ, else *inconclusive* (docs/design.md,
+    "Noise"; ``opplan study`` takes its own ``delta``)."""
 
 
 class TrackingParams(_Section):

@@ -1,5 +1,6 @@
 """Noise of accuracies measured on a few hundred videos: standard errors, intervals, paired
-tests and the verdict "better / worse / within noise" (docs/design.md, "Noise").
+tests and the one verdict rule of OP against HS: better / non-inferior / worse / inconclusive at a
+margin δ (docs/design.md, "Noise").
 
 Pure numpy/scipy, no torch and no MLflow: planning (the SE of every transition's score and
 the noise-aware DP), the report (OP against HS) and ``opplan study`` share it.
@@ -23,7 +24,9 @@ from scipy import stats as sps
 
 Metric = Literal["top1", "top135", "prob"]
 METRICS: tuple[str, ...] = ("top1", "top135", "prob")
-Verdict = Literal["better", "worse", "within noise"]
+Verdict = Literal["better", "non-inferior", "worse", "inconclusive"]
+DEFAULT_MARGIN = 0.03
+"""The non-inferiority margin δ in top-1 fractions unless a setting says otherwise (3 points)."""
 
 
 def per_video_scores(scores: np.ndarray, labels: np.ndarray, metric: Metric = "top1") -> np.ndarray:
@@ -103,7 +106,8 @@ def video_estimate(values: Sequence[float] | np.ndarray, level: float = 0.95) ->
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """A against B on the same videos: difference of means, its interval and two p-values."""
+    """A against B on the same videos: difference of means, its interval, two p-values and the
+    verdict at the margin ``delta``."""
 
     diff: float
     low: float
@@ -112,10 +116,11 @@ class PairedComparison:
     p_mcnemar: float | None  # only for 0/1 values (top-1 correctness)
     n: int
     verdict: Verdict
+    delta: float  # the margin the verdict was taken at
 
     def to_json(self) -> dict[str, float | int | str | None]:
         return {"diff": self.diff, "low": self.low, "high": self.high, "p_bootstrap": self.p_bootstrap,
-                "p_mcnemar": self.p_mcnemar, "n": self.n, "verdict": self.verdict}
+                "p_mcnemar": self.p_mcnemar, "n": self.n, "verdict": self.verdict, "delta": self.delta}
 
 
 def mcnemar_p(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
@@ -130,12 +135,12 @@ def mcnemar_p(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
 
 
 def paired_compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, level: float = 0.95,
-                   reps: int = 5000, seed: int = 0) -> PairedComparison:
+                   reps: int = 5000, seed: int = 0, delta: float = DEFAULT_MARGIN) -> PairedComparison:
     """Paired bootstrap over videos of ``mean(a) - mean(b)`` (same videos, same order).
 
     The interval is the percentile interval of the resampled differences; the verdict is
-    "better" / "worse" when it excludes 0, "within noise" otherwise. For 0/1 values the exact
-    McNemar p-value is given too.
+    :func:`verdict` of it at the margin ``delta`` (same units as the values). For 0/1 values
+    the exact McNemar p-value is given too.
     """
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
@@ -149,16 +154,28 @@ def paired_compare(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     p = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))) if d.any() else 1.0
     binary = bool(np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all())
     return PairedComparison(float(d.mean()), float(low), float(high), p,
-                            mcnemar_p(x, y) if binary else None, len(d), verdict_of(float(low), float(high)))
+                            mcnemar_p(x, y) if binary else None, len(d), verdict(float(low), float(high), delta), delta)
 
 
-def verdict_of(low: float, high: float) -> Verdict:
-    """"better" when an interval of A - B lies above 0, "worse" below, else "within noise"."""
+def verdict(low: float, high: float, delta: float) -> Verdict:
+    """OP against HS from an interval [low, high] of OP - HS and the margin ``delta`` (same units).
+
+    The one verdict rule: the report, ``opplan study`` and the logs all print it.
+
+    - "better": low > 0 (the whole interval above 0);
+    - "non-inferior": not better and low > -delta (OP at most delta worse);
+    - "worse": high < 0 and low <= -delta (the interval below 0 and reaching beyond the margin);
+    - "inconclusive": anything else (the interval holds 0 and reaches below -delta).
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
     if low > 0:
         return "better"
+    if low > -delta:
+        return "non-inferior"
     if high < 0:
         return "worse"
-    return "within noise"
+    return "inconclusive"
 
 
 def margin_in_se(best: float, runner_up: float, se_best: float, se_runner_up: float) -> float:

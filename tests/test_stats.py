@@ -56,8 +56,11 @@ def test_paired_compare_detects_a_real_difference_and_calls_noise_noise() -> Non
     same[np.flatnonzero(b == 0)[:5]] = 1.0
     same[np.flatnonzero(b == 1)[:5]] = 0.0
     noise = stats.paired_compare(same, b)
-    assert noise.verdict == "within noise" and noise.diff == 0.0
-    assert noise.p_mcnemar == pytest.approx(1.0)
+    assert noise.diff == 0.0 and noise.p_mcnemar == pytest.approx(1.0)
+    # no difference: non-inferior at 3 points, inconclusive at a margin the interval reaches past
+    assert noise.low > -0.03 and noise.verdict == "non-inferior"
+    assert stats.paired_compare(same, b, delta=-noise.low / 2).verdict == "inconclusive"
+    assert noise.delta == 0.03 and noise.to_json()["delta"] == 0.03
 
 
 def test_paired_compare_refuses_unpaired_values() -> None:

@@ -46,8 +46,9 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
     out_dir = Path(out or params.report.out)
     data = read_store(uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds,
                       workspace_plan=workspace_planning_run(Path("plan.json")))
-    primary = compare(data, data.primary) if data.primary else None
-    tables = _tables(data, primary)
+    margin = params.report.margin / 100
+    primary = compare(data, data.primary, margin=margin) if data.primary else None
+    tables = _tables(data, primary, margin)
     figures = _figures(data, primary, out_dir / FIGURES_DIR) if params.report.figures else []
     notes = missing_notes(data, primary)
     if not params.report.figures:
@@ -71,10 +72,10 @@ def workspace_planning_run(plan_json: Path) -> str | None:
         return None
 
 
-def _tables(data: StoreData, primary: Comparison | None) -> list[Table]:
+def _tables(data: StoreData, primary: Comparison | None, margin: float) -> list[Table]:
     tables = []
     if not data.plannings.empty:
-        tables.append(table5(compare_all(data)))
+        tables.append(table5(compare_all(data, margin=margin)))
     if not current_grid(data.baselines, data.experiment)[0].empty:
         tables.append(table3(data.baselines, primary, data.experiment))
     if primary is not None and primary.noise is not None and primary.grid_runs:

@@ -32,7 +32,7 @@ from opplan import tracking as t
 from opplan.predictions import mean_over_runs, paired, unpaired_reason
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
 from opplan import stats
-from opplan.stats import Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
+from opplan.stats import DEFAULT_MARGIN, Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -217,8 +217,8 @@ def planning_cost(data: StoreData, planning: pd.Series) -> Cost:
     return Cost(_sum(mine, t.M_COMPUTE_SECONDS), _sum(mine, t.M_EPOCHS_TRAINED), clips, partial=True)
 
 
-def compare(data: StoreData, planning_run: str) -> Comparison:
-    """OP of ``planning_run`` against its experiment's HS."""
+def compare(data: StoreData, planning_run: str, *, margin: float = DEFAULT_MARGIN) -> Comparison:
+    """OP of ``planning_run`` against its experiment's HS; ``margin``: the verdict's δ (top-1 fraction)."""
     planning = data.plannings.set_index("run_id", drop=False).loc[planning_run]
     final = pick_final(data.finals, planning_run)
     evaluation = None
@@ -234,7 +234,7 @@ def compare(data: StoreData, planning_run: str) -> Comparison:
     grid_cost = None if grid.empty else Cost(_sum(grid, t.M_COMPUTE_SECONDS), _sum(grid, t.M_EPOCHS_TRAINED),
                                             _sum(grid, t.M_CLIPS_SEEN))
     score = planning[t.M_SCORE]
-    noise = noise_of(data, planning_run, final, grid)
+    noise = noise_of(data, planning_run, final, grid, margin=margin)
     return Comparison(
         experiment=planning.experiment, planning_run=planning_run, config_hash=planning.config_hash,
         planning_status=planning.status, path=path_steps(data.plan_docs.get(planning_run)),
@@ -276,7 +276,8 @@ def arm(data: StoreData, runs: pd.DataFrame) -> Arm | None:
                videos, seed_estimate(list(done[t.M_TOP1])))
 
 
-def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: pd.DataFrame) -> Noise | None:
+def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: pd.DataFrame, *,
+             margin: float = DEFAULT_MARGIN) -> Noise | None:
     """The seeds, intervals and paired test of one planning against its grid's selected HS."""
     # both sides retrained as the final run was (final.match_steps on or off; docs/design.md §10)
     same = data.retrains.match_steps == (bool(final["match_steps"]) if final is not None else False)
@@ -294,12 +295,12 @@ def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: 
     doc = data.plan_docs.get(planning_run) or {}
     if op is None and hs is None and selected is None and not doc.get("diagnosis"):
         return None
-    return Noise(op, hs, selected, _paired(data, op, hs),
+    return Noise(op, hs, selected, _paired(data, op, hs, margin),
                  float(np.mean(scored)) if len(scored) else None, float(np.median(scored)) if len(scored) else None,
                  _finite(steps[0]), _finite(steps[1]), doc.get("diagnosis"))
 
 
-def _paired(data: StoreData, op: Arm | None, hs: Arm | None) -> PairedComparison | None:
+def _paired(data: StoreData, op: Arm | None, hs: Arm | None, margin: float) -> PairedComparison | None:
     """OP - HS over the held-out videos, each side's per-video correctness averaged over its seeds."""
     if op is None or hs is None:
         return None
@@ -311,7 +312,7 @@ def _paired(data: StoreData, op: Arm | None, hs: Arm | None) -> PairedComparison
         log.warning("no paired test of OP against HS: %s", reason)
         return None
     return paired_compare(mean_over_runs([data.predictions[r] for r in op.runs]),
-                          mean_over_runs([data.predictions[r] for r in hs.runs]))
+                          mean_over_runs([data.predictions[r] for r in hs.runs]), delta=margin)
 
 
 def _finite(value: Any) -> float | None:
@@ -322,7 +323,7 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def compare_all(data: StoreData) -> list[Comparison]:
+def compare_all(data: StoreData, *, margin: float = DEFAULT_MARGIN) -> list[Comparison]:
     """Every planning of the store, by experiment then start time."""
     ordered = data.plannings.sort_values(["experiment", "start_time"], kind="stable")
-    return [compare(data, run_id) for run_id in ordered.run_id]
+    return [compare(data, run_id, margin=margin) for run_id in ordered.run_id]

@@ -301,7 +301,7 @@ def _or_nan(value: float | None) -> float:
 
 
 def verdict_text(cmp: Comparison) -> str:
-    """One line: "OP better / worse / within noise" against the validation-selected HS."""
+    """One line: the verdict of OP against the validation-selected HS at the report's margin δ."""
     noise = cmp.noise
     if noise is None or noise.paired is None:
         if noise is not None and noise.selected is None and cmp.grid_runs:
@@ -309,9 +309,16 @@ def verdict_text(cmp: Comparison) -> str:
         return "No verdict: OP or the selected HS has no per-video predictions to pair."
     p = noise.paired
     mcnemar = f", McNemar p = {p.p_mcnemar:.2f}" if p.p_mcnemar is not None else ""
-    word = {"better": "OP better", "worse": "OP worse", "within noise": "within noise"}[p.verdict]
-    return (f"Verdict: **{word}** (OP − HS = {points(p.diff)} points, 95% interval [{points(p.low)}, "
-            f"{points(p.high)}], paired over {p.n} videos, bootstrap p = {p.p_bootstrap:.2f}{mcnemar}).")
+    return (f"Verdict at δ = {100 * p.delta:g} points: **{VERDICT_WORDS[p.verdict]}** (OP − HS = {points(p.diff)} "
+            f"points, 95% interval [{points(p.low)}, {points(p.high)}], paired over {p.n} videos, "
+            f"bootstrap p = {p.p_bootstrap:.2f}{mcnemar}).")
+
+
+VERDICT_WORDS = {"better": "OP better", "non-inferior": "OP non-inferior", "worse": "OP worse",
+                 "inconclusive": "inconclusive"}
+"""How :func:`opplan.stats.verdict` reads in a sentence: "non-inferior" is OP at most δ worse
+than HS (the interval's low end above −δ), "inconclusive" an interval holding 0 and reaching
+below −δ."""
 
 
 # --- the transitions (Figure 4's numbers) -----------------------------------------------------

@@ -8,19 +8,17 @@ procedure (planning, grid and retrain seeds: replicate to replicate) and the tes
   replicate (the same video draw for both sides: the comparison is paired), and gives
   percentile intervals of each side's top-1 and of the difference;
 - :func:`t_interval` is the Student-t interval over the replicates' differences;
-- :func:`verdict` is the non-inferiority verdict of an interval of OP - HS at a margin delta.
+- the verdict of an interval at the margin delta is :func:`opplan.stats.verdict`, the rule
+  the report prints too.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
-
-Verdict = Literal["better", "non-inferior", "worse", "inconclusive"]
 
 
 @dataclass(frozen=True)
@@ -100,25 +98,6 @@ def t_interval(values: list[float] | np.ndarray, level: float = 0.95) -> Interva
         return Interval(mean, math.nan, math.nan)
     half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return Interval(mean, mean - half, mean + half)
-
-
-def verdict(low: float, high: float, delta: float) -> Verdict:
-    """OP against HS from an interval [low, high] of OP - HS and the margin ``delta`` (same units).
-
-    - "better": low > 0 (the whole interval above 0);
-    - "non-inferior": not better and low > -delta (OP at most delta worse);
-    - "worse": high < 0 and low <= -delta (the interval below 0 and reaching beyond the margin);
-    - "inconclusive": anything else (the interval holds 0 and reaches below -delta).
-    """
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "inconclusive"
-    if low > 0:
-        return "better"
-    if low > -delta:
-        return "non-inferior"
-    if high < 0:
-        return "worse"
-    return "inconclusive"
 
 
 def p_text(p: float, reps: int) -> str:

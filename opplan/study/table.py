@@ -9,7 +9,8 @@ import numpy as np
 
 from opplan.study.config import StudyConfig
 from opplan.study.run import correctness
-from opplan.study.stats import p_text, t_interval, two_level_bootstrap, verdict
+from opplan.stats import verdict
+from opplan.study.stats import p_text, t_interval, two_level_bootstrap
 
 
 def compare(results: list[dict[str, Any]], op: str, hs: str, cfg: StudyConfig) -> dict[str, Any]:
