@@ -88,5 +88,9 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically (the format is taken from ``path``'s suffix)."""
     path = Path(path)
     kwargs.setdefault("format", path.suffix.lstrip(".") or "png")
+    supported = fig.canvas.get_supported_filetypes()
+    if str(kwargs["format"]).lower() not in supported:
+        raise OpplanError(f"{path}: matplotlib cannot write .{kwargs['format']} files; "
+                          f"use one of {', '.join('.' + k for k in sorted(supported))}")
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, **kwargs)

@@ -219,3 +219,13 @@ def test_graph_png_where_nothing_can_be_written_is_one_line(tmp_path: Path) -> N
     (tmp_path / "file").write_text("")
     result = CliRunner().invoke(cli, ["graph", "--png", str(tmp_path / "file" / "x.png")])  # a parent that is a file
     assert result.exit_code == 2 and f"cannot write {tmp_path / 'file' / 'x.png'}" in result.output, result.output
+
+
+def test_graph_png_in_a_format_matplotlib_cannot_write_is_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "graph.xyz"
+    result = CliRunner().invoke(cli, ["graph", "--png", str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"{target}: matplotlib cannot write .xyz files; use one of" in result.output and ".svg" in result.output
+    assert "Traceback" not in result.output and not target.exists()
+    result = CliRunner().invoke(cli, ["graph", "--png", str(tmp_path / "graph.SVG")])  # suffixes in any case
+    assert result.exit_code == 0 and (tmp_path / "graph.SVG").read_text().lstrip().startswith("<?xml")
