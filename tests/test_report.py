@@ -605,14 +605,12 @@ def test_bench_cost(store: dict[str, Any], tmp_path: Path, capsys: pytest.Captur
 # --- pure pieces (no store) ------------------------------------------------------------------------
 
 
-def test_path_steps_reads_both_plan_formats() -> None:
+def test_path_steps_reads_the_plan_json_path() -> None:
     from opplan.report.compare import Step, path_steps
 
     expected = (Step("S0", "cs/4/0.1", 5), Step("cs/4/0.1", "cs/8/0.1", 0), Step("cs/8/0.1", "cs/8/0.01", 3))
     dp_format = {"path": ["S0", "cs/4/0.1", "cs/8/0.1", "cs/8/0.01"], "epochs": [5, 0, 3]}
-    items = {"path_transitions": [{"dst": "cs/4/0.1", "epochs": 5}, {"dst": "cs/8/0.1", "epochs": 0},
-                                  {"src": "cs/8/0.1", "dst": "cs/8/0.01", "epochs": 3}]}
-    assert path_steps(dp_format) == path_steps(items) == expected
+    assert path_steps(dp_format) == expected
     assert path_steps(None) is None and path_steps({"config_hash": "x"}) is None
 
 

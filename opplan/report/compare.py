@@ -164,27 +164,14 @@ def _sum(frame: pd.DataFrame, column: str) -> float:
 
 
 def path_steps(plan_doc: dict[str, Any] | None) -> tuple[Step, ...] | None:
-    """The chosen path of a ``plan.json``; ``None`` when there is none.
-
-    Read from ``path`` (state names, ``S0`` first) and ``epochs`` (per transition), as
-    ``PlanResult.to_json`` writes them, or else from ``path_transitions``
-    (``{src, dst, epochs}`` items).
-    """
-    if not plan_doc:
+    """The chosen path of a ``plan.json`` (``path``: state names, ``S0`` first; ``epochs``: per
+    transition, as ``PlanResult.to_json`` writes them); ``None`` when there is none."""
+    if not plan_doc or "path" not in plan_doc or "epochs" not in plan_doc:
         return None
-    if "path" in plan_doc and "epochs" in plan_doc:
-        names = list(plan_doc["path"])
-        if names and names[0] != "S0":
-            names.insert(0, "S0")
-        return tuple(Step(a, b, int(e)) for a, b, e in zip(names, names[1:], plan_doc["epochs"]))
-    if "path_transitions" in plan_doc:
-        steps, src = [], "S0"
-        for item in plan_doc["path_transitions"]:
-            src = item.get("src", src)
-            steps.append(Step(src, item["dst"], int(item["epochs"])))
-            src = item["dst"]
-        return tuple(steps)
-    return None
+    names = list(plan_doc["path"])
+    if names and names[0] != "S0":
+        names.insert(0, "S0")
+    return tuple(Step(a, b, int(e)) for a, b, e in zip(names, names[1:], plan_doc["epochs"]))
 
 
 def current_grid(baselines: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, int]:
