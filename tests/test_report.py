@@ -719,3 +719,46 @@ def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_stor
     tracker.client.delete_run(applied)
     text = run_report(params).read_text()
     assert f"plan.json names planning run `{applied}`" in text and "dvc repro --force plan" in text
+
+
+def test_report_follows_the_final_run_that_final_run_json_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two final runs follow one planning (e.g. `dvc exp apply` of an older experiment): the
+    report is about the one `final/run.json` names, not the store's latest; a run it names that
+    the store does not hold is said, and the latest is shown."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(t.ENV_URI, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = t.Tracker(uri, "x", artifact_root=tmp_path / "mlartifacts")
+    params = _params(uri, "x", tmp_path / "reports", HMDB_PLAN).model_copy(
+        update={"report": ReportParams(out=str(tmp_path / "reports"), figures=False)})
+    planning = _start_planning(tracker, params, "f" * 16)
+    tracker.end_run(planning, t.STATUS_FINISHED)
+    (tmp_path / "plan.json").write_text(json.dumps({"mlflow": {"planning_run_id": planning}}))
+    finals = []
+    for top1 in (0.4, 0.6):  # the second is the latest: what the report shows without run.json
+        run_id = tracker.create_run("final", {t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: planning,
+                                              t.TAG_CONFIG_HASH: "f" * 16, t.TAG_STATUS: t.STATUS_RUNNING})
+        tracker.end_run(run_id, t.STATUS_FINISHED)
+        tracker.log_metrics(run_id, {t.M_TOP1: top1})
+        finals.append(run_id)
+    from opplan.report.collect import read_store
+    from opplan.report.compare import compare
+
+    def reported_final() -> str | None:
+        from opplan.report import workspace_final_run, workspace_planning_run
+
+        data = read_store(uri, "x", workspace_plan=workspace_planning_run(Path("plan.json")),
+                          workspace_final=workspace_final_run(Path("final") / "run.json"))
+        return compare(data, data.primary).final_run
+
+    assert reported_final() == finals[1]
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "run.json").write_text(json.dumps({"run_id": finals[0], "planning_run_id": planning}))
+    assert reported_final() == finals[0]
+    assert "final/run.json names" not in run_report(params).read_text()
+
+    (tmp_path / "final" / "run.json").write_text(json.dumps({"run_id": "0" * 32, "planning_run_id": planning}))
+    assert reported_final() == finals[1]
+    text = run_report(params).read_text()
+    assert f"final/run.json names final run `{'0' * 32}`" in text and "dvc repro --force final" in text

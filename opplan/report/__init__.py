@@ -45,7 +45,8 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
     uri = t.resolve_read_uri(tracking_uri, params.tracking.uri)
     out_dir = Path(out or params.report.out)
     data = read_store(uri, params.tracking.experiment, retry_seconds=params.tracking.retry_seconds,
-                      workspace_plan=workspace_planning_run(Path("plan.json")))
+                      workspace_plan=workspace_planning_run(Path("plan.json")),
+                      workspace_final=workspace_final_run(Path("final") / "run.json"))
     margin = params.report.margin / 100
     primary = compare(data, data.primary, margin=margin) if data.primary else None
     tables = _tables(data, primary, margin)
@@ -68,6 +69,16 @@ def workspace_planning_run(plan_json: Path) -> str | None:
 
     try:
         return str(json.loads(plan_json.read_text(encoding="utf-8"))["mlflow"]["planning_run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def workspace_final_run(run_json: Path) -> str | None:
+    """The final run the workspace's ``final/run.json`` names (``None`` without a readable one)."""
+    import json
+
+    try:
+        return str(json.loads(run_json.read_text(encoding="utf-8"))["run_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -64,13 +64,16 @@ class StoreData:
     curves: dict[str, pd.DataFrame] = field(default_factory=dict)  # transition run -> per-epoch metrics
     final_history: pd.DataFrame | None = None  # the primary's final run, per epoch
     workspace_notes: list[str] = field(default_factory=list)  # plan.json's run missing from the store, ...
+    workspace_final: str | None = None  # the final run final/run.json names, when the store holds it
 
 
 def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RETRY_SECONDS,
-               workspace_plan: str | None = None) -> StoreData:
+               workspace_plan: str | None = None, workspace_final: str | None = None) -> StoreData:
     """Read the store at ``uri``; the report is about the planning run ``workspace_plan`` (the
     one the workspace's ``plan.json`` names, e.g. after ``dvc exp apply``), else, or when the
-    store lacks it (said in the report's notes), ``experiment``'s latest finished planning.
+    store lacks it (said in the report's notes), ``experiment``'s latest finished planning;
+    and about the final run ``workspace_final`` (``final/run.json``'s) when it follows that
+    planning, else (said in the notes) the planning's evaluated, finished or latest final run.
 
     Raises :class:`OpplanError` when the store does not exist or holds no opplan run
     for ``experiment`` (neither a planning nor a baseline).
@@ -110,7 +113,7 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
     elif workspace_plan is not None:
         mine = mine[mine.run_id == workspace_plan]
     if not mine.empty:
-        _read_primary(data, readers[experiment], mine)
+        _read_primary(data, readers[experiment], mine, workspace_final)
     if experiment + BASELINES_SUFFIX in readers:
         _label_clip_schedules(data, readers[experiment + BASELINES_SUFFIX])
     _read_predictions(data, readers)
@@ -225,24 +228,37 @@ def pick_primary(plannings: pd.DataFrame) -> str:
     return str((finished if not finished.empty else ordered).run_id.iloc[-1])
 
 
-def pick_final(finals: pd.DataFrame, planning_run: str) -> pd.Series | None:
-    """The final run that follows ``planning_run``: evaluated and finished runs first, then the latest."""
+def pick_final(finals: pd.DataFrame, planning_run: str, preferred: str | None = None) -> pd.Series | None:
+    """The final run that follows ``planning_run``: ``preferred`` (the one ``final/run.json``
+    names) when it does, else evaluated and finished runs first, then the latest."""
     mine = finals[(finals.plan_run == planning_run) & (finals.status != t.STATUS_KILLED)]
     if mine.empty:
         return None
+    if preferred is not None and (mine.run_id == preferred).any():
+        return mine[mine.run_id == preferred].iloc[-1]
     rank = mine.assign(_evaluated=mine[t.M_TOP1].notna(), _finished=mine.status == t.STATUS_FINISHED)
     rank = rank.sort_values(["_evaluated", "_finished", "start_time"], kind="stable")
     return rank.drop(columns=["_evaluated", "_finished"]).iloc[-1]
 
 
-def _read_primary(data: StoreData, reader: t.Store, mine: pd.DataFrame) -> None:
+def _read_primary(data: StoreData, reader: t.Store, mine: pd.DataFrame, workspace_final: str | None) -> None:
     data.primary = pick_primary(mine)
+    if workspace_final is not None:
+        ours = data.finals[(data.finals.plan_run == data.primary) & (data.finals.status != t.STATUS_KILLED)]
+        if (ours.run_id == workspace_final).any():
+            data.workspace_final = workspace_final
+        else:
+            data.workspace_notes.append(
+                f"final/run.json names final run `{workspace_final}`, which does not follow planning "
+                f"`{data.primary}` in this store (deleted, killed, another planning's or another store's)"
+                f"{'; this report shows its latest final run' if len(ours) else ''}. "
+                f"`dvc repro --force final` retrains it into this store.")
     run = reader.get_run(data.primary)
     data.plan_section = {k.removeprefix("plan."): _literal(v) for k, v in run.data.params.items()
                          if k.startswith("plan.")}
     for run_id in data.transitions.run_id[data.transitions.planning_run == data.primary]:
         data.curves[run_id] = _histories(reader, run_id, CURVE_METRICS)
-    final = pick_final(data.finals, data.primary)
+    final = pick_final(data.finals, data.primary, data.workspace_final)
     if final is not None:
         history = _histories(reader, final.run_id, FINAL_SCHEDULE)
         data.final_history = history if not history.empty else None
@@ -280,7 +296,7 @@ def _read_predictions(data: StoreData, readers: dict[str, t.Store]) -> None:
     its further OP seeds and every HS retrain of the experiment (finished runs only)."""
     wanted: list[tuple[str, str]] = []
     if data.primary is not None:
-        final = pick_final(data.finals, data.primary)
+        final = pick_final(data.finals, data.primary, data.workspace_final)
         if final is not None:
             wanted.append((data.experiment, final.run_id))
         ops = data.retrains[(data.retrains.kind == t.KIND_OP_RETRAIN) & (data.retrains.plan_run == data.primary)]

@@ -207,7 +207,7 @@ def planning_cost(data: StoreData, planning: pd.Series) -> Cost:
 def compare(data: StoreData, planning_run: str, *, margin: float = DEFAULT_MARGIN) -> Comparison:
     """OP of ``planning_run`` against its experiment's HS; ``margin``: the verdict's δ (top-1 fraction)."""
     planning = data.plannings.set_index("run_id", drop=False).loc[planning_run]
-    final = pick_final(data.finals, planning_run)
+    final = pick_final(data.finals, planning_run, data.workspace_final if planning_run == data.primary else None)
     evaluation = None
     final_cost = None
     if final is not None:
