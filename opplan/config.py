@@ -75,7 +75,8 @@ class PrepareParams(_Section):
     """Keep at most this many frames per video (uniformly subsampled); null keeps all."""
     fps: Annotated[float, Field(gt=0, le=1000)] | None = None
     """Resample to this frame rate first (frames picked at the nearest earlier time; a
-    slower video keeps all its frames); null keeps the video's own rate."""
+    slower video keeps all its frames); null keeps the video's own rate. Frame folders carry
+    no rate: a dataset with one is refused unless this is null."""
     codec: Literal["raw", "jpeg"] = "raw"
     """How shards store frames: raw uint8 RGB, or JPEG images decoded in the loader workers
     (docs/design.md "Frame shards")."""

@@ -1,8 +1,9 @@
 """The normalised dataset folder every importer writes and ``prepare`` reads.
 
 A dataset folder holds ``manifest.csv`` (header ``path,label,split``; ``path``
-relative to the folder, ``label`` a class name, ``split`` ``train`` or ``test``) and
-``classes.txt`` (one class name a line; line order = class index). Rows that cannot
+relative to the folder, a video file or a frame folder (:mod:`opplan.data.frames`);
+``label`` a class name, ``split`` ``train`` or ``test``) and ``classes.txt`` (one class
+name a line; line order = class index). Rows that cannot
 be used are returned as :class:`Problem` values (file, line, reason), never raised:
 one bad line must not cost a whole dataset.
 """
@@ -91,6 +92,15 @@ def is_file(path: Path) -> bool:
         return False
 
 
+def is_video(path: Path) -> bool:
+    """A video file, or a folder (a frame folder, :mod:`opplan.data.frames`); False, not an
+    exception, for a name too long or otherwise unusable."""
+    try:
+        return path.is_file() or path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def is_utf8(text: str) -> bool:
     """False for a name read from disk with undecodable bytes (Python keeps them as surrogates)."""
     try:
@@ -164,7 +174,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> tuple[list
     entries, problems, seen = [], [], {}
     for line, row in enumerate(rows[1:], start=2):
         reason = _row_problem(row, known)
-        if reason is None and check_files and not is_file(folder / row[0].strip()):
+        if reason is None and check_files and not is_video(folder / row[0].strip()):
             reason = f"video file {row[0].strip()} not found under {folder}"
         if reason is None:
             reason = _repeated(folder, manifest, line, row, seen)

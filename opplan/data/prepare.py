@@ -1,11 +1,12 @@
 """The ``prepare`` stage: decode every video once into frame shards, split, report.
 
 1. Read the dataset folder (``manifest.csv`` + ``classes.txt``); bad rows are bad videos.
-2. Decode each video with decord, in ``prepare.workers`` processes, resized so its
-   short side is ``prepare.short_side`` (aspect kept). We trust what decodes, not the
-   header: frames are read one by one until the stream ends or the first error, and
-   the frames actually decoded are what counts (a stream with an error is decoded again
-   with PyAV, which stops at the same frame every run). Unopenable or zero frames: a bad video.
+2. Decode each video with decord (a frame folder: its images, :mod:`opplan.data.frames`), in
+   ``prepare.workers`` processes, resized so its short side is ``prepare.short_side`` (aspect
+   kept). We trust what decodes, not the header: frames are read one by one until the stream
+   ends or the first error, and the frames actually decoded are what counts (a stream with an
+   error is decoded again with PyAV, which stops at the same frame every run). Unopenable or
+   zero frames: a bad video.
 3. Append the frames (resampled to ``prepare.fps``, then optionally ``prepare.max_frames``
    of them, uniformly) to shards, raw or as JPEG (``prepare.codec``, encoded in the workers).
 4. Split the original training set into internal train / val (docs/design.md §5), stratified
@@ -47,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from opplan.config import Params, PrepareParams
+from opplan.data.frames import FrameFolderError, read_frames
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
 from opplan.data.shards import SHARD_RE, ShardWriter, encode_jpeg_video, full_digest
 from opplan.data.splits import check_classes, stratified_split, validation_count
@@ -147,7 +149,10 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None, fps:
     fails on is therefore decoded again with PyAV, in this thread, one packet at a time:
     the same frames every run. A file that is no video (an image, audio only, an unknown
     format) is refused first, with the reason in a user's terms (:func:`unusable_reason`).
+    A folder is a frame folder (:func:`decode_frame_folder`).
     """
+    if os.path.isdir(path):
+        return decode_frame_folder(path, short_side, max_frames, fps)
     import decord  # here, not at import time: only decoding processes need it
 
     reason = unusable_reason(path)
@@ -176,10 +181,32 @@ def decode_video(path: str, short_side: int, max_frames: int | None = None, fps:
         return Decoded(None, "zero frames (the video stream holds no decodable frame)", header)
     if fps is not None and rate and fps < rate:
         frames = [frames[i] for i in resample_indices(len(frames), rate, fps)]
-    if max_frames is not None and len(frames) > max_frames:
-        keep = ((2 * np.arange(max_frames) + 1) * len(frames)) // (2 * max_frames)
-        frames = [frames[i] for i in keep]
-    return Decoded(np.stack(frames), header_frames=header)
+    return Decoded(np.stack(_at_most(frames, max_frames)), header_frames=header)
+
+
+def _at_most(frames: list[np.ndarray], max_frames: int | None) -> list[np.ndarray]:
+    """``max_frames`` of ``frames``, uniformly spaced (all of them when there are no more)."""
+    if max_frames is None or len(frames) <= max_frames:
+        return frames
+    keep = ((2 * np.arange(max_frames) + 1) * len(frames)) // (2 * max_frames)
+    return [frames[i] for i in keep]
+
+
+FOLDER_FPS = ("a frame folder has no frame rate, so prepare.fps cannot resample it; set prepare.fps: null "
+              "(prepare.max_frames bounds the length)")
+
+
+def decode_frame_folder(path: str, short_side: int, max_frames: int | None = None,
+                        fps: float | None = None) -> Decoded:
+    """A frame folder's images as one video (:mod:`opplan.data.frames`), resized and thinned
+    like :func:`decode_video`'s frames; its reason when no frame or a bad image is found."""
+    if fps is not None:
+        return Decoded(None, FOLDER_FPS)
+    try:
+        frames = read_frames(path, short_side)
+    except FrameFolderError as exc:
+        return Decoded(None, str(exc))
+    return Decoded(np.stack(_at_most(frames, max_frames)))
 
 
 def resample_indices(count: int, rate: float, fps: float) -> np.ndarray:
@@ -284,6 +311,7 @@ def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, se
     root, out = Path(root), Path(out)
     entries, classes, problems = read_manifest(root)
     check_classes(*_labels(entries), warn=False)  # before decoding: a one-class dataset fails fast
+    check_fps(root, entries, cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / VIDEOS_CSV).unlink(missing_ok=True)
     log.info("prepare: %d videos of %d classes in %s -> %s (short side %d, %s, %d worker(s))",
@@ -347,7 +375,8 @@ def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: Pre
 
 def _resume_key(root: Path, entries: list[Entry], cfg: PrepareParams) -> str:
     """Digest of what the shards depend on: the settings that shape them and every video's
-    path, label, split, size and modification time."""
+    path, label, split, size and modification time (of a frame folder: the folder's own, which
+    changes when a frame is added, removed or renamed)."""
     settings = {k: getattr(cfg, k) for k in ("short_side", "max_frames", "fps", "codec", "quality", "shard_mb")}
     videos = []
     for e in entries:
@@ -421,6 +450,7 @@ def estimate_dataset(root: str | Path, out: str | Path, cfg: PrepareParams,
     root, out = Path(root), Path(out)
     if entries is None:
         entries = read_manifest(root)[0]
+        check_fps(root, entries, cfg)
     picks = sorted({(2 * k + 1) * len(entries) // (2 * ESTIMATE_SAMPLE) for k in range(ESTIMATE_SAMPLE)})
     picks = [i for i in picks if i < len(entries)]
     sizes = [s.data.nbytes for s in _decode_all([str(root / entries[i].path) for i in picks], cfg) if s.data is not None]
@@ -430,6 +460,15 @@ def estimate_dataset(root: str | Path, out: str | Path, cfg: PrepareParams,
         where = where.parent
     existing = sum(p.stat().st_size for p in out.glob("*.npy") if SHARD_RE.fullmatch(p.name)) if out.is_dir() else 0
     return Estimate(total, len(entries), len(picks), len(sizes), shutil.disk_usage(where).free + existing, out)
+
+
+def check_fps(root: Path, entries: list[Entry], cfg: PrepareParams) -> None:
+    """Refuse, in one line, ``prepare.fps`` for a dataset with frame folders (they carry no rate)."""
+    if cfg.fps is None:
+        return
+    folder = next((e for e in entries if (root / e.path).is_dir()), None)
+    if folder is not None:
+        raise DataError(f"{root / folder.path}: {FOLDER_FPS}")
 
 
 def check_disk(estimate: Estimate) -> None:
