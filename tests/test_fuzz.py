@@ -248,6 +248,40 @@ def test_generic_csv_rows(header: str, rows: bytes) -> None:
         import_or_refuse("csv", root, path, out)
 
 
+def _frame_folders(root: Path) -> None:
+    """Two stand-in frame folders (importing lists images, it decodes none) beside the videos."""
+    for folder, count in (("F/f1", 2), ("F/f2", 1)):
+        (root / folder).mkdir(parents=True)
+        for i in range(1, count + 1):
+            (root / folder / f"img_{i:05d}.jpg").write_bytes(b"jpeg")
+
+
+@PARSER
+@given(lines=text_file(spaced_line, st.sampled_from(["F/f1 2 0", "F/f2 1 1", "F/f1 3 1", "A 1 0", "F/f2 x 1",
+                                                      "F/../F/f1 2 0", "F/f2 1 1 1"])))
+@example(lines=b"F/f1 2 0\nF/f2 1 1\n/ 1 0\n. 1 1\n.. 2 1")  # the filesystem's root, the root, above it
+def test_rawframes_lists(lines: bytes) -> None:
+    with scratch() as (root, annotations, out):
+        _frame_folders(root)
+        (annotations / "train_rawframes.txt").write_bytes(lines)
+        listing = import_or_refuse("rawframes", root, annotations / "train_rawframes.txt", out)
+        if listing is not None:
+            assert len(listing.videos) + len(listing.problems) == _data_lines(lines)
+
+
+@PARSER
+@given(labels=text_file(spaced_line, st.sampled_from(["Holding something", "B", "Putting something, on it"])),
+       train=text_file(st.one_of(spaced_line, st.lists(token, max_size=3).map(";".join)),
+                       st.sampled_from(["F/f1;Holding something", "F/f2;b", "A;B", "F/f1;Nothing", "x;y;z"])))
+def test_ssv1_lists(labels: bytes, train: bytes) -> None:
+    with scratch() as (root, annotations, out):
+        _frame_folders(root)
+        (annotations / "something-something-v1-labels.csv").write_bytes(labels)
+        (annotations / "something-something-v1-train.csv").write_bytes(train)
+        (annotations / "something-something-v1-validation.csv").write_bytes(b"F/f2;B\n")
+        import_or_refuse("ssv1", root, annotations, out)
+
+
 @PARSER
 @given(classes=text_file(st.one_of(token, spaced_line), st.sampled_from(["A", "B"])),
        header=st.sampled_from([b"path,label,split\n", b"\xef\xbb\xbfpath,label,split\n", b"path,label\n", b""]),

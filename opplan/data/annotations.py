@@ -25,6 +25,9 @@ Formats (``PATH`` is ``--annotations``, ``ROOT`` is ``--root``):
   is the template without "[" and "]"; videos ``ROOT/<id>.webm``. For JSON files the
   reported "line" is the entry number in the list.
 - ``csv``: ``path,label,split`` with a header; ``path`` relative to ``ROOT``.
+- ``list``: ``path label`` lines (MMAction2/PySlowFast video lists), see :func:`read_list`.
+- ``rawframes``, ``ssv1``: frame folders, see :mod:`opplan.data.frame_lists`; a kept video
+  that drew a warning (a frame count other than the list's) is listed in ``import_warnings.csv``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import os
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,12 +59,13 @@ from opplan.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv", "list")
+FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv", "list", "rawframes", "ssv1")
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
 )
 TEST_SPLITS = frozenset({"test", "val", "validate", "validation"})
 REPORT = "import_report.csv"
+WARNINGS = "import_warnings.csv"
 VIDEOS_DIR = "videos"
 
 
@@ -83,6 +88,8 @@ class Listing:
     classes: list[str]
     videos: list[tuple[Entry, Path]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    """Lines whose video was kept although something about them is off (``import_warnings.csv``)."""
     _seen: set[Path] = field(default_factory=set, repr=False)
     _rels: set[str] = field(default_factory=set, repr=False)
 
@@ -114,6 +121,9 @@ class Listing:
 
     def bad(self, where: tuple[Path, int], reason: str) -> None:
         self.problems.append(Problem(str(where[0]), where[1], reason))
+
+    def warn(self, where: tuple[Path, int], reason: str) -> None:
+        self.warnings.append(Problem(str(where[0]), where[1], reason))
 
 
 class _VideoIndex:
@@ -400,13 +410,10 @@ def read_list(root: Path, annotations: Path, split: int = 1) -> Listing:
     """MMAction2/PySlowFast video lists, ``path label`` per line (label: a class index): one
     file, or a folder of ``*.txt``/``*.csv`` lists; a list whose name says ``train`` is the
     training set, the others (val, test) the held-out set. Classes are the indices as names."""
-    files = sorted(p for p in annotations.iterdir() if p.suffix in (".txt", ".csv")) if annotations.is_dir() \
-        else [annotations]
-    if not files or not is_file(files[0]):
-        raise AnnotationFileError(annotations, "no list file (lines 'path label')")
+    files = list_files(annotations, "lines 'path label'")
     rows = []
     for path in files:
-        kind = "train" if "train" in path.name.lower() else "test"
+        kind = split_of(path)
         for line, text in _lines(path):
             cells = text.replace(",", " ").split()
             label = _number(cells[-1]) if len(cells) == 2 else None
@@ -414,8 +421,8 @@ def read_list(root: Path, annotations: Path, split: int = 1) -> Listing:
     listing = Listing(classes=[str(i) for i in sorted({r[4] for r in rows if r[4] is not None})])
     for path, line, kind, cells, label in rows:
         if len(cells) == 3 and _number(cells[1]) is not None:
-            listing.bad((path, line), "a rawframes line (frame_dir total label): frame folders are not read yet; "
-                                      "list the videos instead")
+            listing.bad((path, line), "a rawframes line (frame_dir total_frames label): import this list with "
+                                      "--format rawframes")
         elif label is None:
             listing.bad((path, line), f"expected 'path label' (label a class index), got {' '.join(cells)!r}"[:300])
         else:
@@ -425,8 +432,32 @@ def read_list(root: Path, annotations: Path, split: int = 1) -> Listing:
     return listing
 
 
+def list_files(annotations: Path, what: str) -> list[Path]:
+    """One list file, or the ``*.txt``/``*.csv`` lists of a folder, in name order."""
+    files = sorted(p for p in annotations.iterdir() if p.suffix in (".txt", ".csv")) if annotations.is_dir() \
+        else [annotations]
+    if not files or not is_file(files[0]):
+        raise AnnotationFileError(annotations, f"no list file ({what})")
+    return files
+
+
+def split_of(list_file: Path) -> str:
+    """``train`` for a list whose name says so, else ``test`` (val and test lists: held out)."""
+    return "train" if "train" in list_file.name.lower() else "test"
+
+
 READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv,
            "list": read_list}
+"""Readers of video files; those of frame folders are in :mod:`opplan.data.frame_lists`."""
+
+
+def reader(fmt: str) -> Callable[[Path, Path, int], Listing]:
+    from opplan.data.frame_lists import FRAME_READERS  # it builds on this module
+
+    readers = {**READERS, **FRAME_READERS}
+    if fmt not in readers:
+        raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
+    return readers[fmt]
 
 
 # --- the import ------------------------------------------------------------------------
@@ -438,14 +469,14 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
     ``classes.txt``, ``import_report.csv`` and the videos under ``out/videos/``
     (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``.
     """
-    if fmt not in READERS:
-        raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
+    read = reader(fmt)
     root, annotations, out = Path(root).resolve(), Path(annotations), Path(out)
     if not root.is_dir():
         raise DataError(f"video root {root} is not a folder")
-    listing = READERS[fmt](root, annotations, split)
+    listing = read(root, annotations, split)
     _check_classes(annotations, listing.classes)
     write_problems(out / REPORT, listing.problems)
+    _write_warnings(out / WARNINGS, listing.warnings)
     if not listing.videos:
         first = f"; first: {listing.problems[0]}" if listing.problems else ""
         raise AnnotationFileError(annotations, f"no usable videos ({len(listing.problems)} problems, "
@@ -465,6 +496,17 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
     return listing
 
 
+def _write_warnings(path: Path, warnings: list[Problem]) -> None:
+    """``import_warnings.csv`` (file,line,reason) when a kept video drew a warning; the first few logged."""
+    if not warnings:
+        path.unlink(missing_ok=True)
+        return
+    write_problems(path, warnings)
+    for warning in warnings[:3]:
+        log.warning("import: %s", warning)
+    log.warning("import: %d warning(s) about kept videos, all in %s", len(warnings), path)
+
+
 def _check_classes(annotations: Path, classes: list[str]) -> None:
     """The class list must survive ``classes.txt`` (one name a line): named, single-line, distinct."""
     seen: set[str] = set()
@@ -476,7 +518,8 @@ def _check_classes(annotations: Path, classes: list[str]) -> None:
 
 
 def _place(source: Path, target: Path, *, link: bool) -> None:
-    """Symlink (absolute) or copy ``source`` to ``target``, replacing what is there atomically."""
+    """Symlink (absolute) or copy ``source`` (a file or a frame folder) to ``target``, replacing
+    what is there (a file or link atomically; a folder copy is removed first)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and os.path.samefile(source, target) and (link or not target.is_symlink()):
         return  # already linked, or imported in place
@@ -484,7 +527,21 @@ def _place(source: Path, target: Path, *, link: bool) -> None:
         tmp = target.with_name(f".{target.name}.link.tmp")
         tmp.unlink(missing_ok=True)
         os.symlink(source.resolve(), tmp)
+        _remove_folder(target)
+        os.replace(tmp, target)
+    elif source.is_dir():
+        tmp = target.with_name(f".{target.name}.copy.tmp")
+        _remove_folder(tmp)
+        shutil.copytree(source, tmp)
+        _remove_folder(target)
+        target.unlink(missing_ok=True)
         os.replace(tmp, target)
     else:
         with source.open("rb") as src, atomic_open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
+
+
+def _remove_folder(path: Path) -> None:
+    """Remove ``path`` when it is a real folder (a frame folder copied by an earlier import)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)

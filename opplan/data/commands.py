@@ -40,19 +40,21 @@ def synth(out: str, seed: int, per_class: tuple[int, int], num_classes: int | No
 
 @data.command("import")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="Annotation format.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False), required=True, help="Folder of the videos.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of the videos (or of the frame folders).")
 @click.option("--annotations", type=click.Path(exists=True), required=True,
-              help="Annotation file or folder (see `opplan.data.annotations`).")
+              help="Annotation file or folder (see `opplan.data.annotations` and `opplan.data.frame_lists`).")
 @click.option("--split", default=1, show_default=True, type=click.IntRange(1, 3), help="UCF101/HMDB51 split number.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
 @click.option("--link/--copy", default=True, show_default=True, help="Symlink the videos or copy them.")
 def import_(fmt: str, root: str, annotations: str, split: int, out: str, link: bool) -> None:
     """Import public annotations into a dataset folder (manifest.csv + classes.txt + videos/)."""
-    from opplan.data.annotations import REPORT, import_dataset
+    from opplan.data.annotations import REPORT, WARNINGS, import_dataset
 
     listing = import_dataset(fmt, root, annotations, out, split=split, link=link)
+    warnings = f"; {len(listing.warnings)} warning(s) in {out}/{WARNINGS}" if listing.warnings else ""
     click.echo(f"imported {len(listing.videos)} videos of {len(listing.classes)} classes into {out}; "
-               f"{len(listing.problems)} problem(s) listed in {out}/{REPORT}")
+               f"{len(listing.problems)} problem(s) listed in {out}/{REPORT}{warnings}")
 
 
 @data.command()
