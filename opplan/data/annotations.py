@@ -26,8 +26,19 @@ Formats (``PATH`` is ``--annotations``, ``ROOT`` is ``--root``):
   reported "line" is the entry number in the list.
 - ``csv``: ``path,label,split`` with a header; ``path`` relative to ``ROOT``.
 - ``list``: ``path label`` lines (MMAction2/PySlowFast video lists), see :func:`read_list`.
-- ``rawframes``, ``ssv1``: frame folders, see :mod:`opplan.data.frame_lists`; a kept video
-  that drew a warning (a frame count other than the list's) is listed in ``import_warnings.csv``.
+
+Frame folders (a folder of images per video, :mod:`opplan.data.frames`) are linked or copied
+under ``videos/`` like video files, and ``prepare`` reads them. A folder without frames is a
+problem; a frame count that disagrees with the list is a warning (``import_warnings.csv``:
+the video is kept and what is on disk is used).
+
+- ``rawframes``: MMAction2's rawframe lists, ``frame_dir total_frames label`` per line (label:
+  a class index): one file, or a folder of lists named like those of ``list``; frames
+  ``ROOT/<frame_dir>/``.
+- ``ssv1``: Something-Something V1 as 20BN shipped it: ``PATH/something-something-v1-labels.csv``
+  (one class name a line, in index order), ``...-train.csv`` and ``...-validation.csv``
+  (``id;class name`` lines; the unlabelled ``...-test.csv`` is not read); frames
+  ``ROOT/<id>/00001.jpg``, ... (the ``20bn-something-something-v1`` folder).
 """
 
 from __future__ import annotations
@@ -40,10 +51,10 @@ import os
 import re
 import shutil
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opplan.data.frames import FrameFolderError, frame_files
 from opplan.data.manifest import (
     Entry,
     Problem,
@@ -446,18 +457,86 @@ def split_of(list_file: Path) -> str:
     return "train" if "train" in list_file.name.lower() else "test"
 
 
+# --- frame folders (MMAction2 rawframes, Something-Something V1) ------------------------
+
+
+def _folder(root: Path, rel: str) -> Path | None:
+    """``ROOT/rel`` (or ``rel`` when absolute) when it is a folder; None otherwise."""
+    path = Path(rel) if os.path.isabs(rel) else root / rel
+    try:
+        return path if path.is_dir() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _add_folder(listing: Listing, root: Path, rel: str, label: str, split: str, where: tuple[Path, int],
+                declared: int | None = None) -> None:
+    """Add the frame folder ``rel``, or the reason it cannot be used; warn when it holds
+    other than ``declared`` frames (the count on disk is the one ``prepare`` uses)."""
+    found = _folder(root, rel)
+    if found is None:
+        listing.bad(where, f"frame folder {rel} not found under {root}")
+        return
+    try:
+        count = len(frame_files(found))
+    except FrameFolderError as exc:
+        listing.bad(where, f"frame folder {rel}: {exc}")
+        return
+    if declared is not None and declared != count:
+        listing.warn(where, f"frame folder {rel} holds {count} frames, the list says {declared}; "
+                            f"the {count} on disk are used")
+    listing.add(root, found, label, split, where, rel)
+
+
+def read_rawframes(root: Path, annotations: Path, split: int = 1) -> Listing:
+    rows = []
+    for path in list_files(annotations, "lines 'frame_dir total_frames label'"):
+        for line, text in _lines(path):
+            cells = text.split()
+            numbers = [_number(c) for c in cells[1:]] if len(cells) == 3 else [None]
+            rows.append((path, line, cells, numbers))
+    labels = {numbers[1] for *_, numbers in rows if None not in numbers}
+    listing = Listing(classes=[str(i) for i in sorted(labels)])
+    for path, line, cells, numbers in rows:
+        if None in numbers:
+            listing.bad((path, line), f"expected 'frame_dir total_frames label' (two whole numbers), "
+                                      f"got {' '.join(cells)!r}"[:300])
+            continue
+        _add_folder(listing, root, cells[0], str(numbers[1]), split_of(path), (path, line), declared=numbers[0])
+    return listing
+
+
+SSV1_LABELS = "something-something-v1-labels.csv"
+SSV1_LISTS = (("train", "something-something-v1-train.csv"), ("test", "something-something-v1-validation.csv"))
+
+
+def read_ssv1(root: Path, annotations: Path, split: int = 1) -> Listing:
+    folder = annotations if annotations.is_dir() else annotations.parent
+    labels_file = folder / SSV1_LABELS
+    listing = Listing(classes=[text for _, text in _lines(labels_file)])
+    if not listing.classes:
+        raise AnnotationFileError(labels_file, "no classes (one class name a line)")
+    by_name = {_fold(name): name for name in listing.classes}
+    for kind, name in SSV1_LISTS:
+        list_file = folder / name
+        for line, text in _lines(list_file):
+            video_id, _, class_name = (part.strip() for part in text.partition(";"))
+            if not video_id or not class_name:
+                listing.bad((list_file, line), f"expected 'id;class name', got {text!r}"[:300])
+            elif _fold(class_name) not in by_name:
+                listing.bad((list_file, line), f"class {class_name!r} is not in {SSV1_LABELS}"[:300])
+            else:
+                _add_folder(listing, root, video_id, by_name[_fold(class_name)], kind, (list_file, line))
+    return listing
+
+
+def _fold(name: str) -> str:
+    """A class name compared without case or repeated blanks."""
+    return re.sub(r"\s+", " ", name).lower()
+
+
 READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv,
-           "list": read_list}
-"""Readers of video files; those of frame folders are in :mod:`opplan.data.frame_lists`."""
-
-
-def reader(fmt: str) -> Callable[[Path, Path, int], Listing]:
-    from opplan.data.frame_lists import FRAME_READERS  # it builds on this module
-
-    readers = {**READERS, **FRAME_READERS}
-    if fmt not in readers:
-        raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
-    return readers[fmt]
+           "list": read_list, "rawframes": read_rawframes, "ssv1": read_ssv1}
 
 
 # --- the import ------------------------------------------------------------------------
@@ -469,11 +548,12 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
     ``classes.txt``, ``import_report.csv`` and the videos under ``out/videos/``
     (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``.
     """
-    read = reader(fmt)
+    if fmt not in READERS:
+        raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
     root, annotations, out = Path(root).resolve(), Path(annotations), Path(out)
     if not root.is_dir():
         raise DataError(f"video root {root} is not a folder")
-    listing = read(root, annotations, split)
+    listing = READERS[fmt](root, annotations, split)
     _check_classes(annotations, listing.classes)
     write_problems(out / REPORT, listing.problems)
     _write_warnings(out / WARNINGS, listing.warnings)

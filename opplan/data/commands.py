@@ -43,7 +43,7 @@ def synth(out: str, seed: int, per_class: tuple[int, int], num_classes: int | No
 @click.option("--root", type=click.Path(exists=True, file_okay=False), required=True,
               help="Folder of the videos (or of the frame folders).")
 @click.option("--annotations", type=click.Path(exists=True), required=True,
-              help="Annotation file or folder (see `opplan.data.annotations` and `opplan.data.frame_lists`).")
+              help="Annotation file or folder (see `opplan.data.annotations`).")
 @click.option("--split", default=1, show_default=True, type=click.IntRange(1, 3), help="UCF101/HMDB51 split number.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
 @click.option("--link/--copy", default=True, show_default=True, help="Symlink the videos or copy them.")

@@ -64,13 +64,18 @@ def frame_files(folder: str | Path) -> list[Path]:
     return [folder / name for name in sorted(names, key=_natural_key)]
 
 
+def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(H, W) with the shorter side ``short_side`` and the aspect ratio kept."""
+    if height <= width:
+        return short_side, max(1, round(width * short_side / height))
+    return max(1, round(height * short_side / width)), short_side
+
+
 def read_frames(folder: str | Path, short_side: int) -> list[np.ndarray]:
     """The frames of ``folder`` as uint8 (H, W, 3) arrays, each resized to the first frame's
-    size with short side ``short_side`` (:func:`opplan.data.prepare.resized_shape`), like
+    size with short side ``short_side`` (:func:`resized_shape`), like
     decoded video frames; :class:`FrameFolderError` names the first image that does not decode."""
     from PIL import Image, UnidentifiedImageError  # here: only decoding processes need it
-
-    from opplan.data.prepare import resized_shape
 
     files = frame_files(folder)
     frames, size = [], None

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from opplan.config import Params, PrepareParams
-from opplan.data.frames import FrameFolderError, read_frames
+from opplan.data.frames import FrameFolderError, read_frames, resized_shape
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
 from opplan.data.shards import SHARD_RE, ShardWriter, encode_jpeg_video, full_digest
 from opplan.data.splits import check_classes, stratified_split, validation_count
@@ -76,13 +76,6 @@ class Decoded:
     reason: str = ""
     header_frames: int = 0
     """Frame count the container claims (for the log; never trusted)."""
-
-
-def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(H, W) with the shorter side ``short_side`` and the aspect ratio kept."""
-    if height <= width:
-        return short_side, max(1, round(width * short_side / height))
-    return max(1, round(height * short_side / width)), short_side
 
 
 IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
