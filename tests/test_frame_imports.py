@@ -69,7 +69,12 @@ def test_rawframes(rawframes: tuple[Path, Path], tmp_path: Path) -> None:
     assert manifest(out) == [("videos/A/v1", "0", "train"), ("videos/A/v2", "0", "train"),
                              ("videos/B/v3", "1", "train"), ("videos/B/v4", "1", "train"),
                              ("videos/A/v5", "0", "test"), ("videos/B/v6", "1", "test")]
-    assert (out / "videos/A/v1").is_symlink() and (out / "videos/A/v1").resolve() == (rawframes[0] / "A/v1").resolve()
+    placed = out / "videos/A/v1"  # a folder of links: DVC follows links to files, not to folders
+    assert placed.is_dir() and not placed.is_symlink() and len(list(placed.iterdir())) == 15
+    assert (placed / "img_00002.jpg").is_symlink()
+    assert (placed / "img_00002.jpg").resolve() == (rawframes[0] / "A/v1/img_00002.jpg").resolve()
+    import_dataset("rawframes", *rawframes, out)  # again: the same links
+    assert sorted(p.name for p in placed.iterdir()) == sorted(p.name for p in (rawframes[0] / "A/v1").iterdir())
     problems = rows(out / REPORT)
     assert [(f, line) for f, line, _ in problems] == [("ucf101_train_split_1_rawframes.txt", 5),
                                                       ("ucf101_train_split_1_rawframes.txt", 6),
@@ -89,7 +94,7 @@ def test_rawframes_copied_and_prepared(rawframes: tuple[Path, Path], tmp_path: P
     copied = out / "videos/B/v3"
     assert copied.is_dir() and not copied.is_symlink() and len(list(copied.glob("img_*.jpg"))) == 7
     import_dataset("rawframes", *rawframes, out, link=False)  # again over the copies
-    assert len(list(copied.iterdir())) == 21
+    assert len(list(copied.iterdir())) == 21 and not any(p.is_symlink() for p in copied.iterdir())
     shards = tmp_path / "shards"
     prepare_dataset(out, shards, PrepareParams(short_side=24, val_size=1, workers=1), seed=0)
     videos = read_videos(shards).set_index("path")

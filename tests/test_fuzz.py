@@ -138,7 +138,11 @@ def import_or_refuse(fmt: str, root: Path, annotations: Path, out: Path) -> list
     assert {e.label for e in entries} <= set(classes) == set(listing.classes)
     for entry, (_, source) in zip(entries, listing.videos):  # placed inside out/videos, linking its source
         assert Path(os.path.normpath(out / entry.path)).is_relative_to(out / "videos"), entry.path
-        assert (out / entry.path).resolve() == source.resolve()
+        if source.is_dir():  # a frame folder: a folder of links to its files
+            assert {p.resolve() for p in (out / entry.path).iterdir()} == {
+                p.resolve() for p in source.iterdir() if p.is_file()}
+        else:
+            assert (out / entry.path).resolve() == source.resolve()
     with (out / REPORT).open(newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == len(listing.problems)
     return listing

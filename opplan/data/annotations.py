@@ -598,9 +598,14 @@ def _check_classes(annotations: Path, classes: list[str]) -> None:
 
 
 def _place(source: Path, target: Path, *, link: bool) -> None:
-    """Symlink (absolute) or copy ``source`` (a file or a frame folder) to ``target``, replacing
-    what is there (a file or link atomically; a folder copy is removed first)."""
+    """Symlink (absolute) or copy ``source`` to ``target``, replacing what is there atomically.
+
+    A frame folder becomes a real folder of links to its files (or a copy): DVC does not
+    follow a link to a folder, so ``dvc add data`` would track no frame of a linked one."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        _place_folder(source, target, link=link)
+        return
     if target.exists() and os.path.samefile(source, target) and (link or not target.is_symlink()):
         return  # already linked, or imported in place
     if link:
@@ -609,19 +614,32 @@ def _place(source: Path, target: Path, *, link: bool) -> None:
         os.symlink(source.resolve(), tmp)
         _remove_folder(target)
         os.replace(tmp, target)
-    elif source.is_dir():
-        tmp = target.with_name(f".{target.name}.copy.tmp")
-        _remove_folder(tmp)
-        shutil.copytree(source, tmp)
-        _remove_folder(target)
-        target.unlink(missing_ok=True)
-        os.replace(tmp, target)
     else:
         with source.open("rb") as src, atomic_open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
 
 
+def _place_folder(source: Path, target: Path, *, link: bool) -> None:
+    """``target``: a folder of links to the files of ``source`` (or a copy of it), built
+    beside it and put in place of what was there."""
+    if target.exists() and not target.is_symlink() and os.path.samefile(source, target):
+        return  # imported in place
+    tmp = target.with_name(f".{target.name}.{'link' if link else 'copy'}.tmp")
+    _remove_folder(tmp)
+    tmp.unlink(missing_ok=True)
+    if link:
+        tmp.mkdir()
+        for entry in os.scandir(source):
+            if entry.is_file():
+                os.symlink(os.path.realpath(entry.path), tmp / entry.name)
+    else:
+        shutil.copytree(source, tmp)
+    _remove_folder(target)
+    target.unlink(missing_ok=True)
+    os.replace(tmp, target)
+
+
 def _remove_folder(path: Path) -> None:
-    """Remove ``path`` when it is a real folder (a frame folder copied by an earlier import)."""
+    """Remove ``path`` when it is a real folder (a frame folder placed by an earlier import)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
