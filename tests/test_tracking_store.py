@@ -199,3 +199,24 @@ def test_a_relative_store_resolves_against_the_dvc_repository_a_stage_runs_for(
     assert absolute_uri("sqlite:///mlflow.db") == f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
     assert absolute_uri("sqlite:////elsewhere/m.db") == "sqlite:////elsewhere/m.db"
     assert absolute_uri("http://server:5000") == "http://server:5000"
+
+
+def test_an_experiment_first_made_in_a_temporary_copy_keeps_its_artifacts_in_the_repository(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first stage to log into an experiment may run in ``dvc exp run --temp``'s copy
+    (a fresh clone whose first run is queued): its artifacts belong beside the repository's
+    store, not in the copy DVC deletes afterwards."""
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    tracker = Tracker("sqlite:///mlflow.db", "fresh")
+    run_id = tracker.create_run("r", {n.TAG_KIND: n.KIND_FINAL})
+    (copy / "plan.json").write_text("{}")
+    tracker.log_artifact(run_id, copy / "plan.json")
+
+    logged = repo.resolve() / "mlartifacts" / "fresh" / run_id / "artifacts" / "plan.json"
+    assert logged.read_text() == "{}"
+    assert (repo / "mlflow.db").is_file()
+    assert sorted(p.name for p in copy.iterdir()) == ["plan.json"]

@@ -45,7 +45,8 @@ def project_root() -> Path:
     (``DVC_ROOT``), else the working directory. ``dvc exp run --temp`` and ``--queue`` run
     stages in a temporary copy of the workspace, without git-ignored files such as the store,
     and set ``DVC_ROOT`` to the repository they were started from; their runs go to its
-    store, where ``dvc repro`` finds them again (docs/operations.md, "Experiments")."""
+    store, and the artifacts of an experiment they create to its ``mlartifacts/``, where
+    ``dvc repro`` finds them again (docs/operations.md, "Experiments")."""
     return Path(os.environ.get("DVC_ROOT") or ".")
 
 
@@ -170,12 +171,15 @@ class Tracker(Store):
     """Writing runs of one experiment; the local store and the experiment are created when
     missing (:mod:`opplan.tracking.store`), the experiment marked for MLflow's runs view."""
 
-    def __init__(self, uri: str, experiment: str, *, artifact_root: str | Path = "mlartifacts",
+    def __init__(self, uri: str, experiment: str, *, artifact_root: str | Path | None = None,
                  retry_seconds: float = DEFAULT_RETRY_SECONDS, system_metrics_seconds: float = 0.0) -> None:
         uri = resolve_uri(uri)
         ensure_store(uri)  # before the client: MlflowClient itself would create a missing store
         super().__init__(uri, "", retry_seconds=retry_seconds)
-        self.experiment_id = self._experiment(experiment, Path(artifact_root))
+        # ``mlartifacts/`` of the project, like a relative store: an experiment first made by a
+        # stage of ``dvc exp run --temp`` must not keep its artifacts in the copy DVC deletes
+        root = project_root() / "mlartifacts" if artifact_root is None else Path(artifact_root)
+        self.experiment_id = self._experiment(experiment, root)
         self.system_metrics_seconds = system_metrics_seconds
         self._monitors: dict[str, Any] = {}
 
