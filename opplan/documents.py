@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json
+from opplan.planning.graph import S0
 
 SCHEMA_VERSION = 1
 """Written into every new document as ``schema_version``; a reader refuses any other."""
@@ -249,6 +250,8 @@ class PlanDocument(Document):
     def _path_is_the_transitions(self) -> PlanDocument:
         """``path`` starts at S0 and ends at ``final_state``; ``transitions[k]`` and ``epochs[k]``
         are those of ``path[k] -> path[k+1]``."""
+        if self.path[0] != S0.name:
+            raise ValueError(f"field path starts at {self.path[0]!r}, not at {S0.name}")
         if self.path[-1] != self.final_state:
             raise ValueError(f"field final_state is {self.final_state!r}, but path ends at {self.path[-1]!r}")
         steps = len(self.path) - 1

@@ -80,6 +80,10 @@ def test_a_wrong_field_is_refused_in_one_line_naming_file_and_field() -> None:
     def wrong_epoch(d: dict) -> None:
         d["transitions"][1]["chosen_epoch"] = "7"
 
+    def drop_s0(d: dict) -> None:
+        d["path"].pop(0)
+        d["path"].insert(0, d["transitions"][0]["dst"])
+
     message = bad(PlanDocument, plan, wrong_epoch)
     assert message.startswith("plan.json: field transitions[1].chosen_epoch: expected a whole number")
     assert "`dvc repro plan`" in message and "\n" not in message
@@ -88,6 +92,8 @@ def test_a_wrong_field_is_refused_in_one_line_naming_file_and_field() -> None:
     assert "unknown field losses" in bad(PlanDocument, plan, lambda d: d.update(losses=[]))
     assert "field final_state is 'S0', but path ends at" in bad(PlanDocument, plan,
                                                                  lambda d: d.update(final_state="S0"))
+    first = raw(plan)["transitions"][0]["dst"]
+    assert f"field path starts at {first!r}, not at S0" in bad(PlanDocument, plan, drop_s0)
     assert "but transitions[0] keeps" in bad(PlanDocument, plan, lambda d: d["epochs"].__setitem__(0, 999))
     assert bad(FinalRecord, record, lambda d: d.update(epochs=True)).startswith(
         "final/run.json: field epochs: expected a whole number >= 0, got True")
