@@ -243,6 +243,7 @@ def test_final_of_a_path_that_kept_every_starting_model_is_s0(
     document = json.loads((project / "plan.json").read_text())
     for step in document["transitions"]:
         step["chosen_epoch"] = 0
+    document["epochs"] = [0] * len(document["transitions"])  # plan.json's epochs are the transitions' t*
     (project / "plan_t0.json").write_text(json.dumps(document))
     record = run_final(params, plan_path=project / "plan_t0.json", out_dir=project / "final_t0")
     assert record.epochs == 0 and record.schedule == ()
