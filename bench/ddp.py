@@ -89,6 +89,7 @@ def bench_plan() -> None:
     from opplan.config import PrepareParams
     from opplan.data.prepare import prepare_dataset
     from opplan.data.synth import SynthConfig, synthesize
+    from opplan.documents import PlanDocument
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="opplan-bench-ddp-") as tmp:
@@ -113,16 +114,16 @@ def bench_plan() -> None:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "opplan.cli", "plan", "--params", "params.yaml"], cwd=project,
                            check=True, capture_output=True, env=env)
-            plan = json.loads((project / "plan.json").read_text())
+            plan = PlanDocument.read(project / "plan.json")
             results.append((workers, threads, time.perf_counter() - start, plan))
-    print(f"tiny plan ({len(results[0][3]['explored'])} transitions, {cores} cores), wall time of `opplan plan`:")
+    print(f"tiny plan ({len(results[0][3].explored)} transitions, {cores} cores), wall time of `opplan plan`:")
     for workers, threads, seconds, plan in results:
         print(f"  {workers} worker(s) x {threads} thread(s): {seconds:5.1f} s ({results[0][2] / seconds:.2f}x), "
-              f"path {' → '.join(plan['path'])}")
+              f"path {' → '.join(plan.path)}")
     fields = ("src", "dst", "status", "score", "fitted", "observed", "chosen_epoch", "epochs_trained")
 
-    def explored(plan: dict) -> list[tuple]:
-        return [tuple(record[f] for f in fields) for record in plan["explored"]]
+    def explored(plan: PlanDocument) -> list[tuple]:
+        return [tuple(getattr(record, f) for f in fields) for record in plan.explored]
 
     same = explored(results[1][3]) == explored(results[2][3])
     print(f"  2 workers explored exactly what 1 worker did at the same threads per process (scores, epochs): {same}")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 from opplan.config import load_params
+from opplan.documents import PlanDocument
 from opplan.planning.dp import PRUNED, Bar, Rule, TransitionRecord, plan_path
 from opplan.planning.graph import graph_from_params
 from opplan.planning.knee import KneeStopper, optimistic_bound
@@ -36,23 +36,23 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     plan = params.plan
-    document = json.loads(args.plan.read_text())
-    recorded = {(r["src"], r["dst"]): r for r in document["explored"]}
+    document = PlanDocument.read(args.plan)
+    recorded = {(r.src, r.dst): r for r in document.explored}
     curves = {}
     for key in recorded:
         path = args.curves / f"{key[0]}__{key[1]}.csv".replace("/", "-")
         with path.open() as f:
             curves[key] = [float(row["val_acc"]) for row in csv.DictReader(f)]
     graph = graph_from_params(plan)
-    rule = Rule(document["decision"]["rule"], document["decision"]["tie_se"])
+    rule = Rule(document.decision.rule, document.decision.tie_se)
 
     def record(key: tuple[str, str]) -> TransitionRecord:
-        r = recorded[key]
+        r = recorded[key].to_json()
         fields = {k: v for k, v in r.items() if k in TransitionRecord.__dataclass_fields__ and k != "bound"}
         return TransitionRecord(**fields | {"score": r["score"] if r["score"] is not None else float("-inf")})
 
     base = plan_path(graph, lambda s, d, _r: record((s.name, d.name)), rule=rule)
-    total = sum(r["epochs_trained"] for r in recorded.values())
+    total = sum(r.epochs_trained for r in recorded.values())
     print(f"{args.plan}: {len(recorded)} transitions, {total} epochs trained, "
           f"path {' → '.join(n.name for n in base.path)}")
     for z, start in ((z, m) for m in args.min_epochs for z in args.z):

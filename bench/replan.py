@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from opplan.config import Params, load_params  # noqa: E402
+from opplan.documents import PlanDocument  # noqa: E402
 from opplan.logs import configure_logging  # noqa: E402
 from opplan.report.compare import path_steps  # noqa: E402
 from opplan.report.summary import steps_text  # noqa: E402
@@ -43,7 +44,7 @@ def reported_op(root: Path) -> dict[str, float]:
     return {k: float(row[k]) for k in ("top1", "low", "high")}
 
 
-def path_text(plan_doc: dict) -> str:
+def path_text(plan_doc: PlanDocument) -> str:
     """``S0 → us/8/0.02 (44 ep) → ...``, as the report writes a path."""
     return steps_text(path_steps(plan_doc) or ())
 
@@ -58,7 +59,7 @@ def replan_params(params: Params, root: Path, seed: int, work: Path) -> Params:
     return Params.model_validate(doc)
 
 
-def replan(params: Params, work: Path) -> tuple[dict, dict, float]:
+def replan(params: Params, work: Path) -> tuple[PlanDocument, dict, float]:
     """The stages plan, final and evaluate in ``work`` (as opplan study runs them);
     (plan.json, metrics.json, seconds)."""
     from opplan.stages.evaluate import run_evaluate
@@ -70,7 +71,7 @@ def replan(params: Params, work: Path) -> tuple[dict, dict, float]:
     for stage in (run_plan, run_final, run_evaluate):
         stage(params)
     seconds = time.perf_counter() - start
-    return json.loads((work / "plan.json").read_text()), json.loads((work / "metrics.json").read_text()), seconds
+    return PlanDocument.read(work / "plan.json"), json.loads((work / "metrics.json").read_text()), seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     first = reported_op(ROOT)
-    first_plan = json.loads((ROOT / "plan.json").read_text())
+    first_plan = PlanDocument.read(ROOT / "plan.json")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=False)
         work = args.workdir.resolve()

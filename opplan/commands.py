@@ -76,7 +76,7 @@ def final(params_path: str) -> None:
     record = run_training_stage(params_path, "final")
     if record is None:  # not rank 0
         return
-    click.echo(f"final model: {record['epochs']} epochs, MLflow run {record['run_id']}")
+    click.echo(f"final model: {record.epochs} epochs, MLflow run {record.run_id}")
 
 
 @click.command()
@@ -96,13 +96,13 @@ def baselines(params_path: str) -> None:
     document = run_training_stage(params_path, "baselines")
     if document is None:  # not rank 0
         return
-    hs, retrains = document["selected"], document["retrains"]
+    hs, retrains = document.selected, document.retrains
     if hs is None:
         click.echo("no baseline finished")
         return
-    tested = [r["top1"] for r in retrains if r["top1"] is not None]
+    tested = [r.top1 for r in retrains if r.top1 is not None]
     mean = f"{sum(tested) / len(tested):.4f} over {len(tested)} seed(s)" if tested else "none (retrain failed)"
-    click.echo(f"HS (chosen on validation): {hs['name']} val top-1 {hs['val_top1']:.4f}; retrained, held-out "
+    click.echo(f"HS (chosen on validation): {hs.name} val top-1 {hs.val_top1:.4f}; retrained, held-out "
                f"top-1 {mean}")
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from opplan.config import Params, TrainParams
 from opplan.data import sampling
 from opplan.data.transforms import MultiCrop, to_video
+from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 
 SETTINGS_KEYS = ("clip_length", "sampling", "snippet_length", "short_side", "max_frames", "eval_short_side",
@@ -66,7 +67,7 @@ def load_checkpoint_model(path: Path) -> nn.Module:
     return model.eval()
 
 
-def load_local_bundle(model_path: Path, params: Params, record: dict[str, Any] | None) -> Bundle:
+def load_local_bundle(model_path: Path, params: Params, record: FinalRecord | None) -> Bundle:
     """``final/model.pt`` with the class names of ``params``' shards and the final state of
     ``record`` (``final/run.json``; without it, the last clip length of the plan, ``cs``)."""
     from opplan.planning.graph import parse_state
@@ -78,11 +79,11 @@ def load_local_bundle(model_path: Path, params: Params, record: dict[str, Any] |
     if len(classes) != num_classes:
         classes = [str(i) for i in range(num_classes)]
     if record is not None:
-        state = parse_state(record["final_state"], params.plan.clip_lengths, params.plan.lrs)
+        state = parse_state(record.final_state, params.plan.clip_lengths, params.plan.lrs)
         clip_length, sampling_name = state.clip_length, state.sampling
     else:
         clip_length, sampling_name = max(params.plan.clip_lengths), "cs"
-    info = {"model": str(model_path), **({"run_id": record["run_id"]} if record else {})}
+    info = {"model": str(model_path), **({"run_id": record.run_id} if record else {})}
     return Bundle(model, classes, view_settings(params, clip_length, sampling_name), info)
 
 

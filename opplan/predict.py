@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from opplan.config import load_params
+from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def load_any(model_ref: str, params_path: str) -> Any:
         raise OpplanError(f"{path}: no such model file (made by `dvc repro final`; or give --model runs:/... "
                           f"or models:/NAME/VERSION)")
     record_path = path.parent / "run.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    record = FinalRecord.read(record_path) if record_path.is_file() else None
     return load_local_bundle(path, params, record)
 
 

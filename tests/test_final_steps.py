@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from test_stages import hand_written
+
 from opplan.config import Params
+from opplan.documents import PlanDocument
 from opplan.stages.final import path_schedule, planned_steps
 
 PARAMS = Params.model_validate({"plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.1, 0.01]},
                                 "train": {"batch_size": 8}})
-PLAN = {"transitions": [{"dst": "cs/4/0.1", "chosen_epoch": 3}, {"dst": "cs/8/0.1", "chosen_epoch": 0},
-                        {"dst": "cs/8/0.01", "chosen_epoch": 1}, {"dst": "cs/8/0.01", "chosen_epoch": 8}]}
+STEPS = [{"dst": "cs/4/0.1", "chosen_epoch": 3}, {"dst": "cs/8/0.1", "chosen_epoch": 0},
+         {"dst": "cs/8/0.01", "chosen_epoch": 1}, {"dst": "cs/8/0.01", "chosen_epoch": 8}]
+PLAN = PlanDocument.from_json(hand_written({"mlflow": {"planning_run_id": "p"}, "final_state": "cs/8/0.01",
+                                            "path": ["S0", *(s["dst"] for s in STEPS)], "transitions": STEPS}))
 
 
 def test_the_plain_schedule_repeats_each_state_t_star_times() -> None:

@@ -36,6 +36,7 @@ import pytest
 
 from opplan import tracking as t
 from opplan.config import Params, PlanParams, ReportParams, TrackingParams
+from opplan.documents import Diagnosis, PlanDocument
 from opplan.errors import OpplanError
 from opplan.planning import fitting, knee
 from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
@@ -45,6 +46,7 @@ from opplan.report import run_report
 from opplan.stats import paired_compare, video_estimate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
 SLOW = pytest.mark.slow  # the module's MLflow store takes MLflow 10-20 s to create and fill
 TRAIN_VIDEOS = 40
 EPOCH_SECONDS = 1.5
@@ -156,7 +158,8 @@ def _plan(tracker: t.Tracker, params: Params, digest: str, tmp: Path, fail: set)
     ledger = Planned(parent, digest, None)
     result = plan_path(graph_from_params(params.plan), Oracle(tracker, parent, params.plan, ledger, fail))
     document = {"config_hash": digest, "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                                                  "planning_run_id": parent}, **result.to_json()}
+                                                  "planning_run_id": parent}, **result.to_json(),
+                "diagnosis": {"ok": True, "findings": []}}
     out = tmp / digest / "plan.json"
     out.parent.mkdir(parents=True)
     out.write_text(json.dumps(document))
@@ -608,10 +611,11 @@ def test_bench_cost(store: dict[str, Any], tmp_path: Path, capsys: pytest.Captur
 def test_path_steps_reads_the_plan_json_path() -> None:
     from opplan.report.compare import Step, path_steps
 
-    expected = (Step("S0", "cs/4/0.1", 5), Step("cs/4/0.1", "cs/8/0.1", 0), Step("cs/8/0.1", "cs/8/0.01", 3))
-    dp_format = {"path": ["S0", "cs/4/0.1", "cs/8/0.1", "cs/8/0.01"], "epochs": [5, 0, 3]}
-    assert path_steps(dp_format) == expected
-    assert path_steps(None) is None and path_steps({"config_hash": "x"}) is None
+    raw = json.loads((ROOT / "plan.json").read_text())
+    expected = tuple(Step(a, b, e) for a, b, e in zip(raw["path"], raw["path"][1:], raw["epochs"]))
+    assert len(expected) == len(raw["path"]) - 1 > 0
+    assert path_steps(PlanDocument.read(ROOT / "plan.json")) == expected
+    assert path_steps(None) is None
 
 
 def test_best_candidate_prefers_fewer_epochs_and_skips_failed() -> None:
@@ -646,8 +650,8 @@ def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
     from opplan.report.compare import Comparison, Cost, Noise
     from opplan.report.summary import summary_paragraph
 
-    diagnosis = {"ok": False, "findings": [{"code": "at_chance", "seen": "every transition within 2 SE of chance",
-                                            "change": "higher plan.lrs"}]}
+    diagnosis = Diagnosis.model_validate({"ok": False, "findings": [
+        {"code": "at_chance", "seen": "every transition within 2 SE of chance", "change": "higher plan.lrs"}]})
     noise = Noise(None, None, None, None, None, None, None, None, diagnosis)
     cmp = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None,
                      None, 0, 0, noise=noise)
@@ -655,7 +659,7 @@ def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
     assert ("**Planning diagnosis: at_chance: every transition within 2 SE of chance (what to change: higher "
             "plan.lrs).**") in text
     ok = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None, None,
-                    0, 0, noise=Noise(None, None, None, None, None, None, None, None, {"ok": True, "findings": []}))
+                    0, 0, noise=Noise(None, None, None, None, None, None, None, None, Diagnosis(ok=True, findings=())))
     assert "diagnosis" not in summary_paragraph(ok, "e")
 
 
@@ -694,6 +698,19 @@ def test_figures_share_the_y_scale_and_label_axes_and_marks(tmp_path: Path) -> N
     assert "frames" in clip.get_ylabel() and list(clip.get_yticks()) == [8.0]
 
 
+def workspace_plan(planning_run: str) -> dict:
+    """The committed ``plan.json``, naming ``planning_run``."""
+    document = json.loads((ROOT / "plan.json").read_text())
+    document["mlflow"]["planning_run_id"] = planning_run
+    return document
+
+
+def workspace_record(run_id: str, planning_run: str) -> dict:
+    """The committed ``final/run.json``, naming final run ``run_id`` of ``planning_run``."""
+    return {**json.loads((ROOT / "final" / "run.json").read_text()), "run_id": run_id,
+            "planning_run_id": planning_run}
+
+
 def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_store_lacks_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After `dvc exp apply` the workspace's plan.json names an older planning than the store's
@@ -708,12 +725,16 @@ def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_stor
     applied, latest = (_start_planning(tracker, params, d * 16) for d in "de")
     for run_id in (applied, latest):
         tracker.end_run(run_id, t.STATUS_FINISHED)
-    (tmp_path / "plan.json").write_text(json.dumps({"mlflow": {"planning_run_id": applied}}))
+    (tmp_path / "plan.json").write_text(json.dumps(workspace_plan(applied)))
     from opplan.report.collect import read_store
     from opplan.report import workspace_planning_run
 
     assert read_store(uri, "x", workspace_plan=workspace_planning_run(Path("plan.json"))).primary == applied
     assert read_store(uri, "x").primary == latest
+    invalid = {**workspace_plan(applied), "path": "S0"}  # not a plan document: followed by nothing, said in the log
+    (tmp_path / "plan.json").write_text(json.dumps(invalid))
+    assert workspace_planning_run(Path("plan.json")) is None
+    (tmp_path / "plan.json").write_text(json.dumps(workspace_plan(applied)))
     assert "plan.json names" not in run_report(params).read_text()
 
     tracker.client.delete_run(applied)
@@ -734,7 +755,7 @@ def test_report_follows_the_final_run_that_final_run_json_names(
         update={"report": ReportParams(out=str(tmp_path / "reports"), figures=False)})
     planning = _start_planning(tracker, params, "f" * 16)
     tracker.end_run(planning, t.STATUS_FINISHED)
-    (tmp_path / "plan.json").write_text(json.dumps({"mlflow": {"planning_run_id": planning}}))
+    (tmp_path / "plan.json").write_text(json.dumps(workspace_plan(planning)))
     finals = []
     for top1 in (0.4, 0.6):  # the second is the latest: what the report shows without run.json
         run_id = tracker.create_run("final", {t.TAG_KIND: t.KIND_FINAL, t.TAG_PLAN_RUN: planning,
@@ -754,11 +775,11 @@ def test_report_follows_the_final_run_that_final_run_json_names(
 
     assert reported_final() == finals[1]
     (tmp_path / "final").mkdir()
-    (tmp_path / "final" / "run.json").write_text(json.dumps({"run_id": finals[0], "planning_run_id": planning}))
+    (tmp_path / "final" / "run.json").write_text(json.dumps(workspace_record(finals[0], planning)))
     assert reported_final() == finals[0]
     assert "final/run.json names" not in run_report(params).read_text()
 
-    (tmp_path / "final" / "run.json").write_text(json.dumps({"run_id": "0" * 32, "planning_run_id": planning}))
+    (tmp_path / "final" / "run.json").write_text(json.dumps(workspace_record("0" * 32, planning)))
     assert reported_final() == finals[1]
     text = run_report(params).read_text()
     assert f"final/run.json names final run `{'0' * 32}`" in text and "dvc repro --force final" in text

@@ -58,7 +58,7 @@ def test_mlflow_model_and_registry_version_predict_as_evaluate(evaluated: dict) 
     params, record = evaluated["params"], evaluated["record"]
     mlflow.set_tracking_uri(params.tracking.uri)
     mlflow.set_registry_uri(params.tracking.uri)
-    for uri in (f"runs:/{record['run_id']}/model", f"models:/{NAME}/1"):
+    for uri in (f"runs:/{record.run_id}/model", f"models:/{NAME}/1"):
         loaded = mlflow.pyfunc.load_model(uri)
         got = np.stack([loaded.predict(v).mean(axis=0) for v in evaluated["views"]])
         np.testing.assert_allclose(got, evaluated["scores"], atol=1e-5)
@@ -67,7 +67,7 @@ def test_mlflow_model_and_registry_version_predict_as_evaluate(evaluated: dict) 
         assert meta.metadata["classes"] == Path(params.prepare.out, "classes.txt").read_text().split("\n")[:4]
         assert meta.metadata["view_settings"]["clips"] == 2 and meta.metadata["view_settings"]["crops"] == 3
     version = mlflow.MlflowClient().get_model_version(NAME, "1")
-    assert version.run_id == record["run_id"]
+    assert version.run_id == record.run_id
     assert version.tags["planning_run_id"] == "plan-of-test-serving" and version.tags["path"] == "cs/4/0.02"
     assert float(version.tags[f"heldout_{n.M_TOP1}"]) == pytest.approx(evaluated["metrics"][n.M_TOP1], abs=1e-6)
 
@@ -93,7 +93,7 @@ def test_predict_gives_evaluates_top1_and_survives_a_broken_file(evaluated: dict
     broken = project / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
     videos = [str(tiny_dataset / p) for p in evaluated["paths"]]
-    ref = f"runs:/{evaluated['record']['run_id']}/model" if model == "runs" else model
+    ref = f"runs:/{evaluated['record'].run_id}/model" if model == "runs" else model
     result = CliRunner().invoke(cli, ["predict", videos[0], str(broken), *videos[1:], "--model", ref, "--json",
                                       "--top-k", "2"])
     assert result.exit_code == 1, result.output
@@ -111,7 +111,7 @@ def test_predict_gives_evaluates_top1_and_survives_a_broken_file(evaluated: dict
 def test_the_final_run_has_system_metrics(evaluated: dict) -> None:
     """Sampled every 0.05 s while the final model trained (``tracking.system_metrics_seconds``)."""
     tracker = Tracker.from_params(evaluated["params"].tracking)
-    metrics = tracker.get_run(evaluated["record"]["run_id"]).data.metrics
+    metrics = tracker.get_run(evaluated["record"].run_id).data.metrics
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
     assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0 * 64
     assert metrics["system/system_memory_usage_megabytes"] > 0

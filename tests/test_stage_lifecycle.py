@@ -154,4 +154,4 @@ def test_final_writes_its_outputs_again_from_a_finished_run_without_training(
     assert run_final(params) == record
     assert {name: (Path("final") / name).read_bytes() for name in written} == written
     (run,) = STAGES[1].runs(params)
-    assert run.info.run_id == record["run_id"] and not any(WORK_ROOT.rglob("*.pt"))
+    assert run.info.run_id == record.run_id and not any(WORK_ROOT.rglob("*.pt"))

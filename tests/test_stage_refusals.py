@@ -14,7 +14,9 @@ import pytest
 import yaml
 from test_stages import tiny_config, with_current_hash
 
+from opplan import documents
 from opplan.config import Params
+from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_text, file_digest
 from opplan.stages import evaluate, final
@@ -52,9 +54,16 @@ def test_final_refuses_a_plan_made_under_other_params_naming_both(project: Param
 def write_final(params: Params, *, run_id: str = "0" * 32, model: bytes = b"weights") -> None:
     Path("final").mkdir()
     (Path("final") / "model.pt").write_bytes(model)
-    record = with_current_hash({"run_id": run_id, "final_state": "cs/4/0.02", "epochs": 1,
-                                n.M_COMPUTE_SECONDS: 1.0, "model_sha256": file_digest(Path("final/model.pt"))}, params)
-    (Path("final") / "run.json").write_text(json.dumps(record))
+    (Path("final") / "run.json").write_text(json.dumps(record_of(
+        run_id, with_current_hash(PLAN, params)["config_hash"], file_digest(Path("final/model.pt")))))
+
+
+def record_of(run_id: str, digest: str, model_sha256: str) -> dict:
+    """A ``final/run.json`` of one epoch along ``PLAN``."""
+    return {"run_id": run_id, "config_hash": digest, "planning_run_id": "p", "final_state": "cs/4/0.02",
+            "epochs": 1, n.M_EPOCHS_TRAINED: 1, n.M_CLIPS_SEEN: 8, n.M_COMPUTE_SECONDS: 1.0,
+            "schedule": [{"epoch": 1, "state": "cs/4/0.02", "lr": 0.02}], "losses": [2.0],
+            "model_sha256": model_sha256}
 
 
 @pytest.fixture
@@ -94,16 +103,17 @@ def test_final_never_leaves_a_new_model_beside_the_old_record(tmp_path: Path, mo
     new.parent.mkdir()
     new.write_bytes(b"new model")
     seen = []
-    real = final.atomic_write_json
+    real = documents.atomic_write_json
 
     def write_record(path: Path, record: dict) -> None:
         seen.append(((out / "model.pt").read_bytes(), (out / "run.json").exists()))
         real(path, record)
 
-    monkeypatch.setattr(final, "atomic_write_json", write_record)
-    final.write_outputs(out, new, {"run_id": "new", "model_sha256": file_digest(new), "losses": []}, [])
+    monkeypatch.setattr(documents, "atomic_write_json", write_record)
+    record = FinalRecord.new(record_of("new", "0" * 16, file_digest(new)))
+    final.write_outputs(out, new, record, [])
     assert seen == [(b"new model", False)]  # the old record was gone before the new model came
-    assert final.read_record(out)["run_id"] == "new"
+    assert final.read_record(out) == record
     (out / "model.pt").write_bytes(b"tampered")
     assert final.read_record(out) is None  # a record whose model changed is no record
 

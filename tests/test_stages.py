@@ -11,6 +11,7 @@ import pytest
 
 from opplan import tracking as t
 from opplan.config import Params
+from opplan.documents import PlanDocument
 from opplan.errors import OpplanError
 from opplan.planning.graph import graph_from_params
 from opplan.stages.baselines import run_baselines
@@ -45,7 +46,27 @@ def tiny_config(shards: Path, **sections: dict) -> dict:
 
 def with_current_hash(plan: dict, params: Params) -> dict:
     """A hand-written ``plan.json`` for ``params`` (``final`` refuses one made under other params)."""
-    return {**plan, "config_hash": config_hash(planning_config(params, Path(params.prepare.out)))}
+    return {**hand_written(plan), "config_hash": config_hash(planning_config(params, Path(params.prepare.out)))}
+
+
+def hand_written(plan: dict) -> dict:
+    """``plan``'s path, final state, transitions (``dst`` and ``chosen_epoch`` each) and MLflow ids,
+    completed into a valid ``plan.json`` (:class:`opplan.documents.PlanDocument`)."""
+    path = plan["path"]
+    steps = [{"src": src, "dst": step["dst"], "status": "finished", "score": 0.5, "fitted": 0.5, "observed": 0.5,
+              "chosen_epoch": step["chosen_epoch"], "epochs_trained": step["chosen_epoch"], "seconds": 0.0,
+              "run_id": None, "checkpoint": None, "se": None, "capped": False}
+             for src, step in zip(path, plan["transitions"])]
+    done = {"mlflow": {"tracking_uri": "", "experiment_id": "0", **plan["mlflow"]}, "path": path,
+            "epochs": [s["chosen_epoch"] for s in steps], "final_state": plan["final_state"], "score": 0.5,
+            "prefer": "score", "final_scores": {plan["final_state"]: 0.5}, "transitions": steps, "explored": steps,
+            "skipped": [], "best_predecessor": {s["dst"]: s["src"] for s in steps},
+            "decision": {"rule": "argmax", "tie_se": 1.0}, "decisions": [], "capped": [],
+            "compute": {"path_epochs": sum(s["chosen_epoch"] for s in steps),
+                        "epochs_trained": sum(s["chosen_epoch"] for s in steps), "seconds": 0.0,
+                        "transitions": len(steps)},
+            "diagnosis": {"ok": True, "findings": []}}
+    return PlanDocument.from_json({"config_hash": "0" * 16, **done}).to_json()
 
 
 def tiny_params(shards: Path, store: Path, **plan: object) -> Params:
@@ -162,7 +183,8 @@ def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch:
     project, params = planned
     monkeypatch.chdir(project)
     plan = json.loads((project / "plan.json").read_text())
-    record = run_final(params)
+    record = run_final(params).to_json()
+    assert record == json.loads((project / "final" / "run.json").read_text())
     assert record["epochs"] == sum(plan["epochs"]) > 0
     assert [row["state"] for row in record["schedule"]] == [
         s for s, e in zip(plan["path"][1:], plan["epochs"]) for _ in range(e)]
@@ -178,26 +200,27 @@ def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch:
     assert (project / "evaluation" / "confusion.png").is_file()
     assert tracker.get_run(record["run_id"]).data.metrics[t.M_TOP1] == pytest.approx(metrics[t.M_TOP1])
 
-    document = run_baselines(params)
+    document = run_baselines(params).to_json()
+    assert document == json.loads((project / "baselines.json").read_text())
     assert [c["name"] for c in document["candidates"]] == ["cs/l1-lN/step/2", "cs/l1-lN/cosine/2"]
     assert document["oracle"]["top1"] == max(c["top1"] for c in document["candidates"])
     assert document["selected"]["val_top1"] == max(c["val_top1"] for c in document["candidates"])
     [retrain] = document["retrains"]  # final.seeds: 1
     assert retrain["seed"] == params.seed and 0.0 <= retrain["top1"] <= 1.0
     assert document["grid"]["epochs"] == 4
-    again = run_baselines(params)  # finished candidates are reused, not retrained
+    again = run_baselines(params).to_json()  # finished candidates are reused, not retrained
     assert [c["run_id"] for c in again["candidates"]] == [c["run_id"] for c in document["candidates"]]
 
     # two at a time, each in a worker process, as planning's transitions (runtime.plan_workers)
     two = params.model_copy(update={"plan": params.plan.model_copy(update={"workers": 2}),
                                     "baselines": params.baselines.model_copy(update={"epochs": [1]})})
-    parallel = run_baselines(two)
+    parallel = run_baselines(two).to_json()
     assert [c["name"] for c in parallel["candidates"]] == ["cs/l1-lN/step/1", "cs/l1-lN/cosine/1"]
     assert all(c["status"] == t.STATUS_FINISHED for c in parallel["candidates"])
     assert parallel["grid"]["epochs"] == 2 and parallel["config_hash"] != document["config_hash"]
     runs = {c["run_id"] for c in parallel["candidates"]}
     assert len(runs) == 2 and not runs & {c["run_id"] for c in document["candidates"]}
-    assert run_baselines(two)["candidates"] == parallel["candidates"]  # reused, as in sequence
+    assert run_baselines(two).to_json()["candidates"] == parallel["candidates"]  # reused, as in sequence
 
 
 @pytest.mark.xfail(strict=False, reason="order-dependent: fails after other test files in one pytest process "
@@ -223,9 +246,10 @@ def test_final_of_a_path_that_kept_every_starting_model_is_s0(
     document = json.loads((project / "plan.json").read_text())
     for step in document["transitions"]:
         step["chosen_epoch"] = 0
+    document["epochs"] = [0] * len(document["transitions"])  # plan.json's epochs are the transitions' t*
     (project / "plan_t0.json").write_text(json.dumps(document))
     record = run_final(params, plan_path=project / "plan_t0.json", out_dir=project / "final_t0")
-    assert record["epochs"] == 0 and record["schedule"] == []
+    assert record.epochs == 0 and record.schedule == ()
     assert (project / "final_t0" / "model.pt").is_file()
 
 
@@ -292,8 +316,8 @@ def test_a_replaced_or_truncated_checkpoint_is_a_damaged_run_never_its_result(
     monkeypatch.chdir(project)
     record = run_final(params)
     tracker = t.Tracker(params.tracking.uri, params.tracking.experiment)
-    run_id = record["run_id"]
-    assert tracker.get_run(run_id).data.tags["opplan.checkpoint_sha256"] == record["model_sha256"]
+    run_id = record.run_id
+    assert tracker.get_run(run_id).data.tags["opplan.checkpoint_sha256"] == record.model_sha256
     stored = checkpoint_file(tracker, run_id)
     own = stored.read_bytes()
     other = checkpoint_file(tracker, next(r.info.run_id for r in transition_runs(params)
@@ -308,7 +332,7 @@ def test_a_replaced_or_truncated_checkpoint_is_a_damaged_run_never_its_result(
             assert not (project / "final" / "model.pt").exists()  # never written from the damaged file
     finally:
         stored.write_bytes(own)
-    assert run_final(params)["model_sha256"] == record["model_sha256"]
+    assert run_final(params).model_sha256 == record.model_sha256
 
 
 def test_planning_refuses_a_source_checkpoint_replaced_in_the_store(

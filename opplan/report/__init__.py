@@ -17,6 +17,8 @@ from pathlib import Path
 
 from opplan import tracking as t
 from opplan.config import Params
+from opplan.documents import D, FinalRecord, PlanDocument
+from opplan.errors import OpplanError
 from opplan.report import figures as fig
 from opplan.report.collect import StoreData, read_store
 from opplan.report.compare import Comparison, compare, compare_all, current_grid
@@ -65,21 +67,24 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
 
 def workspace_planning_run(plan_json: Path) -> str | None:
     """The planning run the workspace's ``plan.json`` names (``None`` without a readable one)."""
-    import json
-
-    try:
-        return str(json.loads(plan_json.read_text(encoding="utf-8"))["mlflow"]["planning_run_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    document = _workspace_document(PlanDocument, plan_json)
+    return document.planning_run_id if document is not None else None
 
 
 def workspace_final_run(run_json: Path) -> str | None:
     """The final run the workspace's ``final/run.json`` names (``None`` without a readable one)."""
-    import json
+    document = _workspace_document(FinalRecord, run_json)
+    return document.run_id if document is not None else None
 
+
+def _workspace_document(kind: type[D], path: Path) -> D | None:
+    """``path`` read as ``kind``; ``None`` when it is not there, or (with a warning why) not valid."""
+    if not path.exists():
+        return None
     try:
-        return str(json.loads(run_json.read_text(encoding="utf-8"))["run_id"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return kind.read(path)
+    except OpplanError as exc:
+        log.warning("the report does not follow %s: %s", path, exc)
         return None
 
 

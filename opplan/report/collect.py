@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from opplan import tracking as t
+from opplan.documents import PlanDocument
 from opplan.errors import OpplanError
 from opplan.planning import fitting
 
@@ -57,7 +58,7 @@ class StoreData:
     finals: pd.DataFrame
     baselines: pd.DataFrame
     retrains: pd.DataFrame = field(default_factory=lambda: _frame([], _RETRAIN_COLUMNS))
-    plan_docs: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # planning run -> plan.json
+    plan_docs: dict[str, PlanDocument | None] = field(default_factory=dict)  # planning run -> plan.json
     predictions: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> predictions.json (primary's)
     primary: str | None = None  # run id of the planning the report is about
     plan_section: dict[str, Any] = field(default_factory=dict)  # primary's plan.* params as logged
@@ -88,7 +89,7 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
         for row in rows:
             transitions += [_transition_row(row["run_id"], run, reader)
                             for run in reader.search({t.TAG_KIND: t.KIND_TRANSITION}, parent_id=row["run_id"])]
-            docs[row["run_id"]] = reader.read_json_artifact(row["run_id"], t.ARTIFACT_PLAN_JSON)
+            docs[row["run_id"]] = _plan_document(reader, row["run_id"])
         if reader is not None:
             finals += [_final_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_FINAL})]
             retrains += [_retrain_row(name, run) for run in reader.search({t.TAG_KIND: t.KIND_OP_RETRAIN})]
@@ -118,6 +119,19 @@ def read_store(uri: str, experiment: str, *, retry_seconds: float = t.DEFAULT_RE
         _label_clip_schedules(data, readers[experiment + BASELINES_SUFFIX])
     _read_predictions(data, readers)
     return data
+
+
+def _plan_document(reader: t.Store, run_id: str) -> PlanDocument | None:
+    """The ``plan.json`` artifact of planning run ``run_id``; ``None`` when it has none, or (with a
+    warning why) one that is not a valid plan document."""
+    obj = reader.read_json_artifact(run_id, t.ARTIFACT_PLAN_JSON)
+    if obj is None:
+        return None
+    try:
+        return PlanDocument.from_json(obj, source=f"plan.json of planning run {run_id}")
+    except OpplanError as exc:
+        log.warning("the report leaves it out: %s", exc)
+        return None
 
 
 # --- rows -------------------------------------------------------------------------------

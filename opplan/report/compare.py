@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from opplan import tracking as t
+from opplan.documents import Diagnosis, PlanDocument
 from opplan.predictions import mean_over_runs, paired, unpaired_reason
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
 from opplan import stats
@@ -146,7 +147,7 @@ class Noise:
     grid_median: float | None
     planned_steps: float | None  # the path's optimizer steps during planning
     final_steps: float | None  # ... and in the final retrain
-    diagnosis: dict[str, Any] | None  # plan.json's no-learning diagnosis, when planning wrote one
+    diagnosis: Diagnosis | None  # plan.json's no-learning diagnosis
 
     @property
     def verdict(self) -> str | None:
@@ -163,15 +164,12 @@ def _sum(frame: pd.DataFrame, column: str) -> float:
     return float(frame[column].fillna(0).sum())
 
 
-def path_steps(plan_doc: dict[str, Any] | None) -> tuple[Step, ...] | None:
-    """The chosen path of a ``plan.json`` (``path``: state names, ``S0`` first; ``epochs``: per
-    transition, as ``PlanResult.to_json`` writes them); ``None`` when there is none."""
-    if not plan_doc or "path" not in plan_doc or "epochs" not in plan_doc:
+def path_steps(plan_doc: PlanDocument | None) -> tuple[Step, ...] | None:
+    """The chosen path of a ``plan.json``, one step per transition with its kept epochs; ``None``
+    without one."""
+    if plan_doc is None:
         return None
-    names = list(plan_doc["path"])
-    if names and names[0] != "S0":
-        names.insert(0, "S0")
-    return tuple(Step(a, b, int(e)) for a, b, e in zip(names, names[1:], plan_doc["epochs"]))
+    return tuple(Step(step.src, step.dst, step.epochs) for step in plan_doc.transitions)
 
 
 def current_grid(baselines: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, int]:
@@ -279,12 +277,13 @@ def noise_of(data: StoreData, planning_run: str, final: pd.Series | None, grid: 
         hs = arm(data, mine)
     scored = grid[(grid.status == t.STATUS_FINISHED) & grid[t.M_TOP1].notna()][t.M_TOP1] if not grid.empty else []
     steps = (final.get(t.M_PLANNED_STEPS), final.get(t.M_STEPS)) if final is not None else (None, None)
-    doc = data.plan_docs.get(planning_run) or {}
-    if op is None and hs is None and selected is None and not doc.get("diagnosis"):
+    doc = data.plan_docs.get(planning_run)
+    diagnosis = doc.diagnosis if doc is not None else None
+    if op is None and hs is None and selected is None and diagnosis is None:
         return None
     return Noise(op, hs, selected, _paired(data, op, hs, margin),
                  float(np.mean(scored)) if len(scored) else None, float(np.median(scored)) if len(scored) else None,
-                 _finite(steps[0]), _finite(steps[1]), doc.get("diagnosis"))
+                 _finite(steps[0]), _finite(steps[1]), diagnosis)
 
 
 def _paired(data: StoreData, op: Arm | None, hs: Arm | None, margin: float) -> PairedComparison | None:

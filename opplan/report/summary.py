@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from opplan import tracking as t
+from opplan.documents import Finding
 from opplan.report.collect import StoreData
 from opplan.report.compare import Arm, Comparison, Step
 from opplan.report.tables import duration, interval, pct, points, verdict_text
@@ -40,22 +41,19 @@ def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
 def _diagnosis_sentence(cmp: Comparison) -> str:
     """plan.json's no-learning diagnosis (docs/design.md §10), when planning found a problem."""
     diagnosis = cmp.noise.diagnosis if cmp.noise else None
-    if not isinstance(diagnosis, dict) or diagnosis.get("ok", True):
+    if diagnosis is None or diagnosis.ok:
         return ""
-    findings = diagnosis.get("findings") or []
-    said = "; ".join(_finding(f) for f in findings)
+    said = "; ".join(_finding(f) for f in diagnosis.findings)
     return f"**Planning diagnosis: {said or 'not ok'}.**"
 
 
-def _finding(finding: object) -> str:
+def _finding(finding: Finding) -> str:
     """``code``: what was seen (what to change), from plan.json's diagnosis."""
-    if not isinstance(finding, dict):
-        return str(finding)
-    text = str(finding.get("code", "finding"))
-    if finding.get("seen"):
-        text += f": {finding['seen']}"
-    if finding.get("change"):
-        text += f" (what to change: {finding['change']})"
+    text = finding.code
+    if finding.seen:
+        text += f": {finding.seen}"
+    if finding.change:
+        text += f" (what to change: {finding.change})"
     return text
 
 

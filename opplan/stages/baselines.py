@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from opplan.config import Params
-from opplan.fileio import atomic_write_json
+from opplan.documents import BaselinesDocument
 from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, project_lock, require_shards, stage_config
@@ -133,12 +133,12 @@ def _summary(c: Candidate, run_id: str, status: str, metrics: dict[str, float]) 
             "clips_seen": metrics.get(n.M_CLIPS_SEEN, 0), "epochs_trained": metrics.get(n.M_EPOCHS_TRAINED, 0)}
 
 
-def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict[str, Any]:
+def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> BaselinesDocument:
     """Train and score the grid; ``baselines.json`` holds every candidate, HS and the grid's cost."""
     if not params.baselines.enabled:
-        document = {"enabled": False, "candidates": [], "selected": None, "retrains": [], "oracle": None,
-                    "grid": None}
-        atomic_write_json(out, document)
+        document = BaselinesDocument.new({"enabled": False, "candidates": [], "selected": None, "retrains": [],
+                                          "oracle": None, "grid": None})
+        document.write(out)
         log.info("baselines switched off in params (baselines.enabled: false)")
         return document
     shards = require_shards(params)
@@ -160,12 +160,13 @@ def run_baselines(params: Params, *, out: Path = Path("baselines.json")) -> dict
                 results.append(run_candidate(tracker, setup, c, digest))
         selected = best_of(results, "val_top1")
         retrains = [] if selected is None else _retrain(tracker, params, shards, grid, selected, digest)
-    document = {"enabled": True, "config_hash": digest, "candidates": results, "selected": selected,
-                "retrains": retrains, "oracle": best_of(results, "top1"),
-                "grid": {"candidates": len(results), "epochs": sum(r["epochs_trained"] for r in results),
-                         "clips_seen": sum(r["clips_seen"] for r in results),
-                         "compute_seconds": sum(r["compute_seconds"] for r in results)}}
-    atomic_write_json(out, document)
+    document = BaselinesDocument.new({
+        "enabled": True, "config_hash": digest, "candidates": results, "selected": selected, "retrains": retrains,
+        "oracle": best_of(results, "top1"),
+        "grid": {"candidates": len(results), "epochs": sum(r["epochs_trained"] for r in results),
+                 "clips_seen": sum(r["clips_seen"] for r in results),
+                 "compute_seconds": sum(r["compute_seconds"] for r in results)}})
+    document.write(out)
     return document
 
 

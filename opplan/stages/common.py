@@ -14,6 +14,7 @@ from filelock import FileLock, Timeout
 
 from opplan.config import Params
 from opplan.dependencies import result_values
+from opplan.documents import FinalRecord, PlanDocument
 from opplan.data.shards import shards_fingerprint, verify_shards
 from opplan.errors import OpplanError
 from opplan.planning.graph import State, parse_state
@@ -65,20 +66,20 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def require_current(document: dict[str, Any], path: Path, params: Params, shards: Path) -> None:
+def require_current(document: PlanDocument | FinalRecord, path: Path, params: Params, shards: Path) -> None:
     """Refuse ``plan.json`` or ``final/run.json`` made under other planning params than the
     current ones (edited since, or while, the stage that wrote it ran)."""
     current = config_hash(planning_config(params, shards))
-    if document.get("config_hash") != current:
+    if document.config_hash != current:
         raise OpplanError(
-            f"{path} was made under planning configuration {document.get('config_hash')}, but the current params "
+            f"{path} was made under planning configuration {document.config_hash}, but the current params "
             f"and data give {current}: they changed since. Run `dvc repro` (or `opplan plan`, then this stage) "
             f"to plan again, or restore the params it was made with")
 
 
-def final_state(document: dict[str, Any], params: Params) -> State:
+def final_state(document: PlanDocument | FinalRecord, params: Params) -> State:
     """The final state named by ``plan.json`` or ``final/run.json``."""
-    return parse_state(document["final_state"], params.plan.clip_lengths, params.plan.lrs)
+    return parse_state(document.final_state, params.plan.clip_lengths, params.plan.lrs)
 
 
 def require_file(path: Path, made_by: str) -> Path:

@@ -5,13 +5,13 @@ metrics, with a confusion-matrix PNG.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from opplan.config import Params
+from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_savefig, atomic_write_json, file_digest
 from opplan.stages.common import FINAL_RECORD, final_state, require_current, require_file, require_shards
@@ -59,32 +59,32 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
 def run_evaluate(params: Params, *, final_dir: Path = Path("final"), metrics_path: Path = Path("metrics.json"),
                  out_dir: Path = Path("evaluation")) -> dict[str, float]:
     shards = require_shards(params)
-    record_path = require_file(final_dir / FINAL_RECORD, "final")
-    record = json.loads(record_path.read_text())
+    record_path = final_dir / FINAL_RECORD
+    record = FinalRecord.read(record_path)
     require_current(record, record_path, params, shards)
     model = require_file(final_dir / MODEL_FILE, "final")
-    if record.get("model_sha256") not in (None, file_digest(model)):
+    if record.model_sha256 != file_digest(model):
         raise OpplanError(f"{model} is not the model {record_path} describes (another run's, or replaced since): "
                           f"run `dvc repro final` (or `opplan final`) again")
-    tracker = final_run_tracker(params, record["run_id"], record_path)  # before scoring: minutes of work
+    tracker = final_run_tracker(params, record.run_id, record_path)  # before scoring: minutes of work
     setup = TrainSetup(params, shards)
     metrics, matrix, predictions = score_model(setup, model, final_state(record, params))
     classes = (shards / "classes.txt").read_text().split("\n")[: setup.num_classes]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(matrix, classes, out_dir / "confusion.png")
-    tracker.log_metrics(record["run_id"], metrics, step=record["epochs"])
-    tracker.log_artifact(record["run_id"], out_dir / "confusion.png", n.ARTIFACT_PLOTS_DIR)
-    log_predictions(tracker, record["run_id"], predictions)
+    tracker.log_metrics(record.run_id, metrics, step=record.epochs)
+    tracker.log_artifact(record.run_id, out_dir / "confusion.png", n.ARTIFACT_PLOTS_DIR)
+    log_predictions(tracker, record.run_id, predictions)
     publish_model(tracker, params, record, model, classes, metrics)
-    document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record["epochs"],
-                "compute_seconds": round(record[n.M_COMPUTE_SECONDS], 2), "final_state": record["final_state"]}
+    document = {**{k: round(v, 6) for k, v in metrics.items()}, "epochs": record.epochs,
+                "compute_seconds": round(record.compute_seconds, 2), "final_state": record.final_state}
     atomic_write_json(metrics_path, document)
     log.info("held-out: top-1 %.4f, top-5 %.4f, mean class %.4f (single view %.4f)", metrics[n.M_TOP1],
              metrics[n.M_TOP5], metrics[n.M_MEAN_CLASS_ACC], metrics[n.M_SINGLE_VIEW_TOP1])
     return metrics
 
 
-def publish_model(tracker: Tracker, params: Params, record: dict, model: Path, classes: list[str],
+def publish_model(tracker: Tracker, params: Params, record: FinalRecord, model: Path, classes: list[str],
                   metrics: dict[str, float]) -> str:
     """The tested model as the final run's MLflow model (``runs:/<run>/model``), with the view
     settings it was tested with; registered as ``final.register_as`` when set (docs/design.md §5)."""
@@ -92,30 +92,21 @@ def publish_model(tracker: Tracker, params: Params, record: dict, model: Path, c
     from opplan.tracking.model import log_final_model, register_final_model
 
     state = final_state(record, params)
-    info = {"run_id": record["run_id"], "planning_run_id": record["planning_run_id"],
-            "final_state": record["final_state"], "model_sha256": record.get("model_sha256")}
-    uri = log_final_model(tracker, record["run_id"], model, classes,
+    info = {"run_id": record.run_id, "planning_run_id": record.planning_run_id,
+            "final_state": record.final_state, "model_sha256": record.model_sha256}
+    uri = log_final_model(tracker, record.run_id, model, classes,
                           view_settings(params, state.clip_length, state.sampling), info)
     name = params.final.register_as
     if name:
-        path = " → ".join(row["state"] for row in _path_steps(record))
-        tags = {"planning_run_id": record["planning_run_id"], "path": path, "final_state": record["final_state"],
+        path = " → ".join(row.state for row in record.path_steps())
+        tags = {"planning_run_id": record.planning_run_id, "path": path, "final_state": record.final_state,
                 **{f"heldout_{k}": f"{v:.6f}" for k, v in metrics.items()}}
-        description = (f"opplan final model of planning run {record['planning_run_id']}, path {path}; held-out "
+        description = (f"opplan final model of planning run {record.planning_run_id}, path {path}; held-out "
                        f"top-1 {metrics[n.M_TOP1]:.4f}, top-5 {metrics[n.M_TOP5]:.4f} "
                        f"({params.evaluate.clips} clips x {params.evaluate.crops} crops)")
-        version = register_final_model(tracker, record["run_id"], name, tags, description)
+        version = register_final_model(tracker, record.run_id, name, tags, description)
         log.info("final model: %s, registered as models:/%s/%d", uri, name, version)
     return uri
-
-
-def _path_steps(record: dict) -> list[dict]:
-    """The schedule's segments: one entry per run of equal states."""
-    steps: list[dict] = []
-    for row in record.get("schedule", []):
-        if not steps or steps[-1]["state"] != row["state"]:
-            steps.append(row)
-    return steps
 
 
 def final_run_tracker(params: Params, run_id: str, record_path: Path) -> Tracker:

@@ -8,17 +8,17 @@ is used (reuse, resume, kill, create) follows :mod:`opplan.tracking.lifecycle`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from opplan.config import Params
+from opplan.documents import FinalRecord, PlanDocument
 from opplan.errors import OpplanError
-from opplan.fileio import atomic_write_json, atomic_write_text, file_digest
+from opplan.fileio import atomic_write_text, file_digest
 from opplan.planning.graph import parse_state
 from opplan.stages.common import (
-    FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_file, require_shards,
+    FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_shards,
 )
 from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds, steps_scale
 from opplan import names as n
@@ -30,52 +30,49 @@ from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)
 
-def path_schedule(plan_doc: dict[str, Any], params: Params, scale: float = 1.0) -> list[ScheduledEpoch]:
+def path_schedule(plan: PlanDocument, params: Params, scale: float = 1.0) -> list[ScheduledEpoch]:
     """The planned path as one epoch-by-epoch schedule; transitions with t* = 0 add nothing.
 
     ``scale`` multiplies each segment's epochs (``final.match_steps``: planning videos over
     final videos), rounded to the nearest whole epoch and at least one where t* > 0.
     """
     schedule: list[ScheduledEpoch] = []
-    for segment, step in enumerate(plan_doc["transitions"]):
-        state = parse_state(step["dst"], params.plan.clip_lengths, params.plan.lrs)
-        planned = int(step["chosen_epoch"])
+    for segment, step in enumerate(plan.transitions):
+        state = parse_state(step.dst, params.plan.clip_lengths, params.plan.lrs)
+        planned = step.epochs
         epochs = max(1, round(planned * scale)) if planned and scale != 1.0 else planned
         schedule += [ScheduledEpoch(state, state.lr, segment)] * epochs
     return schedule
 
 
-def planned_steps(plan_doc: dict[str, Any], params: Params, planning_videos: int) -> int:
+def planned_steps(plan: PlanDocument, params: Params, planning_videos: int) -> int:
     """Optimizer steps the path's kept epochs took during planning (on internal train only)."""
-    return optimizer_steps(planning_videos, path_schedule(plan_doc, params), params.train)
+    return optimizer_steps(planning_videos, path_schedule(plan, params), params.train)
 
 
-def final_work(plan_doc: dict[str, Any], params: Params) -> Work:
+def final_work(plan: PlanDocument, params: Params) -> Work:
     """The final run of a planning, one per ``final.match_steps`` (the schedules differ)."""
-    plan_run = plan_doc["mlflow"]["planning_run_id"]
-    return Work(label="final", run_name=f"final: {' → '.join(plan_doc['path'])}",
-                key={n.TAG_KIND: n.KIND_FINAL, n.TAG_PLAN_RUN: plan_run,
+    return Work(label="final", run_name=f"final: {' → '.join(plan.path)}",
+                key={n.TAG_KIND: n.KIND_FINAL, n.TAG_PLAN_RUN: plan.planning_run_id,
                      n.TAG_MATCH_STEPS: str(params.final.match_steps)},
-                tags={n.TAG_CONFIG_HASH: plan_doc["config_hash"]},
+                tags={n.TAG_CONFIG_HASH: plan.config_hash},
                 work_root=WORK_ROOT / "final", progress_metric=n.M_TRAIN_LOSS)
 
 
-def read_record(out_dir: Path) -> dict[str, Any] | None:
-    """``final/run.json`` when it and the model it names are both there, else ``None``."""
-    try:
-        record = json.loads((out_dir / FINAL_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
+def read_record(out_dir: Path) -> FinalRecord | None:
+    """``final/run.json`` when it is a valid record and the model it names is there, else ``None``."""
     model = out_dir / MODEL_FILE
-    if not isinstance(record, dict) or not model.is_file():
+    try:
+        record = FinalRecord.read(out_dir / FINAL_RECORD)
+    except OpplanError:
         return None
-    return record if record.get("model_sha256") in (None, file_digest(model)) else None
+    return record if model.is_file() and record.model_sha256 == file_digest(model) else None
 
 
-def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: Path = Path("final")) -> dict[str, Any]:
+def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: Path = Path("final")) -> FinalRecord:
     """Retrain along ``plan.json``'s path; write ``final/model.pt`` and ``final/run.json``."""
     shards = require_shards(params)
-    plan_doc = json.loads(require_file(plan_path, "plan").read_text())
+    plan_doc = PlanDocument.read(plan_path)
     require_current(plan_doc, plan_path, params, shards)
     planning_videos = TrainSetup(params, shards).train_videos
     setup = TrainSetup(params, shards, train_splits=FULL_TRAIN)
@@ -92,11 +89,11 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
                               f"{claim.ended.data.tags.get(n.TAG_FAILURE, '')}")
         if claim.ended is not None:
             existing = read_record(out_dir)
-            if existing is not None and existing.get("run_id") == claim.run_id and "seeds" in existing:
+            if existing is not None and existing.run_id == claim.run_id and existing.seeds is not None:
                 return existing
             record = restore_outputs(tracker, claim, plan_doc, schedule, out_dir)
             return _with_further_seeds(tracker, params, shards, schedule, plan_doc, record, out_dir)
-        tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc["path"]), "epochs": len(schedule)})
+        tracker.log_params(claim.run_id, {"path": " → ".join(plan_doc.path), "epochs": len(schedule)})
         outcome = train_schedule(setup, schedule, claim.work_dir, label="final",
                                  on_epoch=tracker.epoch_logger(claim.run_id, n.M_TRAIN_LOSS))
         if outcome.status != n.STATUS_FINISHED:
@@ -117,21 +114,21 @@ def run_final(params: Params, *, plan_path: Path = Path("plan.json"), out_dir: P
 
 
 def _with_further_seeds(tracker: Tracker, params: Params, shards: Path, schedule: list[ScheduledEpoch],
-                        plan_doc: dict[str, Any], record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+                        plan_doc: PlanDocument, record: FinalRecord, out_dir: Path) -> FinalRecord:
     """``final.seeds`` > 1: the path retrained and scored with each further seed (one run per
     seed, found again by the same lifecycle rules), listed in ``run.json``."""
     state = final_state(plan_doc, params)
-    tags = {n.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], n.TAG_CONFIG_HASH: plan_doc["config_hash"],
+    tags = {n.TAG_PLAN_RUN: plan_doc.planning_run_id, n.TAG_CONFIG_HASH: plan_doc.config_hash,
             n.TAG_MATCH_STEPS: str(params.final.match_steps)}
-    record = {**record, "seeds": [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed,
-                                                    kind=n.KIND_OP_RETRAIN, name="OP", tags=tags)
-                                  for seed in seeds(params)[1:]]}
-    atomic_write_json(out_dir / FINAL_RECORD, record)
+    further = [retrain_and_score(tracker, params, shards, schedule, state=state, seed=seed, kind=n.KIND_OP_RETRAIN,
+                                 name="OP", tags=tags) for seed in seeds(params)[1:]]
+    record = FinalRecord.new({**record.to_json(), "seeds": further})
+    record.write(out_dir / FINAL_RECORD)
     return record
 
 
-def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch],
-                    out_dir: Path) -> dict[str, Any]:
+def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: PlanDocument, schedule: list[ScheduledEpoch],
+                    out_dir: Path) -> FinalRecord:
     """The files of a finished run that are gone (``dvc repro`` removes a stage's outputs before
     it runs the stage again), made again from MLflow: the model from the run's artifact, the
     record from its metrics. Nothing is trained again."""
@@ -148,24 +145,24 @@ def restore_outputs(tracker: Tracker, claim: Claim, plan_doc: dict[str, Any], sc
     return record
 
 
-def final_record(run_id: str, plan_doc: dict[str, Any], schedule: list[ScheduledEpoch], summary: dict[str, Any],
-                 losses: list[float], checkpoint: Path) -> dict[str, Any]:
+def final_record(run_id: str, plan_doc: PlanDocument, schedule: list[ScheduledEpoch], summary: dict[str, Any],
+                 losses: list[float], checkpoint: Path) -> FinalRecord:
     """What ``final/run.json`` holds about the final model of ``run_id``."""
-    return {"run_id": run_id, "config_hash": plan_doc["config_hash"],
-            "planning_run_id": plan_doc["mlflow"]["planning_run_id"], "final_state": plan_doc["final_state"],
-            "epochs": len(schedule), **summary,
-            "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
-            "losses": losses, "model_sha256": file_digest(checkpoint)}
+    return FinalRecord.new({
+        "run_id": run_id, "config_hash": plan_doc.config_hash, "planning_run_id": plan_doc.planning_run_id,
+        "final_state": plan_doc.final_state, "epochs": len(schedule), **summary,
+        "schedule": [{"epoch": i + 1, "state": e.state.name, "lr": e.lr} for i, e in enumerate(schedule)],
+        "losses": losses, "model_sha256": file_digest(checkpoint)})
 
 
-def write_outputs(out_dir: Path, checkpoint: Path, record: dict[str, Any], schedule: list[ScheduledEpoch]) -> None:
+def write_outputs(out_dir: Path, checkpoint: Path, record: FinalRecord, schedule: list[ScheduledEpoch]) -> None:
     """``model.pt`` and ``run.json`` so that a reader never pairs one run's model with another's
     record: the old record goes first, the new one last, and it names the model's digest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FINAL_RECORD).unlink(missing_ok=True)
     checkpoint.replace(out_dir / MODEL_FILE)
-    atomic_write_json(out_dir / FINAL_RECORD, record)
+    record.write(out_dir / FINAL_RECORD)
     rows = ["epoch,state,clip_length,sampling,lr,train_loss"] + [
         f"{i + 1},{e.state.name},{e.state.clip_length},{e.state.sampling},{e.lr:g},{loss:.6f}"
-        for i, (e, loss) in enumerate(zip(schedule, record["losses"]))]
+        for i, (e, loss) in enumerate(zip(schedule, record.losses))]
     atomic_write_text(out_dir / "schedule.csv", "\n".join(rows) + "\n")

@@ -17,6 +17,7 @@ from typing import Any
 
 from opplan import distributed
 from opplan.config import Params
+from opplan.documents import PlanDocument
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
 from opplan.planning.diagnosis import Finding, diagnose, diagnosis_json, diagnosis_tag
@@ -97,10 +98,11 @@ def run_plan(params: Params, *, out_json: Path = Path("plan.json"), out_png: Pat
             raise
         findings = diagnose_planning(params, shards, result)
         log_decisions(tracker, parent, result, findings)
-        document = {"config_hash": digest, "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-                                                      "planning_run_id": parent}, **result.to_json(),
-                    "diagnosis": diagnosis_json(findings)}
-        atomic_write_json(out_json, document)
+        document = PlanDocument.new({"config_hash": digest,
+                                     "mlflow": {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+                                                "planning_run_id": parent},
+                                     **result.to_json(), "diagnosis": diagnosis_json(findings)})
+        document.write(out_json)
         atomic_write_json(out_metrics, {"plan_score": result.score, "plan_epochs": result.total_epochs_trained,
                                         "path_epochs": result.path_epochs, "plan_compute_seconds": result.total_seconds})
         write_curves(tracker, result, out_curves)

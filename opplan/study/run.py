@@ -143,6 +143,7 @@ def retrain(params: Params, rep: Path, schedule: list[Any], state: Any, kind: st
 
 def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: Path, workers: int
                   ) -> dict[str, Any]:
+    from opplan.documents import PlanDocument
     from opplan.stages.baselines import Candidate, build_schedule, candidates
     from opplan.stages.common import config_hash, final_state, stage_config
     from opplan.stages.repeats import steps_scale
@@ -158,8 +159,8 @@ def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: P
     for arm, overrides in cfg.arms.items():
         params = study_params(cfg, root, work, seed, overrides)
         cost = plan_arm(params, rep, arm)
-        plan_doc = json.loads((rep / f"plan-{arm}.json").read_text())
-        tags = {n.TAG_PLAN_RUN: plan_doc["mlflow"]["planning_run_id"], n.TAG_CONFIG_HASH: plan_doc["config_hash"],
+        plan_doc = PlanDocument.read(rep / f"plan-{arm}.json")
+        tags = {n.TAG_PLAN_RUN: plan_doc.planning_run_id, n.TAG_CONFIG_HASH: plan_doc.config_hash,
                 n.TAG_MATCH_STEPS: str(params.final.match_steps)}
         schedule = path_schedule(plan_doc, params, steps_scale(params, shards))  # final.match_steps, as final
         arms[arm] = {**cost, "retrain": retrain(params, rep, schedule, final_state(plan_doc, params),
