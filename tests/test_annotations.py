@@ -22,9 +22,14 @@ def touch(root: Path, *paths: str) -> None:
         (root / rel).write_bytes(b"video:" + rel.encode())
 
 
-def report(out: Path) -> list[tuple[str, int, str]]:
-    with (out / REPORT).open(newline="") as handle:
+def rows(path: Path) -> list[tuple[str, int, str]]:
+    """``(file name, line, reason)`` of an importer's problem or warning CSV."""
+    with path.open(newline="") as handle:
         return [(Path(r["file"]).name, int(r["line"]), r["reason"]) for r in csv.DictReader(handle)]
+
+
+def report(out: Path) -> list[tuple[str, int, str]]:
+    return rows(out / REPORT)
 
 
 def manifest(out: Path) -> list[tuple[str, str, str]]:

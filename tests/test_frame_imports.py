@@ -3,19 +3,18 @@ on-disk layout, and the imported folders through ``prepare``."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_annotations import manifest, rows
 
 from opplan.cli import cli
 from opplan.config import PrepareParams
 from opplan.data.annotations import REPORT, WARNINGS, import_dataset
 from opplan.data.dataset import read_videos
-from opplan.data.manifest import read_manifest
 from opplan.data.prepare import prepare_dataset
 from opplan.errors import AnnotationError
 
@@ -26,17 +25,6 @@ def frames(folder: Path, n: int, name: str = "img_{:05d}.jpg", seed: int = 0) ->
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / name.format(i))
-
-
-def rows(path: Path) -> list[tuple[str, int, str]]:
-    with path.open(newline="") as handle:
-        return [(Path(r["file"]).name, int(r["line"]), r["reason"]) for r in csv.DictReader(handle)]
-
-
-def manifest(out: Path) -> list[tuple[str, str, str]]:
-    entries, _, problems = read_manifest(out)
-    assert problems == []
-    return [(e.path, e.label, e.split) for e in entries]
 
 
 # --- MMAction2 rawframes -------------------------------------------------------------------

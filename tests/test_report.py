@@ -711,17 +711,25 @@ def workspace_record(run_id: str, planning_run: str) -> dict:
             "planning_run_id": planning_run}
 
 
-def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_store_lacks_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After `dvc exp apply` the workspace's plan.json names an older planning than the store's
-    latest: the report is about plan.json's; a planning run deleted from the store is said, with
-    advice that works (`dvc repro --force plan`; a plain `dvc repro plan` sees no change)."""
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, t.Tracker, Params]:
+    """A project folder (the working directory) with an empty store of experiment ``x`` and
+    params that report on it without figures."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(t.ENV_URI, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = t.Tracker(uri, "x", artifact_root=tmp_path / "mlartifacts")
     params = _params(uri, "x", tmp_path / "reports", HMDB_PLAN).model_copy(
         update={"report": ReportParams(out=str(tmp_path / "reports"), figures=False)})
+    return uri, tracker, params
+
+
+def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_store_lacks_it(
+        workspace: tuple[str, t.Tracker, Params], tmp_path: Path) -> None:
+    """After `dvc exp apply` the workspace's plan.json names an older planning than the store's
+    latest: the report is about plan.json's; a planning run deleted from the store is said, with
+    advice that works (`dvc repro --force plan`; a plain `dvc repro plan` sees no change)."""
+    uri, tracker, params = workspace
     applied, latest = (_start_planning(tracker, params, d * 16) for d in "de")
     for run_id in (applied, latest):
         tracker.end_run(run_id, t.STATUS_FINISHED)
@@ -743,16 +751,11 @@ def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_stor
 
 
 def test_report_follows_the_final_run_that_final_run_json_names(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        workspace: tuple[str, t.Tracker, Params], tmp_path: Path) -> None:
     """Two final runs follow one planning (e.g. `dvc exp apply` of an older experiment): the
     report is about the one `final/run.json` names, not the store's latest; a run it names that
     the store does not hold is said, and the latest is shown."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(t.ENV_URI, raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = t.Tracker(uri, "x", artifact_root=tmp_path / "mlartifacts")
-    params = _params(uri, "x", tmp_path / "reports", HMDB_PLAN).model_copy(
-        update={"report": ReportParams(out=str(tmp_path / "reports"), figures=False)})
+    uri, tracker, params = workspace
     planning = _start_planning(tracker, params, "f" * 16)
     tracker.end_run(planning, t.STATUS_FINISHED)
     (tmp_path / "plan.json").write_text(json.dumps(workspace_plan(planning)))
