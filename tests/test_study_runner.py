@@ -203,11 +203,13 @@ def test_invalid_config_names_the_field(tmp_path: Path) -> None:
         load_study(tmp_path / "s.yaml")
 
 
-def test_the_committed_study_has_the_papers_shape() -> None:
+@pytest.mark.parametrize("name", ["op-vs-paper-grid", "op-arms-replication"])
+def test_the_committed_studies_have_the_papers_shape(name: str) -> None:
     from opplan.stages.baselines import candidates
-    from opplan.study.run import study_params
+    from opplan.study.run import check_arms, study_params
 
-    cfg, _ = load_study(ROOT / "studies" / "op-vs-paper-grid.yaml")
+    cfg, _ = load_study(ROOT / "studies" / f"{name}.yaml")
+    check_arms(cfg, ROOT, Path("/nonexistent"))  # every arm's params are valid
     params = study_params(cfg, ROOT, Path("/nonexistent"), cfg.replicates[0])
     assert len(cfg.replicates) >= 3 and cfg.delta == 3 and len(cfg.grid.epochs) >= 5
     assert set(cfg.grid.sampling) == {"cs", "us"} and set(cfg.grid.decays) == {"step", "cosine"}
@@ -217,6 +219,38 @@ def test_the_committed_study_has_the_papers_shape() -> None:
 
     assert params.plan == load_params(ROOT / cfg.base).plan  # the demo's planning, unchanged
     assert list(cfg.arms.values())[0] == {}
+
+
+def test_every_committed_study_has_its_own_data_seed() -> None:
+    seeds = [load_study(path)[0].data.seed for path in sorted((ROOT / "studies").glob("*.yaml"))]
+    assert len(seeds) >= 3 and len(set(seeds)) == len(seeds), seeds
+
+
+def _with_arms(tmp_path: Path, arms: str) -> Path:
+    text = (ROOT / "studies" / "smoke.yaml").read_text().replace("arms: {op: {}}", f"arms: {arms}")
+    (tmp_path / "s.yaml").write_text(text)
+    return tmp_path / "s.yaml"
+
+
+def test_an_arm_with_the_authors_setting_plans_as_the_authors(tmp_path: Path) -> None:
+    from opplan.study.run import study_params
+
+    cfg, _ = load_study(_with_arms(tmp_path, "{op: {}, authors: {plan: {setting: authors}}}"))
+    base = study_params(cfg, ROOT, tmp_path / "w", 0)
+    authors = study_params(cfg, ROOT, tmp_path / "w", 0, cfg.arms["authors"], "authors")
+    assert (base.plan.setting, base.plan.graph, base.plan.val_clips) == ("own", "basic", 3)  # smoke: basic graph, the demo's 3 clips
+    assert (authors.plan.setting, authors.plan.graph, authors.plan.val_clips) == ("authors", "basic", 1)
+    assert authors.plan.sampling == base.plan.sampling[:1] and authors.plan.lrs == base.plan.lrs
+
+
+def test_a_bad_arm_is_refused_in_one_line_before_anything_runs(tmp_path: Path) -> None:
+    config = _with_arms(tmp_path, "{op: {}, authors: {plan: {setting: authors, val_clips: 3}}}")
+    result = CliRunner().invoke(cli, ["study", str(config), "--workdir", str(tmp_path / "w"), "--out",
+                                      str(tmp_path / "out"), "--allow-dirty"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "arm 'authors'" in line and "val_clips" in line, line
+    assert not (tmp_path / "w" / "data").exists()  # refused before the data was made
 
 
 @pytest.mark.slow

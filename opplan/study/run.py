@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from opplan.config import Params, load_params
+from pydantic import ValidationError
+
+from opplan.config import AUTHORS_PLAN, Params, load_params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json
 from opplan.study.config import StudyConfig
@@ -48,12 +50,21 @@ def _merge(params: dict[str, Any], overrides: dict[str, dict[str, Any]], where: 
     return params
 
 
-def study_params(cfg: StudyConfig, root: Path, work: Path, seed: int, arm: dict[str, dict[str, Any]] | None = None
-                 ) -> Params:
+def study_params(cfg: StudyConfig, root: Path, work: Path, seed: int, arm: dict[str, dict[str, Any]] | None = None,
+                 arm_name: str | None = None) -> Params:
     """The base params with the study's overrides, its data, the replicate's seed and store."""
     params = load_params(root / cfg.base).model_dump(mode="json")
     params = _merge(params, cfg.overrides, "overrides")
     params = _merge(params, arm or {}, "arms")
+    written = (arm or {}).get("plan", {})
+    if written.get("setting") == "authors":
+        # The base's plan section comes in full, so every key would count as written beside the
+        # setting: the setting's own values apply unless the arm itself writes them (design §10c).
+        for key in AUTHORS_PLAN:
+            if key not in written:
+                params["plan"].pop(key, None)
+        if "sampling" not in written:
+            params["plan"]["sampling"] = params["plan"]["sampling"][:1]
     params["seed"] = seed
     params["data"]["root"] = str(work / "data")
     params["prepare"] |= {"out": str(work / "shards"), "val_size": cfg.data.val_size}
@@ -62,7 +73,21 @@ def study_params(cfg: StudyConfig, root: Path, work: Path, seed: int, arm: dict[
                             "decays": cfg.grid.decays, "epochs": cfg.grid.epochs}
     params["tracking"] |= {"uri": f"sqlite:///{work / f'rep{seed}' / 'mlflow.db'}", "experiment": cfg.name}
     params["report"] |= {"out": str(work / f"rep{seed}" / "reports"), "figures": False}
-    return Params.model_validate(params)
+    try:
+        return Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        what = f"arm {arm_name!r}" if arm_name else "overrides"
+        raise OpplanError(f"{cfg.name}: {what}: {where}: {err['msg']}") from None
+
+
+def check_arms(cfg: StudyConfig, root: Path, work: Path) -> None:
+    """Every arm's params, validated before anything runs: a bad arm is refused in one line
+    instead of after the arms before it have planned."""
+    study_params(cfg, root, work, cfg.replicates[0])
+    for name, overrides in cfg.arms.items():
+        study_params(cfg, root, work, cfg.replicates[0], overrides, name)
 
 
 def make_data(cfg: StudyConfig, params: Params, work: Path) -> Path:
@@ -157,7 +182,7 @@ def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: P
     base = study_params(cfg, root, work, seed)
     arms: dict[str, Any] = {}
     for arm, overrides in cfg.arms.items():
-        params = study_params(cfg, root, work, seed, overrides)
+        params = study_params(cfg, root, work, seed, overrides, arm)
         cost = plan_arm(params, rep, arm)
         plan_doc = PlanDocument.read(rep / f"plan-{arm}.json")
         tags = {n.TAG_PLAN_RUN: plan_doc.planning_run_id, n.TAG_CONFIG_HASH: plan_doc.config_hash,
@@ -202,6 +227,7 @@ def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: P
 def run_study(cfg: StudyConfig, root: Path, work: Path, provenance: dict[str, Any], workers: int
               ) -> list[dict[str, Any]]:
     """Every replicate, skipping finished ones (``rep<seed>/replicate.json`` of this config)."""
+    check_arms(cfg, root, work)
     work.mkdir(parents=True, exist_ok=True)
     params = study_params(cfg, root, work, cfg.replicates[0])
     shards = make_data(cfg, params, work)

@@ -35,8 +35,8 @@ def summarize(cfg: StudyConfig, results: list[dict[str, Any]], provenance: dict[
     arms = list(cfg.arms)
     primary = arms[0]
     comparisons = {arm: compare(results, f"op:{arm}", "hs", cfg) for arm in arms}
-    matched_ok = all(doc["matched"][primary].get("retrain") for doc in results)
-    matched_cmp = compare(results, f"op:{primary}", f"matched:{primary}", cfg) if matched_ok else None
+    matched = {arm: compare(results, f"op:{arm}", f"matched:{arm}", cfg)
+               if all(doc["matched"][arm].get("retrain") for doc in results) else None for arm in arms}
     costs = {arm: {"core_seconds": [d["arms"][arm]["core_seconds"] for d in results],
                    "epochs": [d["arms"][arm]["epochs"] for d in results],
                    "resumed": [d["arms"][arm]["resumed"] for d in results]} for arm in arms}
@@ -48,11 +48,14 @@ def summarize(cfg: StudyConfig, results: list[dict[str, Any]], provenance: dict[
               "interior": d["hs"]["interior"], "extension": d["hs"]["extension"],
               "matched": (d["matched"][primary]["pick"] or {}).get("name"),
               "matched_taken": len(d["matched"][primary]["taken"]),
+              "matched_arms": {arm: {"pick": (d["matched"][arm]["pick"] or {}).get("name"),
+                                     "taken": len(d["matched"][arm]["taken"])} for arm in arms},
               "candidates": len(d["hs"]["candidates"]),
-              "op_path": d["arms"][primary]["path"]} for d in results]
+              "op_path": d["arms"][primary]["path"],
+              "op_paths": {arm: d["arms"][arm]["path"] for arm in arms}} for d in results]
     return {"study": cfg.name, **{k: v for k, v in provenance.items()}, "delta_points": cfg.delta,
             "replicates": cfg.replicates, "test_videos": len(results[0]["video_ids"]),
-            "comparisons": comparisons, "matched_budget": matched_cmp, "cost": costs,
+            "comparisons": comparisons, "matched_budget": matched[primary], "matched_budgets": matched, "cost": costs,
             "grid_cost": {"core_seconds": grid_core, "epochs": grid_epochs}, "ratios": ratios, "picks": picks,
             "replicate_wall_seconds": [d.get("wall_seconds") for d in results]}
 
@@ -63,6 +66,11 @@ def _pct(x: float | None) -> str:
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
+
+
+def _matched_pick(pick: dict[str, Any], arm: str) -> dict[str, Any]:
+    """One replicate's matched-budget pick for an arm (results before arms had their own: the primary's)."""
+    return (pick.get("matched_arms") or {arm: {"pick": pick["matched"], "taken": pick["matched_taken"]}})[arm]
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -98,18 +106,19 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append(row(f"HS: validation pick of the full grid — {picks}", first["bootstrap"]["b"],
                      first["hs_per_replicate"], float(np.mean(doc["grid_cost"]["core_seconds"])),
                      float(np.mean(doc["grid_cost"]["epochs"]))))
-    m = doc["matched_budget"]
-    mp = "; ".join(f"{p['matched'] or 'none'} (of {p['matched_taken']} cheapest)" for p in doc["picks"])
-    if m is not None:
-        lines.append(row(f"HS at OP `{primary}`'s budget — {mp}", m["bootstrap"]["b"], m["hs_per_replicate"],
-                         None, None))
-    else:
-        lines.append(f"| HS at OP `{primary}`'s budget — {mp} | – | – | – | – | – |")
+    matched = doc.get("matched_budgets") or {primary: doc["matched_budget"]}  # older results: the primary's only
+    for arm, m in matched.items():
+        mp = "; ".join(f"{_matched_pick(p, arm)['pick'] or 'none'} (of {_matched_pick(p, arm)['taken']} cheapest)"
+                       for p in doc["picks"])
+        if m is not None:
+            lines.append(row(f"HS at OP `{arm}`'s budget — {mp}", m["bootstrap"]["b"], m["hs_per_replicate"],
+                             None, None))
+        else:
+            lines.append(f"| HS at OP `{arm}`'s budget — {mp} | – | – | – | – | – |")
     lines += ["", "| OP − HS | points | two-level interval | t-interval over replicates | per replicate | "
               f"p (= 0) | p (<= −delta) | verdict at delta |", "|---|---|---|---|---|---|---|---|"]
     rows = [(f"OP `{a}` − HS (full grid)", doc["comparisons"][a]) for a in arms]
-    if m is not None:
-        rows.append((f"OP `{primary}` − HS (matched budget)", m))
+    rows += [(f"OP `{a}` − HS (matched budget)", m) for a, m in matched.items() if m is not None]
     for label, cmp in rows:
         d, t = cmp["bootstrap"]["diff"], cmp["t_interval"]
         lines.append(f"| {label} | {_pts(d['mean'])} | [{_pts(d['low'])}, {_pts(d['high'])}] | "
@@ -121,8 +130,9 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"scoring)." for a, r in doc["ratios"].items()]
     for p in doc["picks"]:
         ext = f"; extension trained: {', '.join(p['extension'])}" if p["extension"] else ""
-        lines.append(f"- seed {p['seed']}: OP path {' → '.join(p['op_path'])}; HS pick {p['pick']} "
-                     f"(val {_pct(p['val_top1'])}%){ext}")
+        paths = p.get("op_paths") or {primary: p["op_path"]}
+        op = "; ".join(f"OP `{a}` path {' → '.join(path)}" for a, path in paths.items())
+        lines.append(f"- seed {p['seed']}: {op}; HS pick {p['pick']} (val {_pct(p['val_top1'])}%){ext}")
     if any(any(c["resumed"]) for c in doc["cost"].values()):
         lines.append("- a planning was resumed after an interruption: its core-seconds count only the last part")
     return "\n".join(lines) + "\n"
