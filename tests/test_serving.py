@@ -72,6 +72,23 @@ def test_mlflow_model_and_registry_version_predict_as_evaluate(evaluated: dict) 
     assert float(version.tags[f"heldout_{n.M_TOP1}"]) == pytest.approx(evaluated["metrics"][n.M_TOP1], abs=1e-6)
 
 
+def test_loading_a_model_leaves_mlflows_process_uris_as_they_were(evaluated: dict,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``opplan predict`` used from Python must not point later stages at the model's store."""
+    import os
+
+    from opplan.tracking.model import load_bundle
+
+    for name in (n.ENV_URI, "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    uri = evaluated["params"].tracking.uri
+    bundle = load_bundle(f"runs:/{evaluated['record'].run_id}/model", uri)
+    assert bundle.classes == Path(evaluated["params"].prepare.out, "classes.txt").read_text().split("\n")[:4]
+    assert n.ENV_URI not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before and uri not in before
+
+
 def test_evaluate_again_keeps_one_registry_version(evaluated: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(evaluated["project"])
     monkeypatch.delenv(n.ENV_URI, raising=False)

@@ -223,9 +223,6 @@ def test_final_evaluate_and_baselines(planned: tuple[Path, Params], monkeypatch:
     assert run_baselines(two).to_json()["candidates"] == parallel["candidates"]  # reused, as in sequence
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent: fails after other test files in one pytest process "
-                   "(a transition with lr 1e30 finished with finite loss there), passes alone and with its file; "
-                   "cause not yet found (state leaking between tests)")
 def test_diverging_transitions_fail_and_planning_says_when_no_route_is_left(
         tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -276,8 +273,6 @@ def test_the_grid_has_one_candidate_per_distinct_clip_schedule(lengths: list[int
         assert len(trained) == 6 and list(dict.fromkeys(trained)) == expected[c.schedule]
 
 
-@pytest.mark.xfail(strict=False, reason="order-dependent: fails after other test files in one pytest process, "
-                   "passes alone and with its own file; cause not yet found (state leaking between tests)")
 def test_ui_links_open_the_transitions_with_their_columns_and_compare_the_path(planned: tuple[Path, Params]) -> None:
     """What `opplan ui` prints (docs/operations.md): a shared view of MLflow's UI, written into
     the experiment, filtered to the planning's transitions with V, V_se, chosen_epoch columns."""

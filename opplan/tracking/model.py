@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +105,44 @@ def register_final_model(tracker: Tracker, run_id: str, name: str, tags: dict[st
     return int(version.version)
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def _process_uris(uri: str) -> Iterator[None]:
+    """``uri`` as MLflow's process-wide tracking and registry URI for the block, as before after.
+
+    ``mlflow.pyfunc.load_model`` resolves ``runs:/`` and ``models:/`` through the process-wide
+    URIs, and ``mlflow.set_tracking_uri`` also writes them into ``MLFLOW_TRACKING_URI``, which
+    opplan reads as the user's choice of store (docs/operations.md): left set, every later
+    stage in this process would write to this store instead of its params' one."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    env = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    before = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        registry_utils._registry_uri = before[1]  # set_registry_uri(None) keeps the variable
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def load_bundle(uri: str, tracking_uri: str) -> Any:
-    """The :class:`opplan.inference.Bundle` of an MLflow model URI (``runs:/``, ``models:/``)."""
+    """The :class:`opplan.inference.Bundle` of an MLflow model URI (``runs:/``, ``models:/``),
+    read from the store at ``tracking_uri``; MLflow's process-wide URIs are left as they were."""
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        with _process_uris(tracking_uri):
+            loaded = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise OpplanError(f"{uri}: cannot load this MLflow model from {tracking_uri} "
                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
