@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from test_prepare import odd_dataset, odd_shards  # noqa: F401 - fixtures, used through `broken_shards`
-from test_stages import tiny_params, transition_runs
+from tiny import tiny_params, transition_runs
 
 from opplan import tracking as t
 from opplan.config import EvaluateParams, ModelParams, TrainParams

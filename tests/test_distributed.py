@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_stages import tiny_config, with_current_hash
+from tiny import tiny_config, with_current_hash
 from torch import nn
 
 from opplan import distributed

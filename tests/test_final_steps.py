@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_stages import hand_written
+from tiny import hand_written
 
 from opplan.config import Params
 from opplan.documents import PlanDocument

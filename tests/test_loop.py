@@ -18,7 +18,7 @@ from opplan.errors import ParamsError
 from opplan.train import loop
 from opplan.train.loop import DivergedError, LoopOptions, predict, train_epoch
 from opplan.train.progress import PassProgress, PlanProgress, duration
-from test_stages import tiny_config
+from tiny import tiny_config
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_stages import tiny_config
+from tiny import tiny_config
 from torch import nn
 
 from opplan.config import Params, TrainParams

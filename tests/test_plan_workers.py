@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_stages import tiny_config
+from tiny import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params

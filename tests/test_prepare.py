@@ -249,7 +249,7 @@ def test_a_damaged_shard_stops_training_and_a_re_prepared_one_changes_the_planni
     """Zeroing 40 % of a shard's bytes is caught before training (exit 2, one line
     naming the shard), never trained on; frames that really changed give another config hash."""
     from click.testing import CliRunner
-    from test_stages import tiny_config
+    from tiny import tiny_config
 
     from opplan.cli import cli
     from opplan.config import Params

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_stages import with_current_hash
+from tiny import with_current_hash
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params, load_params

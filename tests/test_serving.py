@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_stages import tiny_config, with_current_hash
+from tiny import tiny_config, with_current_hash
 
 from opplan.cli import cli
 from opplan.config import Params

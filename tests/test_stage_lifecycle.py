@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_stages import tiny_config, with_current_hash
+from tiny import tiny_config, with_current_hash
 
 from opplan.config import Params
 from opplan.stages.baselines import run_baselines

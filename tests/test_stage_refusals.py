@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_stages import tiny_config, with_current_hash
+from tiny import tiny_config, with_current_hash
 
 from opplan import documents
 from opplan.config import Params

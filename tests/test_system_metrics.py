@@ -44,7 +44,7 @@ def test_a_planning_run_gets_system_metrics(tiny_shards: Path, tmp_path: Path, m
     """The planning run's System metrics tab in the MLflow UI reads these ``system/`` metrics."""
     import json
 
-    from test_stages import tiny_config
+    from tiny import tiny_config
 
     from opplan.config import Params
     from opplan.stages.plan import run_plan

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from test_stages import tiny_config
+from tiny import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params
