@@ -291,7 +291,8 @@ def test_plan_progress_counts_transitions_also_from_futures(caplog: pytest.LogCa
         assert len(caplog.records) == 1
         future.set_result("done")
     assert [r.getMessage() for r in caplog.records] == ["planning: transition 1 of 3 done (S0 → a), 0s elapsed",
-                                                        "planning: transition 2 of 3 done (a → b), 1m15s elapsed"]
+                                                        "planning: transition 2 of 3 done (a → b), 1m15s elapsed, "
+                                                        "about 38s left at this rate"]
     assert (duration(3725), duration(59.6)) == ("1h02m", "1m00s")
 
 

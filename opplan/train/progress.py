@@ -1,5 +1,5 @@
 """Progress of long work in the log: within an epoch (clips done, clips/s, ETA) and over a
-planning (transitions done of the graph's total, elapsed time).
+planning (transitions done of the graph's total, elapsed time, time left at the rate so far).
 
 Plain log lines, rate-limited, so that they read well under ``dvc repro`` and in a log
 file: an epoch of Kinetics-400 takes about an hour on one GPU.
@@ -61,7 +61,9 @@ class PassProgress:
 
 
 class PlanProgress:
-    """Transitions done of a planning's ``total``, with the elapsed time, one line each."""
+    """Transitions done of a planning's ``total`` (the graph's edges; pruning can skip some),
+    with the elapsed time and the time left at the mean rate so far, one line each. Reused
+    transitions finish at once and make the first estimates short."""
 
     def __init__(self, total: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.total, self.clock = total, clock
@@ -71,8 +73,12 @@ class PlanProgress:
     def finished(self, what: str = "") -> None:
         self.done += 1
         name = f" ({what})" if what else ""
-        log.info("planning: transition %d of %d done%s, %s elapsed", self.done, self.total, name,
-                 duration(self.clock() - self.start))
+        elapsed = self.clock() - self.start
+        left = ""
+        if 0 < self.done < self.total and elapsed >= 1:
+            left = f", about {duration(elapsed / self.done * (self.total - self.done))} left at this rate"
+        log.info("planning: transition %d of %d done%s, %s elapsed%s", self.done, self.total, name,
+                 duration(elapsed), left)
 
     def wrap(self, run: F) -> F:
         """``run(src, dst, ...)`` (the DP's ``run_transition``, or a ``submit`` returning a
