@@ -233,7 +233,12 @@ class _Ledger:
             log.info("%s epoch 0 (start model): val %.4f ± %.4f", self.label, out.curve[0], out.curve_se[0])
         else:
             t_star = self.decision.t_star
-            knee = f", knee t*={t_star}" if t_star is not None else ", knee: not enough evidence yet"
+            if t_star is None:
+                knee = ", knee: not enough evidence yet"
+            elif t_star >= self.stopper.horizon:  # the fit still rises at the end of its search range
+                knee = ", knee: none yet (the fit still rises)"
+            else:
+                knee = f", knee t*={t_star}"
             log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
                      out.curve[-1], out.curve_se[-1], out.seconds[-1], knee)
         return self.decision.stop or self._prune()
