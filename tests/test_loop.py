@@ -313,7 +313,7 @@ def test_the_setup_reuses_its_loader_within_a_state_and_gives_todays_clips(tiny_
     from opplan.planning.graph import State
     from opplan.train.setup import TrainSetup
 
-    setup = TrainSetup(Params.model_validate(tiny_config(tiny_shards, train={"num_workers": 1})), tiny_shards)
+    setup = TrainSetup(Params.model_validate(tiny_config(tiny_shards, runtime={"num_workers": 1})), tiny_shards)
     state, other = State("cs", 4, 0.02), State("cs", 8, 0.02)
     first = setup.loader("train", state, mode="train", seed=3)
     assert setup.loader("train", state, mode="train", seed=4) is first
@@ -329,7 +329,7 @@ def test_epochs_through_a_persistent_loader_train_exactly_as_without_workers(tin
     state = State("cs", 4, 0.02)
     runs = []
     for workers in (0, 1):
-        setup = TrainSetup(Params.model_validate(tiny_config(tiny_shards, train={"num_workers": workers})),
+        setup = TrainSetup(Params.model_validate(tiny_config(tiny_shards, runtime={"num_workers": workers})),
                            tiny_shards)
         model = setup.new_model(state.clip_length)
         optimizer, scaler = setup.optimizer(model, state.lr), setup.grad_scaler()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny import tiny_config
 
 from opplan import tracking as t
 from opplan.config import load_params
@@ -30,18 +31,10 @@ COPIED = ["opplan", "pipeline", ".dvc/config", ".dvc/.gitignore", ".dvcignore", 
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "opplan e2e", "GIT_AUTHOR_EMAIL": "e2e@opplan.invalid",
                 "GIT_COMMITTER_NAME": "opplan e2e", "GIT_COMMITTER_EMAIL": "e2e@opplan.invalid"}
 
-TINY = {
-    "prepare": {"short_side": 40},
-    "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2},
-    "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-              "eval_batch_size": 8},
-    "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "extended",
-             "delay": 1, "max_epochs": 6},
-    "evaluate": {"clips": 2, "crops": 3, "batch_size": 2},
-    "baselines": {"enabled": True, "schedules": ["l1-lN"], "decays": ["step"], "sampling": ["cs"], "epochs": [2]},
-    "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "e2e"},
-    "runtime": {"prepare_workers": 1, "num_workers": 0},
-}
+TINY = {name: values for name, values in tiny_config(
+    Path("shards"), plan={"graph": "extended", "max_epochs": 6}, baselines={"enabled": True, "decays": ["step"]},
+    tracking={"experiment": "e2e"}, runtime={"prepare_workers": 1}).items() if isinstance(values, dict)}
+TINY["prepare"] = {"short_side": 40}  # prepare.out: the project's own, as its params.yaml writes it
 
 
 def run(command: list[str], cwd: Path) -> str:

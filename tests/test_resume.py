@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import with_current_hash
+from tiny import tiny_config, with_current_hash
 
 from opplan import tracking as t
 from opplan.config import Params, dump_params, load_params
@@ -53,16 +53,8 @@ FINAL_PLAN = {
 def make_project(root: Path, shards: Path) -> Path:
     """A project folder with the tiny planning config (1 sampling, 2 lengths x 2 rates)."""
     root.mkdir(parents=True)
-    params = Params.model_validate({
-        "seed": 0, "device": "cpu",
-        "prepare": {"out": str(shards), "short_side": 40},
-        "model": {"name": "dg_p3d_tiny", "width": 8, "dropout": 0.2, "bn_freeze_min_length": 8},
-        "train": {"crop_size": 32, "scale_jitter": [32, 40], "eval_short_side": 36, "batch_size": 4,
-                  "eval_batch_size": 8, "num_workers": 0},
-        "plan": {"sampling": ["cs"], "clip_lengths": [4, 8], "lrs": [0.02, 0.002], "graph": "basic",
-                 "delay": 1, "max_epochs": MAX_EPOCHS},
-        "tracking": {"uri": "sqlite:///mlflow.db", "experiment": "resume"},
-    })
+    params = Params.model_validate(tiny_config(shards, model={"bn_freeze_min_length": 8},
+                                               plan={"max_epochs": MAX_EPOCHS}, tracking={"experiment": "resume"}))
     (root / "params.yaml").write_text(dump_params(params))
     return root
 
