@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from opplan.config import load_params
+from opplan.params_file import load_params
 from opplan.errors import OpplanError
 from opplan.report.collect import read_store
 from opplan.report.compare import Comparison, compare_all

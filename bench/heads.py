@@ -27,7 +27,7 @@ import torch
 
 
 def run(shards: Path, mode: str, seed: int, epochs: int, work: Path, lr_scale: float = 1.0) -> dict:
-    from opplan.config import load_params
+    from opplan.params_file import load_params
     from opplan.stages.baselines import Candidate, build_schedule
     from opplan.stages.scoring import score_model
     from opplan.train.schedule import train_schedule

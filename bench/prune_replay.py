@@ -18,7 +18,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from opplan.config import load_params
+from opplan.params_file import load_params
 from opplan.documents import PlanDocument
 from opplan.planning.dp import PRUNED, Bar, Rule, TransitionRecord, plan_path
 from opplan.planning.graph import graph_from_params

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from opplan.config import Params, load_params  # noqa: E402
+from opplan.config import Params
+from opplan.params_file import load_params  # noqa: E402
 from opplan.documents import PlanDocument  # noqa: E402
 from opplan.logs import configure_logging  # noqa: E402
 from opplan.report.compare import path_steps  # noqa: E402

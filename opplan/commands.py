@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from opplan.config import dump_params, load_params, preset_path
+from opplan.params_file import dump_params, load_params, preset_path
 from opplan.errors import OpplanError
 
 PARAMS_ARG = click.argument("params_path", metavar="[PARAMS]", default="params.yaml", type=click.Path(dir_okay=False))

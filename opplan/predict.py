@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from opplan.config import load_params
+from opplan.params_file import load_params
 from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 

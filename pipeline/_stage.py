@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from opplan import signals
-from opplan.config import Params, load_params
+from opplan.config import Params
+from opplan.params_file import load_params
 from opplan.errors import OpplanError, user_message
 from opplan.logs import configure_logging
 

@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from opplan.cli import cli
-from opplan.config import PRESETS_DIR, Params, load_params
+from opplan.config import Params
+from opplan.params_file import PRESETS_DIR, load_params
 from opplan.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +238,9 @@ def test_kinetics_baseline_grid_is_the_papers() -> None:
 
 
 def test_the_authors_setting_sets_its_keys_and_refuses_conflicts(tmp_path) -> None:
-    from opplan.config import AUTHORS_PLAN, ParamsError, load_params
+    from opplan.config import AUTHORS_PLAN
+    from opplan.errors import ParamsError
+    from opplan.params_file import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text("plan:\n  setting: authors\n  val_clips: 1\n")

@@ -109,7 +109,7 @@ def test_plan_under_torchrun_matches_one_process(tiny_shards: Path, tmp_path: Pa
 DRIVER = """
 import sys
 from opplan import distributed
-from opplan.config import load_params
+from opplan.params_file import load_params
 from opplan.stages.baselines import run_baselines
 from opplan.stages.evaluate import run_evaluate
 from opplan.stages.final import run_final

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from opplan import device as dev
-from opplan.config import Params, TrainParams, parse_params
+from opplan.config import Params, TrainParams
+from opplan.params_file import parse_params
 from opplan.errors import ParamsError
 from opplan.train import loop
 from opplan.train.loop import DivergedError, LoopOptions, predict, train_epoch

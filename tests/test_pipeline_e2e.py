@@ -18,7 +18,7 @@ import yaml
 from tiny import tiny_config
 
 from opplan import tracking as t
-from opplan.config import load_params
+from opplan.params_file import load_params
 from opplan.planning.graph import graph_from_params
 
 # The module's first test (or the one test run alone) carries the fixture's `dvc repro`: several

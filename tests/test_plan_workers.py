@@ -15,7 +15,8 @@ import pytest
 from tiny import tiny_config
 
 from opplan import tracking as t
-from opplan.config import Params, dump_params
+from opplan.config import Params
+from opplan.params_file import dump_params
 from opplan.data.shards import write_checksums
 from opplan.planning.graph import graph_from_params
 from opplan.stages.common import config_hash, planning_config

@@ -30,7 +30,8 @@ import pytest
 from tiny import tiny_config, with_current_hash
 
 from opplan import tracking as t
-from opplan.config import Params, dump_params, load_params
+from opplan.config import Params
+from opplan.params_file import dump_params, load_params
 from opplan.report.collect import read_store
 from opplan.report.compare import planning_cost
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from opplan import dependencies as d
-from opplan.config import Params, load_params, parse_params
+from opplan.config import Params
+from opplan.params_file import load_params, parse_params
 from opplan.stages.common import config_hash, planning_config, stage_config
 from test_dvc_deps import script_of, source_files
 

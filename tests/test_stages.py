@@ -201,7 +201,7 @@ def test_final_of_a_path_that_kept_every_starting_model_is_s0(
 ])
 def test_the_grid_has_one_candidate_per_distinct_clip_schedule(lengths: list[int],
                                                                 expected: dict[str, list[int]]) -> None:
-    from opplan.config import load_params
+    from opplan.params_file import load_params
     from opplan.stages.baselines import build_schedule, candidates, clip_lengths_of
 
     base = load_params(Path(__file__).resolve().parent.parent / "params.yaml")

@@ -215,7 +215,7 @@ def test_the_committed_studies_have_the_papers_shape(name: str) -> None:
     assert set(cfg.grid.sampling) == {"cs", "us"} and set(cfg.grid.decays) == {"step", "cosine"}
     assert set(cfg.grid.schedules) == {"l1-lN", "l2-lN", "all"}
     assert len(candidates(params)) == 2 * 2 * 2 * len(cfg.grid.epochs)  # two distinct schedules of [4, 8]
-    from opplan.config import load_params
+    from opplan.params_file import load_params
 
     assert params.plan == load_params(ROOT / cfg.base).plan  # the demo's planning, unchanged
     assert list(cfg.arms.values())[0] == {}

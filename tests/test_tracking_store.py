@@ -141,7 +141,7 @@ def test_read_only_commands_refuse_a_foreign_file_and_leave_it_byte_identical(
         before = db.read_bytes()
         (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: sqlite:///{db}\n")
         if command == ["evaluate"]:  # evaluate reads the store only to find the final run it logs to
-            from opplan.config import load_params
+            from opplan.params_file import load_params
             from opplan.stages.evaluate import final_run_tracker
 
             with pytest.raises(OpplanError, match="is not an MLflow store") as raised:

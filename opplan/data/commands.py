@@ -62,7 +62,7 @@ def import_(fmt: str, root: str, annotations: str, split: int, out: str, link: b
               help="The params file.")
 def prepare(params_path: str) -> None:
     """Decode the dataset into frame shards and split it (the `prepare` stage)."""
-    from opplan.config import load_params
+    from opplan.params_file import load_params
     from opplan.data.prepare import prepare_from_params
 
     summary = prepare_from_params(load_params(params_path))
@@ -74,7 +74,7 @@ def prepare(params_path: str) -> None:
               help="The params file.")
 def estimate(params_path: str) -> None:
     """Estimate the shards' size from a sample of videos and the free space (what `prepare` checks first)."""
-    from opplan.config import load_params
+    from opplan.params_file import load_params
     from opplan.data.prepare import estimate_dataset
 
     params = load_params(params_path)
@@ -88,7 +88,7 @@ def estimate(params_path: str) -> None:
 @click.option("--quick", is_flag=True, help="Only sizes and sampled bytes (the check every training stage makes).")
 def verify(params_path: str, quick: bool) -> None:
     """Check every frame shard against the checksums `prepare` wrote (full SHA-256 by default)."""
-    from opplan.config import load_params
+    from opplan.params_file import load_params
     from opplan.data.shards import CHECKSUMS, verify_shards
 
     out = load_params(params_path).prepare.out

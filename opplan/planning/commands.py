@@ -15,7 +15,8 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from opplan.config import PlanParams, load_params
+from opplan.config import PlanParams
+from opplan.params_file import load_params
 from opplan.errors import ParamsError
 from opplan.planning.curves import read_curve, read_curves
 from opplan.planning.drawing import draw_graph

@@ -21,7 +21,8 @@ import numpy as np
 
 from pydantic import ValidationError
 
-from opplan.config import AUTHORS_PLAN, Params, load_params
+from opplan.config import AUTHORS_PLAN, Params
+from opplan.params_file import load_params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json
 from opplan.study.config import StudyConfig

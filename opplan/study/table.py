@@ -10,7 +10,7 @@ import numpy as np
 from opplan.study.config import StudyConfig
 from opplan.study.run import correctness
 from opplan.stats import verdict
-from opplan.study.stats import p_text, t_interval, two_level_bootstrap
+from opplan.study.stats import t_interval, two_level_bootstrap
 
 
 def compare(results: list[dict[str, Any]], op: str, hs: str, cfg: StudyConfig) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def markdown(doc: dict[str, Any]) -> str:
         else:
             lines.append(f"| HS at OP `{arm}`'s budget — {mp} | – | – | – | – | – |")
     lines += ["", "| OP − HS | points | two-level interval | t-interval over replicates | per replicate | "
-              f"p (= 0) | p (<= −delta) | verdict at delta |", "|---|---|---|---|---|---|---|---|"]
+              "p (= 0) | p (<= −delta) | verdict at delta |", "|---|---|---|---|---|---|---|---|"]
     rows = [(f"OP `{a}` − HS (full grid)", doc["comparisons"][a]) for a in arms]
     rows += [(f"OP `{a}` − HS (matched budget)", m) for a, m in matched.items() if m is not None]
     for label, cmp in rows:
