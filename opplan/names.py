@@ -1,8 +1,8 @@
 """Every name opplan gives things in MLflow: tags, metrics, artifacts, experiments.
 
 Outside :mod:`opplan.tracking` and without an MLflow import: training code
-(``opplan.train``) names its metrics from this module and imports nothing of ``tracking``. Nothing else spells these strings (STYLE: a key built in
-one place is never hard-coded in another).
+(``opplan.train``) names its metrics from this module and imports nothing of ``tracking``.
+Nothing else spells these strings: a key built in one place is never hard-coded in another.
 
 What the names describe (runs are made by :mod:`opplan.tracking.lifecycle`):
 

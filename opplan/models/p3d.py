@@ -1,6 +1,6 @@
 """DG-P3D, G-P3D, P3D and the I3D-style inflated ResNet (paper §4, Figure 3).
 
-One body, four switches (STYLE: factories that differ only in data):
+One body, four switches (factories that differ only in data are one factory):
 ``kinds`` (mixed P3D "ABC", or "I" for I3D), ``global_context``, ``dual_head`` and
 the ResNet layout (``depth``, ``width``).
 

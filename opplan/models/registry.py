@@ -1,6 +1,6 @@
 """Models by name: ``build_model(name, num_classes, **params)``.
 
-A registry entry is data (STYLE: factories that differ only in data): a P3D-family
+A registry entry is data (factories that differ only in data are one factory): a P3D-family
 :class:`~opplan.models.p3d.P3DConfig` or a torchvision architecture name, plus the
 parameters its name fixes (``dg_p3d_r50`` fixes the depth; torchvision's models fix
 width and depth).

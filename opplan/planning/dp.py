@@ -1,7 +1,7 @@
 """The optimisation path by dynamic programming (paper §3.2, Eq. 2; docs/design.md §3).
 
 A pure function of the graph and a ``run_transition`` callable, so the planner is
-tested with a synthetic oracle in milliseconds (STYLE habit 5)::
+tested with a synthetic oracle in milliseconds::
 
     P(Sj) = <P(Si*), Sj>,   i* = argmax_i V(Si -> Sj)
 
