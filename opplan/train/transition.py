@@ -237,6 +237,8 @@ class _Ledger:
                 knee = ", knee: not enough evidence yet"
             elif t_star >= self.stopper.horizon:  # the fit still rises at the end of its search range
                 knee = ", knee: none yet (the fit still rises)"
+            elif t_star > epoch:  # an extrapolation, as _epoch_metrics says
+                knee = f", knee: ahead (the fit peaks at epoch {t_star})"
             else:
                 knee = f", knee t*={t_star}"
             log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
