@@ -64,3 +64,16 @@ def test_the_planning_signal_keys_are_validated() -> None:
         with pytest.raises(Exception):
             Params.model_validate({"plan": bad})
     assert Params.model_validate({"plan": {"keep_start_se": None}}).plan.keep_start_se is None
+
+
+@pytest.mark.parametrize(("t_star", "epoch", "words"), [
+    (None, 3, "knee: not enough evidence yet"),
+    (999, 8, "knee: none yet (the fit still rises)"),
+    (17, 6, "knee: ahead (the fit peaks at epoch 17)"),
+    (4, 6, "knee t*=4"),
+    (6, 6, "knee t*=6"),
+])
+def test_an_epochs_log_line_names_a_knee_only_within_the_epochs_seen(t_star, epoch, words) -> None:
+    from opplan.train.transition import knee_words
+
+    assert knee_words(t_star, epoch, horizon=999) == words

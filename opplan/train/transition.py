@@ -232,17 +232,9 @@ class _Ledger:
         if epoch == 0:
             log.info("%s epoch 0 (start model): val %.4f ± %.4f", self.label, out.curve[0], out.curve_se[0])
         else:
-            t_star = self.decision.t_star
-            if t_star is None:
-                knee = ", knee: not enough evidence yet"
-            elif t_star >= self.stopper.horizon:  # the fit still rises at the end of its search range
-                knee = ", knee: none yet (the fit still rises)"
-            elif t_star > epoch:  # an extrapolation, as _epoch_metrics says
-                knee = f", knee: ahead (the fit peaks at epoch {t_star})"
-            else:
-                knee = f", knee t*={t_star}"
-            log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs%s", self.label, epoch, out.losses[-1],
-                     out.curve[-1], out.curve_se[-1], out.seconds[-1], knee)
+            log.info("%s epoch %d: loss %.4f, val %.4f ± %.4f, %.1fs, %s", self.label, epoch, out.losses[-1],
+                     out.curve[-1], out.curve_se[-1], out.seconds[-1],
+                     knee_words(self.decision.t_star, epoch, self.stopper.horizon))
         return self.decision.stop or self._prune()
 
     def finish(self) -> TransitionOutcome:
@@ -273,6 +265,18 @@ def _read_curve_se(work_dir: Path, points: int) -> list[float]:
         values = []
     values = [math.nan if v is None else float(v) for v in values[:points]]
     return values + [math.nan] * (points - len(values))
+
+
+def knee_words(t_star: int | None, epoch: int, horizon: int) -> str:
+    """The knee as an epoch's log line gives it: only a maximiser within the epochs seen is a
+    knee (as :func:`_epoch_metrics` logs it); one at ``horizon`` means the fit still rises."""
+    if t_star is None:
+        return "knee: not enough evidence yet"
+    if t_star >= horizon:
+        return "knee: none yet (the fit still rises)"
+    if t_star > epoch:
+        return f"knee: ahead (the fit peaks at epoch {t_star})"
+    return f"knee t*={t_star}"
 
 
 def _epoch_metrics(out: TransitionOutcome, dst: State, decision: KneeDecision | None) -> dict[str, float]:
