@@ -17,10 +17,11 @@ import time
 import numpy as np
 
 from opplan.config import PlanParams
-from opplan.planning.dp import TransitionRecord, plan_path
-from opplan.planning.graph import graph_from_params
+from opplan.planning.dp import plan_path
 from opplan.planning.fitting import FUNCTIONS, fit_curve
+from opplan.planning.graph import graph_from_params
 from opplan.planning.knee import replay
+from opplan.planning.records import TransitionRecord
 
 
 def noisy_curve(epochs: int, seed: int = 0) -> np.ndarray:

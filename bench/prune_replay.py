@@ -20,9 +20,11 @@ from pathlib import Path
 
 from opplan.params_file import load_params
 from opplan.documents import PlanDocument
-from opplan.planning.dp import PRUNED, Bar, Rule, TransitionRecord, plan_path
+from opplan.planning.decisions import Bar, Rule
+from opplan.planning.dp import plan_path
 from opplan.planning.graph import graph_from_params
 from opplan.planning.knee import KneeStopper, optimistic_bound
+from opplan.planning.records import PRUNED, TransitionRecord
 
 
 def main() -> None:

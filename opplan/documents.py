@@ -143,7 +143,7 @@ def describe(error: Mapping[str, Any]) -> str:
 # --- plan.json ---------------------------------------------------------------------------
 
 class Transition(_Part):
-    """One explored transition (:meth:`opplan.planning.dp.TransitionRecord.to_json`)."""
+    """One explored transition (:meth:`opplan.planning.records.TransitionRecord.to_json`)."""
 
     src: Text
     dst: Text
@@ -178,7 +178,7 @@ class DecisionRule(_Part):
 
 
 class Decision(_Part):
-    """One DP choice (:meth:`opplan.planning.dp.Choice.to_json`), and whether it made the path."""
+    """One DP choice (:meth:`opplan.planning.decisions.Choice.to_json`), and whether it made the path."""
 
     state: Text
     chosen: Text

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from opplan.planning.diagnosis import diagnose, diagnosis_json, diagnosis_tag
-from opplan.planning.dp import TransitionRecord, plan_path
+from opplan.planning.dp import plan_path
 from opplan.planning.graph import build_graph
+from opplan.planning.records import TransitionRecord
 
 
 def planned(observed, epochs, se=0.05):

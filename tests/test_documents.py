@@ -12,8 +12,9 @@ import pytest
 
 from opplan.documents import SCHEMA_VERSION, BaselinesDocument, Document, FinalRecord, PlanDocument
 from opplan.errors import OpplanError
-from opplan.planning.dp import TransitionRecord, plan_path
+from opplan.planning.dp import plan_path
 from opplan.planning.graph import build_graph
+from opplan.planning.records import TransitionRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = [(PlanDocument, ROOT / "plan.json"), (FinalRecord, ROOT / "final" / "run.json"),

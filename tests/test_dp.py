@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from opplan.errors import OpplanError
-from opplan.planning.dp import ARGMAX, FINAL, PlanningError, Rule, TransitionRecord, plan_path
+from opplan.planning.decisions import ARGMAX, FINAL, Rule
+from opplan.planning.dp import PlanningError, plan_path
 from opplan.planning.graph import S0, build_graph
+from opplan.planning.records import TransitionRecord
 
 
 class Oracle:
@@ -189,8 +191,9 @@ def test_the_planning_core_imports_neither_torch_nor_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys, opplan.planning.dp, opplan.planning.knee, opplan.planning.graph, opplan.planning.drawing, "
-            "opplan.planning.commands, opplan.planning.diagnosis; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
+    code = ("import sys, opplan.planning.dp, opplan.planning.scheduler, opplan.planning.knee, opplan.planning.graph, "
+            "opplan.planning.drawing, opplan.planning.commands, opplan.planning.diagnosis; "
+            "print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -322,7 +325,7 @@ def test_margins_in_standard_errors_reach_plan_json():
 def test_parallel_within_se_plan_equals_the_sequential_one(workers, seed):
     from concurrent.futures import ThreadPoolExecutor
 
-    from opplan.planning.dp import plan_path_parallel
+    from opplan.planning.scheduler import plan_path_parallel
 
     graph = build_graph(**GRAPHS["extended-3x3"])
     weights, epochs, ses = random_oracle(graph, seed, se_scale=0.3)
@@ -398,7 +401,7 @@ def run_parallel(graph, oracle, workers, *, prefer="score", call=None):
     transitions ended by then)``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from opplan.planning.dp import plan_path_parallel
+    from opplan.planning.scheduler import plan_path_parallel
 
     submitted: list[tuple[str, str, frozenset]] = []
 
@@ -502,7 +505,7 @@ def test_a_raising_transition_stops_submitting_lets_the_running_finish_and_propa
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from opplan.planning.dp import log, plan_path_parallel
+    from opplan.planning.scheduler import log, plan_path_parallel
 
     def submit(src, dst, src_record):
         futures.append(((src.name, dst.name), pool.submit(flaky, src, dst, src_record)))
@@ -524,7 +527,7 @@ def test_a_raising_transition_stops_submitting_lets_the_running_finish_and_propa
 
 
 def test_ready_transitions_follow_the_dp():
-    from opplan.planning.dp import ready_transitions
+    from opplan.planning.scheduler import ready_transitions
 
     graph = build_graph(["cs"], [8, 16], [0.1, 0.01], kind="basic")
     oracle = Oracle({(a.name, b.name): 0.1 for a, b in graph.edges}, failed={("S0", "cs/8/0.1")})

@@ -95,6 +95,7 @@ def test_the_import_walk_finds_what_a_stage_runs() -> None:
     """The walk itself: plan's script reaches the planner, the stage helpers and the package root."""
     found = {str(p.relative_to(ROOT)) for p in source_files(ROOT / "pipeline" / "plan.py")}
     assert {"pipeline/_stage.py", "opplan/__init__.py", "opplan/stages/plan.py", "opplan/planning/dp.py",
+            "opplan/planning/decisions.py", "opplan/planning/records.py", "opplan/planning/scheduler.py",
             "opplan/tracking/lifecycle.py", "opplan/train/checkpoint.py", "opplan/config.py"} <= found
 
 

@@ -9,9 +9,12 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from opplan.planning.dp import PRUNED, Bar, Rule, TransitionRecord, plan_path, plan_path_parallel
+from opplan.planning.decisions import Bar, Rule
+from opplan.planning.dp import plan_path
 from opplan.planning.graph import S0, build_graph
 from opplan.planning.knee import KneeStopper, optimistic_bound
+from opplan.planning.records import PRUNED, TransitionRecord
+from opplan.planning.scheduler import plan_path_parallel
 
 GRAPHS = [dict(sampling=["cs", "us"], clip_lengths=[16, 32, 64], lrs=[0.01, 0.001, 0.0001]),
           dict(sampling=["cs"], clip_lengths=[16, 32, 64], lrs=[0.01, 0.001, 0.0001], kind="basic"),

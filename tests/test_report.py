@@ -39,8 +39,9 @@ from opplan.config import Params, PlanParams, ReportParams, TrackingParams
 from opplan.documents import Diagnosis, PlanDocument
 from opplan.errors import OpplanError
 from opplan.planning import fitting, knee
-from opplan.planning.dp import PlanResult, TransitionRecord, plan_path
+from opplan.planning.dp import plan_path
 from opplan.planning.graph import graph_from_params
+from opplan.planning.records import PlanResult, TransitionRecord
 from opplan.predictions import log_predictions, mean_over_runs, predictions_json
 from opplan.report import run_report
 from opplan.stats import paired_compare, video_estimate

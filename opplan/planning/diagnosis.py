@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from opplan.planning.dp import PlanResult
+from opplan.planning.records import PlanResult
 from opplan.stats import within_noise_of
 
 CHANCE_SE = 2.0

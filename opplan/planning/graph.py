@@ -42,7 +42,7 @@ SAMPLINGS = ("cs", "us")
 KINDS = ("basic", "extended")
 """Transition graphs (docs/design.md §2)."""
 DECISIONS = ("argmax", "within_se")
-"""How the DP (:mod:`opplan.planning.dp`) picks a predecessor: the highest V (the paper) or
+"""How the DP picks a predecessor (:mod:`opplan.planning.decisions`): the highest V (the paper) or
 ties within ``tie_se`` standard errors broken toward fewer epochs (docs/design.md §10)."""
 
 

@@ -20,10 +20,12 @@ from opplan.config import Params
 from opplan.documents import PlanDocument
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json, atomic_write_text
+from opplan.planning.decisions import FINAL, Rule
 from opplan.planning.diagnosis import Finding, diagnose, diagnosis_json, diagnosis_tag
-from opplan.planning.dp import FINAL, PlanResult, Rule, TransitionRecord, plan_path
+from opplan.planning.dp import plan_path
 from opplan.planning.drawing import draw_graph
 from opplan.planning.graph import graph_from_params
+from opplan.planning.records import PlanResult, TransitionRecord
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.transitions import TransitionRunner
 from opplan.stages.workers import plan_with_workers, worker_devices

@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 
 from opplan.fileio import atomic_write_json
-from opplan.planning.dp import PRUNED, Bar, TransitionRecord
+from opplan.planning.decisions import Bar
 from opplan.planning.graph import Node, State
+from opplan.planning.records import PRUNED, TransitionRecord
 from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run, log_summary_once

@@ -1,4 +1,4 @@
-"""``plan.workers: K > 1``: the DP as :func:`~opplan.planning.dp.plan_path_parallel`, with K
+"""``plan.workers: K > 1``: the DP as :func:`~opplan.planning.scheduler.plan_path_parallel`, with K
 spawned worker processes, one per device, each with its own
 :class:`~opplan.stages.transitions.TransitionRunner`, training the transitions that are
 ready at the same time. Only names, params and records cross the process boundary;
@@ -20,8 +20,10 @@ from opplan.config import Params
 from opplan.errors import OpplanError
 from opplan import signals
 from opplan.logs import configure_logging
-from opplan.planning.dp import Bar, PlanResult, Rule, TransitionRecord, plan_path_parallel
+from opplan.planning.decisions import Bar, Rule
 from opplan.planning.graph import Node, State, TransitionGraph, graph_from_params
+from opplan.planning.records import PlanResult, TransitionRecord
+from opplan.planning.scheduler import plan_path_parallel
 from opplan.stages.transitions import TransitionRunner
 from opplan.tracking.client import Tracker
 from opplan.train.progress import PlanProgress

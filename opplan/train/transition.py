@@ -31,10 +31,11 @@ import torch
 
 from opplan import distributed
 from opplan.fileio import atomic_write_json
-from opplan.planning.dp import PRUNED, Bar
+from opplan.planning.decisions import Bar
 from opplan.planning.fitting import KneeFit
 from opplan.planning.graph import State
 from opplan.planning.knee import KeepStart, KneeDecision, KneeStopper, keep_start_rule, optimistic_bound
+from opplan.planning.records import PRUNED
 from opplan.stats import mean_se, per_video_scores
 from opplan import names as n
 from opplan.train.checkpoint import (
