@@ -48,7 +48,8 @@ Untrimmed videos with labelled segments are cut into one frame folder per segmen
   (any video extension, in any subfolder). Subset ``training`` is train, ``validation`` test;
   ``testing`` (unlabelled) is not read. The classes are the labels that occur, sorted. Each
   segment becomes the frame folder ``videos/<label>/<id>_<k>/img_00001.jpg, ...`` (``k``: the
-  segment's number in the entry, from 1), decoded with decord (PyAV from the start again
+  segment's number in the entry, from 1; ``/`` and control characters in a label or id become
+  ``_`` in the folder name, the manifest keeps the label), decoded with decord (PyAV from the start again
   where decord fails, as ``prepare`` does) at the video's own size: what decodes counts,
   not ``duration`` or the header's frame count. Seconds become frames at the reader's average
   rate (frames ``floor(start * fps)`` to ``ceil(end * fps) - 1``); a segment reaching past
@@ -56,11 +57,13 @@ Untrimmed videos with labelled segments are cut into one frame folder per segmen
   :data:`SHORT_SEGMENT` frames is kept, each with a warning (``import_warnings.csv``). For the
   JSON, the reported "line" is the entry's number in ``database`` and the reason names the id
   and the segment. Disk: the frames are JPEG (quality :data:`JPEG_QUALITY`) at the video's
-  size, roughly 30-80 KiB a frame at 360p-720p, so some 3-7 GiB per hour of segments at 30 fps
-  (ActivityNet 1.3's training and validation segments hold several hundred hours: budget
-  terabytes, or downscale the videos first); ``--copy`` and ``--link`` make no difference.
-  Extraction decodes every frame up to the last segment's end (one video at a time, progress
-  logged every few seconds with rate and ETA); a re-import extracts again.
+  size, roughly 40 KiB a frame at 360p and 150 KiB at 720p, so some 4-16 GiB per hour of
+  segments at 30 fps, many times the videos' own size (ActivityNet 1.3's training and
+  validation segments last a few hundred hours: budget one to several TiB, or downscale the
+  videos to the short side ``prepare`` keeps, 256 in the ``activitynet`` preset, before
+  importing); ``--copy`` and ``--link`` make no difference. Extraction decodes every frame up
+  to a video's last segment end, one video at a time in one process (progress logged every
+  :data:`PROGRESS_SECONDS` s with rate and ETA); a re-import extracts again.
 """
 
 from __future__ import annotations
@@ -870,7 +873,8 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
                    split: int = 1, link: bool = True) -> Listing:
     """Read ``fmt`` annotations and write a dataset folder ``out``: ``manifest.csv``,
     ``classes.txt``, ``import_report.csv`` and the videos under ``out/videos/``
-    (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``.
+    (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``;
+    ``activitynet`` writes the frame folders it cuts from the videos instead (:func:`cut_segments`).
     """
     if fmt not in READERS:
         raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
