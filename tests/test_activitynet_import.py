@@ -5,7 +5,9 @@ and the imported folders through ``prepare``."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from pathlib import Path
 
 import av
@@ -67,6 +69,7 @@ DATABASE = {
     "iii": {"subset": "training", "annotations": [segment(0, 1, "Long jump")]},  # not a video
     "jjj": {"subset": "training", "duration": 4.0, "annotations": [  # truncated: decodes 20 < n < 35 frames
         segment(2.0, 3.5, "Long jump"), segment(3.5, 3.9, "Long jump")]},  # 1: clamped, 2: after the end
+    "kkk": {"subset": "validation", "annotations": []},  # no segment
 }
 
 
@@ -88,10 +91,12 @@ def activitynet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, notes
 
 
-def test_activitynet(activitynet: tuple[Path, Path], tmp_path: Path) -> None:
+def test_activitynet(activitynet: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root, notes = activitynet
     out = tmp_path / "data"
-    listing = import_dataset("activitynet", root, notes, out)
+    with caplog.at_level(logging.INFO, logger="opplan.data.annotations"):
+        listing = import_dataset("activitynet", root, notes, out)
+    assert any(re.fullmatch(r"import: 10/10 segments cut, [0-9.]+ segments/s, ETA 0 s", m) for m in caplog.messages)
     assert listing.classes == ["Long jump", "Playing guitar"]
     assert (out / "classes.txt").read_text() == "Long jump\nPlaying guitar\n"
     assert manifest(out) == [
@@ -121,7 +126,8 @@ def test_activitynet(activitynet: tuple[Path, Path], tmp_path: Path) -> None:
     problems = rows(out / REPORT)
     name = notes.name
     assert [(f, line) for f, line, _ in problems] == [(name, 2), (name, 3), (name, 5), (name, 6), (name, 7),
-                                                      (name, 8), (name, 8), (name, 9), (name, 10)]
+                                                      (name, 8), (name, 8), (name, 9), (name, 10),
+                                                      (name, 11)]
     reasons = [reason for *_, reason in problems]
     assert reasons[0] == "bbb segment 3: segment [2, 1] s ends at or before its start"
     assert reasons[1] == (f"ccc: video v_ccc.<ext> (or ccc.<ext>) not found under {root.resolve()}; "
@@ -134,6 +140,7 @@ def test_activitynet(activitynet: tuple[Path, Path], tmp_path: Path) -> None:
     assert reasons[6] == "hhh segment 2: label 'Long\\njump' has a line break or surrounding blanks"
     assert reasons[7] == ("iii: video v_iii.mp4: not a video file that can be opened (an unknown format, or a "
                           "damaged or truncated header); its 1 segment(s) are not imported")
+    assert reasons[9] == "kkk: 'annotations' is an empty list, not a list of {segment, label}"
     assert reasons[8] == (f"jjj segment 2 [3.5, 3.9] s starts after the video's end (the video decodes {truncated} "
                           f"frames at 10 fps, {truncated / FPS:.2f} s)")
     assert rows(out / WARNINGS) == [
@@ -192,7 +199,7 @@ def test_activitynet_from_the_cli(activitynet: tuple[Path, Path], tmp_path: Path
     ok = CliRunner().invoke(cli, ["data", "import", "--format", "activitynet", "--root", str(root), "--annotations",
                                   str(notes), "--out", str(tmp_path / "data")])
     assert ok.exit_code == 0, ok.output
-    assert "imported 7 videos of 2 classes" in ok.output and "9 problem(s)" in ok.output
+    assert "imported 7 videos of 2 classes" in ok.output and "10 problem(s)" in ok.output
     assert "3 warning(s)" in ok.output
 
 

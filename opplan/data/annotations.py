@@ -651,7 +651,8 @@ def _activitynet_entry(listing: Listing, where: tuple[Path, int], video_id: str,
         return []
     notes = item["annotations"]
     if not isinstance(notes, list) or not notes:
-        listing.bad(where, f"{video_id}: 'annotations' is {notes!r}, not a list of {{segment, label}}"[:300])
+        what = "an empty list" if isinstance(notes, list) else repr(notes)
+        listing.bad(where, f"{video_id}: 'annotations' is {what}, not a list of {{segment, label}}"[:300])
         return []
     found = []
     for k, note in enumerate(notes, start=1):
