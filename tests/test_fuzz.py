@@ -330,6 +330,11 @@ activitynet_json = st.one_of(
 @example(notes={"database": {"7": {"subset": "training", "annotations": [
     {"segment": [0, 1e308], "label": "A"}, {"segment": [1e307, 1e308], "label": "A"},
     {"segment": [0.3, 0.6], "label": "B"}]}}}, garbage=None)  # seconds * fps: inf; 0.3 * 10 > 3
+@example(notes={"database": {"7": {"subset": "training",
+                                   "annotations": [{"segment": [0.1, 0.1000000001], "label": "A"}]},
+                             "7 x": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "A"}]},
+                             "\ud800": {"subset": "validation", "annotations": [{"segment": [0, 1], "label": "A"}]}}},
+         garbage=None)  # a segment shorter than a frame; an id with a blank; one that is no UTF-8
 def test_activitynet_json(notes: object, garbage: bytes | None) -> None:
     with scratch() as (root, annotations, out):
         (root / "v_7.mp4").write_bytes(_tiny_video())  # a real video; 8.webm and v_3.avi are stand-ins

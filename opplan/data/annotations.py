@@ -589,9 +589,15 @@ class Segment:
     video: Path
     start: float
     end: float
-    name: str
-    """How problems and warnings name it: ``<id> segment <k>``."""
+    video_id: str
+    number: int
+    """The segment's number in its database entry, from 1."""
     where: tuple[Path, int]
+
+    @property
+    def name(self) -> str:
+        """How problems and warnings name it."""
+        return f"{self.video_id} segment {self.number}"
 
 
 def read_activitynet(root: Path, annotations: Path, split: int = 1) -> Listing:
@@ -620,8 +626,7 @@ def read_activitynet(root: Path, annotations: Path, split: int = 1) -> Listing:
                 listing.bad(where, f"{video_id} segment {k}: would be written as {rel}, the folder of another segment")
                 continue
             listing._rels.add(rel)
-            listing.segments.append(Segment(Entry(rel, label, kind, number), video, start, end,
-                                            f"{video_id} segment {k}", where))
+            listing.segments.append(Segment(Entry(rel, label, kind, number), video, start, end, video_id, k, where))
     listing.classes = sorted(labels)
     return listing
 
@@ -731,7 +736,7 @@ def _cut_video(listing: Listing, segments: list[Segment], videos: Path) -> None:
     lost = f"its {len(segments)} segment(s) are not imported"
     reason = unusable_reason(str(video))
     if reason is not None:
-        listing.bad(where, f"{segments[0].name.split()[0]}: video {video.name}: {reason}; {lost}")
+        listing.bad(where, f"{segments[0].video_id}: video {video.name}: {reason}; {lost}")
         return
     try:
         try:
@@ -745,7 +750,7 @@ def _cut_video(listing: Listing, segments: list[Segment], videos: Path) -> None:
         raise DataError(f"{videos}: cannot write the frames of {video}: {exc.strerror or exc}") from None
     if count == 0 or not (math.isfinite(rate) and rate > 0):
         why = "zero frames decode" if count == 0 else f"no usable frame rate ({rate!r})"
-        listing.bad(where, f"{segments[0].name.split()[0]}: video {video.name}: {why}; {lost}")
+        listing.bad(where, f"{segments[0].video_id}: video {video.name}: {why}; {lost}")
         _discard(segments, videos)
         return
     for segment in segments:
@@ -755,11 +760,12 @@ def _cut_video(listing: Listing, segments: list[Segment], videos: Path) -> None:
 def _span(segment: Segment, rate: float) -> tuple[int, int]:
     """Frames ``[first, stop)`` shown during the segment at ``rate`` frames/s (frame ``i`` is
     shown from ``i / rate`` s to ``(i + 1) / rate`` s, give or take a rounding error of the
-    JSON's decimals); ``(0, 0)`` for an unusable rate."""
+    JSON's decimals), at least the frame shown at its start; ``(0, 0)`` for an unusable rate."""
     if not (math.isfinite(rate) and rate > 0):
         return 0, 0
-    first, stop = (min(max(t * rate, 0.0), FRAMES_BOUND) for t in (segment.start, segment.end))
-    return math.floor(first + 1e-6), max(0, math.ceil(stop - 1e-6))
+    start, end = (min(max(t * rate, 0.0), FRAMES_BOUND) for t in (segment.start, segment.end))
+    first = math.floor(start + 1e-6)
+    return first, max(first + 1, math.ceil(end - 1e-6))
 
 
 def _staging(segment: Segment, videos: Path) -> Path:
