@@ -10,6 +10,7 @@ reported problem.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -284,6 +285,65 @@ def test_ssv1_lists(labels: bytes, train: bytes) -> None:
         (annotations / "something-something-v1-train.csv").write_bytes(train)
         (annotations / "something-something-v1-validation.csv").write_bytes(b"F/f2;B\n")
         import_or_refuse("ssv1", root, annotations, out)
+
+
+@functools.cache
+def _tiny_video() -> bytes:
+    """A real 6-frame H.264 mp4 at 10 fps (the ActivityNet importer decodes what it cuts)."""
+    import numpy as np
+
+    from opplan.data.synth import video_codec, write_video
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "v.mp4")
+        write_video(path, np.zeros((6, 48, 64, 3), dtype=np.uint8), fps=10, codec=video_codec())
+        return path.read_bytes()
+
+
+seconds = st.one_of(st.sampled_from([0, 0.1, 0.25, 0.6, 1, 5, -1, 1e308, 10**400, math.nan, math.inf, True]),
+                    st.floats())
+activitynet_note = st.one_of(
+    json_value,
+    st.fixed_dictionaries({"segment": st.one_of(st.lists(seconds, min_size=2, max_size=2), json_value),
+                           "label": st.one_of(st.sampled_from(["A", "B", "Playing guitar"]), token, json_value)}))
+activitynet_entry = st.one_of(
+    json_value,
+    st.fixed_dictionaries({"subset": st.one_of(st.sampled_from(["training", "validation", "testing", "train"]),
+                                               json_value)},
+                          optional={"annotations": st.one_of(st.lists(activitynet_note, max_size=4), json_value),
+                                    "duration": json_value}))
+activitynet_json = st.one_of(
+    json_value,
+    st.fixed_dictionaries({"database": st.one_of(
+        st.dictionaries(st.one_of(st.sampled_from(["7", "8", "3", "v_7", "", "../7", "7/.."]), st.text(max_size=4)),
+                        activitynet_entry, max_size=4),
+        json_value)}))
+
+
+@PARSER
+@given(notes=activitynet_json, garbage=st.sampled_from([None, b"", b"{", b"\xff\xfe"]))
+@example(notes={"database": {"7": {"subset": "training", "annotations": [
+    {"segment": [0, 1], "label": "../../x"}, {"segment": [0, 1], "label": "x" * 300},
+    {"segment": [0.1, 0.2], "label": "/"}, {"segment": [0.1, 0.2], "label": "."}]}}}, garbage=None)  # names
+@example(notes={"database": {"7": {"subset": "validation", "annotations": [{"segment": [10**400, 1], "label": "A"}]}}},
+         garbage=None)  # float(10**400)
+@example(notes={"database": {"7": {"subset": "training", "annotations": [
+    {"segment": [0, 1e308], "label": "A"}, {"segment": [1e307, 1e308], "label": "A"},
+    {"segment": [0.3, 0.6], "label": "B"}]}}}, garbage=None)  # seconds * fps: inf; 0.3 * 10 > 3
+@example(notes={"database": {"7": {"subset": "training",
+                                   "annotations": [{"segment": [0.1, 0.1000000001], "label": "A"}]},
+                             "7 x": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "A"}]},
+                             "\ud800": {"subset": "validation", "annotations": [{"segment": [0, 1], "label": "A"}]}}},
+         garbage=None)  # a segment shorter than a frame; an id with a blank; one that is no UTF-8
+def test_activitynet_json(notes: object, garbage: bytes | None) -> None:
+    with scratch() as (root, annotations, out):
+        (root / "v_7.mp4").write_bytes(_tiny_video())  # a real video; 8.webm and v_3.avi are stand-ins
+        path = annotations / "activity_net.v1-3.min.json"
+        path.write_bytes(json.dumps(notes).encode() if garbage is None else garbage)
+        listing = import_or_refuse("activitynet", root, path, out)
+        if listing is not None:
+            assert {e.path.split("/")[0] for e, _ in listing.videos} <= {p.name for p in (out / "videos").iterdir()}
+            assert not list(out.rglob("*.tmp"))
 
 
 @PARSER

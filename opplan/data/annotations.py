@@ -39,6 +39,31 @@ the video is kept and what is on disk is used).
   (one class name a line, in index order), ``...-train.csv`` and ``...-validation.csv``
   (``id;class name`` lines; the unlabelled ``...-test.csv`` is not read); frames
   ``ROOT/<id>/00001.jpg``, ... (the ``20bn-something-something-v1`` folder).
+
+Untrimmed videos with labelled segments are cut into one frame folder per segment at import:
+
+- ``activitynet``: ActivityNet 1.3's ``PATH`` = ``activity_net.v1-3.min.json``
+  (``{"database": {"<youtube id>": {"subset", "duration", "annotations": [{"segment":
+  [start_s, end_s], "label"}, ...]}}}``); videos ``ROOT/v_<id>.<ext>`` or ``ROOT/<id>.<ext>``
+  (any video extension, in any subfolder). Subset ``training`` is train, ``validation`` test;
+  ``testing`` (unlabelled) is not read. The classes are the labels that occur, sorted. Each
+  segment becomes the frame folder ``videos/<label>/<id>_<k>/img_00001.jpg, ...`` (``k``: the
+  segment's number in the entry, from 1; ``/`` and control characters in a label or id become
+  ``_`` in the folder name, the manifest keeps the label), decoded with decord (PyAV from the start again
+  where decord fails, as ``prepare`` does) at the video's own size: what decodes counts,
+  not ``duration`` or the header's frame count. Seconds become frames at the reader's average
+  rate (frames ``floor(start * fps)`` to ``ceil(end * fps) - 1``); a segment reaching past
+  the last frame that decodes (or before 0 s) is clamped, one with fewer than
+  :data:`SHORT_SEGMENT` frames is kept, each with a warning (``import_warnings.csv``). For the
+  JSON, the reported "line" is the entry's number in ``database`` and the reason names the id
+  and the segment. Disk: the frames are JPEG (quality :data:`JPEG_QUALITY`) at the video's
+  size, roughly 40 KiB a frame at 360p and 150 KiB at 720p, so some 4-16 GiB per hour of
+  segments at 30 fps, many times the videos' own size (ActivityNet 1.3's training and
+  validation segments last a few hundred hours: budget one to several TiB, or downscale the
+  videos to the short side ``prepare`` keeps, 256 in the ``activitynet`` preset, before
+  importing); ``--copy`` and ``--link`` make no difference. Extraction decodes every frame up
+  to a video's last segment end, one video at a time in one process (progress logged every
+  :data:`PROGRESS_SECONDS` s with rate and ETA); a re-import extracts again.
 """
 
 from __future__ import annotations
@@ -47,12 +72,17 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from opplan.data.frames import FrameFolderError, frame_files
 from opplan.data.manifest import (
@@ -70,7 +100,7 @@ from opplan.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv", "list", "rawframes", "ssv1")
+FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "csv", "list", "rawframes", "ssv1", "activitynet")
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
 )
@@ -101,6 +131,8 @@ class Listing:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     """Lines whose video was kept although something about them is off (``import_warnings.csv``)."""
+    segments: list[Segment] = field(default_factory=list)
+    """Segments of untrimmed videos still to be cut into frame folders (``activitynet``)."""
     _seen: set[Path] = field(default_factory=set, repr=False)
     _rels: set[str] = field(default_factory=set, repr=False)
 
@@ -535,8 +567,310 @@ def _fold(name: str) -> str:
     return re.sub(r"\s+", " ", name).lower()
 
 
+# --- ActivityNet: labelled segments of untrimmed videos, cut into frame folders ------------
+
+ACTIVITYNET_SUBSETS = {"training": "train", "validation": "test"}
+"""ActivityNet subsets read, and the split each becomes; ``testing`` has no labels and is skipped."""
+SHORT_SEGMENT = 4
+"""A segment that gives fewer frames than this is kept, with a warning (shorter than most clips)."""
+JPEG_QUALITY = 90
+PROGRESS_SECONDS = 10.0
+FRAMES_BOUND = 1e15
+"""Frame indices beyond any video (``[0, 1e308]`` s, inf frames, reads as the whole video)."""
+FRAME_NAME = "img_{:05d}.jpg"
+"""MMAction2's RGB frame names (:data:`opplan.data.frames.RGB_SERIES`), numbered from 1."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Seconds ``start`` to ``end`` of ``video``, to become the frame folder ``videos/<entry.path>``."""
+
+    entry: Entry
+    video: Path
+    start: float
+    end: float
+    video_id: str
+    number: int
+    """The segment's number in its database entry, from 1."""
+    where: tuple[Path, int]
+
+    @property
+    def name(self) -> str:
+        """How problems and warnings name it."""
+        return f"{self.video_id} segment {self.number}"
+
+
+def read_activitynet(root: Path, annotations: Path, split: int = 1) -> Listing:
+    """The segments of ``activity_net.v1-3.min.json`` whose video is under ``root``; they are
+    cut into frame folders by :func:`import_dataset` (:func:`cut_segments`)."""
+    data = _load_json(annotations)
+    database = data.get("database") if isinstance(data, dict) else None
+    if not isinstance(database, dict):
+        raise AnnotationFileError(annotations, 'expected {"database": {"<youtube id>": {"subset": ..., '
+                                               '"annotations": [{"segment": [start, end], "label": ...}]}}}')
+    listing, index, labels = Listing(classes=[]), _VideoIndex(root), set()
+    for number, (video_id, item) in enumerate(database.items(), start=1):
+        where = (annotations, number)
+        found = _activitynet_entry(listing, where, video_id, item)
+        if not found:
+            continue
+        labels |= {label for _, label, *_ in found}
+        video = index.find(f"v_{video_id}") or index.find(video_id)
+        if video is None:
+            listing.bad(where, f"{video_id}: video v_{video_id}.<ext> (or {video_id}.<ext>) not found under {root}; "
+                               f"its {len(found)} segment(s) are not imported")
+            continue
+        for k, label, kind, start, end in found:
+            rel = f"{_name_part(label)}/{_name_part(video_id)}_{k}"
+            if rel in listing._rels:
+                listing.bad(where, f"{video_id} segment {k}: would be written as {rel}, the folder of another segment")
+                continue
+            listing._rels.add(rel)
+            listing.segments.append(Segment(Entry(rel, label, kind, number), video, start, end, video_id, k, where))
+    listing.classes = sorted(labels)
+    return listing
+
+
+def _activitynet_entry(listing: Listing, where: tuple[Path, int], video_id: str,
+                       item: object) -> list[tuple[int, str, str, float, float]]:
+    """``(k, label, split, start, end)`` of each well-formed segment of one database entry
+    (``k`` from 1); the others, and a malformed entry, are problems. A testing entry gives none."""
+    if not isinstance(item, dict):
+        listing.bad(where, f"{video_id}: the entry is not an object: {item!r}"[:300])
+        return []
+    if not video_id.strip():
+        listing.bad(where, "an entry with an empty video id")
+        return []
+    if "subset" not in item:
+        listing.bad(where, f"{video_id}: the entry lacks 'subset'")
+        return []
+    subset = item["subset"]
+    if subset == "testing":
+        return []
+    kind = ACTIVITYNET_SUBSETS.get(subset) if isinstance(subset, str) else None
+    if kind is None:
+        listing.bad(where, f"{video_id}: subset {subset!r} is not training, validation or testing"[:300])
+        return []
+    if "annotations" not in item:
+        listing.bad(where, f"{video_id}: the entry lacks 'annotations'")
+        return []
+    notes = item["annotations"]
+    if not isinstance(notes, list) or not notes:
+        what = "an empty list" if isinstance(notes, list) else repr(notes)
+        listing.bad(where, f"{video_id}: 'annotations' is {what}, not a list of {{segment, label}}"[:300])
+        return []
+    found = []
+    for k, note in enumerate(notes, start=1):
+        reason, label, times = _activitynet_segment(note)
+        if reason:
+            listing.bad(where, f"{video_id} segment {k}: {reason}"[:300])
+        else:
+            found.append((k, label, kind, *times))
+    return found
+
+
+def _activitynet_segment(note: object) -> tuple[str | None, str, tuple[float, float]]:
+    """``(problem, label, (start, end))`` of one ``{"segment": [start, end], "label": ...}``."""
+    if not isinstance(note, dict) or "segment" not in note or "label" not in note:
+        return f"expected {{'segment': [start, end], 'label': ...}}, got {note!r}", "", (0.0, 0.0)
+    label, segment = note["label"], note["segment"]
+    if not isinstance(label, str) or label_problem(label):
+        return (label_problem(label) if isinstance(label, str) else f"label {label!r} is not text"), "", (0.0, 0.0)
+    times = [_seconds(t) for t in segment] if isinstance(segment, list) and len(segment) == 2 else []
+    if len(times) != 2 or not all(t is not None and math.isfinite(t) for t in times):
+        return f"segment {segment!r} is not [start_s, end_s] (two numbers)", "", (0.0, 0.0)
+    if times[1] <= times[0] or times[1] <= 0:
+        where = "at or before its start" if times[1] <= times[0] else "before the video starts"
+        return f"segment [{times[0]:g}, {times[1]:g}] s ends {where}", "", (0.0, 0.0)
+    return None, label, (times[0], times[1])
+
+
+def _seconds(value: object) -> float | None:
+    """A JSON number as seconds (not a bool, not an integer too large for a float), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _name_part(text: str, limit: int = 100) -> str:
+    """``text`` as one file name: path separators, control characters and lone surrogates
+    become ``_``, at most ``limit`` bytes; never empty, ``.`` or ``..``."""
+    name = "".join("_" if ch in "/\\" or not ch.isprintable() or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    name = name.strip().encode()[:limit].decode("utf-8", "ignore").strip()
+    return name if name.strip(".") else "_"
+
+
+def cut_segments(listing: Listing, videos: Path) -> None:
+    """Decode each video of ``listing.segments`` once and write its segments as frame folders
+    under ``videos``; each written folder becomes one of ``listing.videos``, each failure a
+    problem, each clamped or short segment a warning. Progress is logged every few seconds."""
+    by_entry: dict[tuple[Path, int], list[Segment]] = defaultdict(list)
+    for segment in listing.segments:
+        by_entry[segment.where].append(segment)
+    total = len(listing.segments)
+    log.info("import: cutting %d segments of %d videos into JPEG frame folders under %s", total, len(by_entry), videos)
+    start = last = time.perf_counter()
+    done = 0
+    for segments in by_entry.values():
+        _cut_video(listing, segments, videos)
+        done += len(segments)
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS or done == total:
+            rate = done / (now - start) if now > start else float("inf")
+            log.info("import: %d/%d segments cut, %.2f segments/s, ETA %.0f s", done, total, rate,
+                     (total - done) / rate if rate > 0 else 0.0)
+            last = now
+    listing.segments = []
+    listing.problems.sort(key=lambda p: p.line)
+    listing.warnings.sort(key=lambda p: p.line)
+
+
+def _cut_video(listing: Listing, segments: list[Segment], videos: Path) -> None:
+    """The segments of one video: decord first, PyAV from the start where decord fails."""
+    from opplan.data.prepare import _library_stderr_to_debug, unusable_reason
+
+    video, where = segments[0].video, segments[0].where
+    lost = f"its {len(segments)} segment(s) are not imported"
+    reason = unusable_reason(str(video))
+    if reason is not None:
+        listing.bad(where, f"{segments[0].video_id}: video {video.name}: {reason}; {lost}")
+        return
+    try:
+        try:
+            with _library_stderr_to_debug(str(video)):
+                count, rate = _write_segments(_decord_frames(video), segments, videos)
+        except _DecordFailed as exc:
+            log.debug("%s: decord failed (%s); decoding it with PyAV", video, exc)
+            count, rate = _write_segments(_pyav_frames(video), segments, videos)
+    except OSError as exc:  # writing the frames, not decoding them
+        _discard(segments, videos)
+        raise DataError(f"{videos}: cannot write the frames of {video}: {exc.strerror or exc}") from None
+    if count == 0 or not (math.isfinite(rate) and rate > 0):
+        why = "zero frames decode" if count == 0 else f"no usable frame rate ({rate!r})"
+        listing.bad(where, f"{segments[0].video_id}: video {video.name}: {why}; {lost}")
+        _discard(segments, videos)
+        return
+    for segment in segments:
+        _keep_segment(listing, segment, videos, count, rate)
+
+
+def _span(segment: Segment, rate: float) -> tuple[int, int]:
+    """Frames ``[first, stop)`` shown during the segment at ``rate`` frames/s (frame ``i`` is
+    shown from ``i / rate`` s to ``(i + 1) / rate`` s, give or take a rounding error of the
+    JSON's decimals), at least the frame shown at its start; ``(0, 0)`` for an unusable rate."""
+    if not (math.isfinite(rate) and rate > 0):
+        return 0, 0
+    start, end = (min(max(t * rate, 0.0), FRAMES_BOUND) for t in (segment.start, segment.end))
+    first = math.floor(start + 1e-6)
+    return first, max(first + 1, math.ceil(end - 1e-6))
+
+
+def _staging(segment: Segment, videos: Path) -> Path:
+    target = videos / segment.entry.path
+    return target.with_name(f".{target.name}.cut.tmp")
+
+
+def _write_segments(frames: Iterator[tuple[float, np.ndarray]], segments: list[Segment],
+                    videos: Path) -> tuple[int, float]:
+    """Write each frame inside a segment to the segment's staging folder, numbered from 1;
+    stop after the last segment's last frame. ``(frames decoded, frame rate)``."""
+    from PIL import Image  # here: only an activitynet import needs it
+
+    _discard(segments, videos)
+    count, rate, spans, last = 0, 0.0, [], 0
+    for index, (rate, frame) in enumerate(frames):
+        if index == 0:
+            spans = [_span(s, rate) for s in segments]
+            last = max(stop for _, stop in spans)
+        for segment, (first, stop) in zip(segments, spans):
+            if first <= index < stop:
+                folder = _staging(segment, videos)
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(frame).save(folder / FRAME_NAME.format(index - first + 1), quality=JPEG_QUALITY)
+        count = index + 1
+        if count >= last:
+            break
+    return count, rate
+
+
+class _DecordFailed(Exception):
+    """decord could not decode a video to its end (it is decoded again with PyAV)."""
+
+
+def _decord_frames(video: Path) -> Iterator[tuple[float, np.ndarray]]:
+    """``(average frame rate, frame)`` of ``video`` at its own size, decoded with decord;
+    :class:`_DecordFailed` on its first error, or on a frame that is not (H, W, 3): decord
+    gives (H, W, 4) for some sizes (48 x 32)."""
+    try:
+        import decord  # here, not at import time: only an activitynet import needs it
+
+        decord.logging.set_level(decord.logging.QUIET)
+        reader = decord.VideoReader(str(video), num_threads=1)
+        rate = float(reader.get_avg_fps())
+        while True:
+            try:
+                frame = reader.next().asnumpy()
+            except StopIteration:
+                return
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"a frame of shape {frame.shape}, not (height, width, 3)")
+            yield rate, frame
+    except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError/IndexError alike
+        raise _DecordFailed(str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__) \
+            from None
+
+
+def _pyav_frames(video: Path) -> Iterator[tuple[float, np.ndarray]]:
+    """``(average frame rate, frame)`` of ``video`` decoded with PyAV, one packet at a time, up
+    to its first undecodable packet (the same frames every run)."""
+    import av  # here, not at import time: only an activitynet import needs it
+
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.thread_count = "NONE", 1
+            rate = float(stream.average_rate or 0)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    yield rate, frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, IndexError, ValueError) as exc:  # the first corrupt packet ends the video
+        log.debug("%s: decoding stopped: %s", video, str(exc).strip()[:200])
+
+
+def _keep_segment(listing: Listing, segment: Segment, videos: Path, count: int, rate: float) -> None:
+    """Put the segment's staged frames in place and list it, or report why it has none."""
+    first, stop = _span(segment, rate)
+    length = f"the video decodes {count} frames at {rate:.3g} fps, {count / rate:.2f} s"
+    span = f"[{segment.start:g}, {segment.end:g}] s"
+    if first >= count:
+        listing.bad(segment.where, f"{segment.name} {span} starts after the video's end ({length})")
+        _discard([segment], videos)
+        return
+    frames = min(stop, count) - first
+    if stop > count or segment.start < 0:
+        end = min(segment.end, count / rate)
+        listing.warn(segment.where, f"{segment.name} {span} reaches outside the video ({length}); "
+                                    f"clamped to [{max(segment.start, 0.0):g}, {end:g}] s, {frames} frames")
+    if frames < SHORT_SEGMENT:
+        listing.warn(segment.where, f"{segment.name} {span} gives only {frames} frame(s) "
+                                    f"(fewer than {SHORT_SEGMENT}); kept")
+    target = videos / segment.entry.path
+    _remove_folder(target)
+    target.unlink(missing_ok=True)
+    os.replace(_staging(segment, videos), target)
+    listing.videos.append((segment.entry, target))
+
+
+def _discard(segments: list[Segment], videos: Path) -> None:
+    for segment in segments:
+        _remove_folder(_staging(segment, videos))
+
+
 READERS = {"ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2, "csv": read_csv,
-           "list": read_list, "rawframes": read_rawframes, "ssv1": read_ssv1}
+           "list": read_list, "rawframes": read_rawframes, "ssv1": read_ssv1, "activitynet": read_activitynet}
 
 
 # --- the import ------------------------------------------------------------------------
@@ -546,7 +880,8 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
                    split: int = 1, link: bool = True) -> Listing:
     """Read ``fmt`` annotations and write a dataset folder ``out``: ``manifest.csv``,
     ``classes.txt``, ``import_report.csv`` and the videos under ``out/videos/``
-    (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``.
+    (symlinks, or copies with ``link=False``), keeping their paths relative to ``root``;
+    ``activitynet`` writes the frame folders it cuts from the videos instead (:func:`cut_segments`).
     """
     if fmt not in READERS:
         raise DataError(f"unknown annotation format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -555,6 +890,8 @@ def import_dataset(fmt: str, root: str | Path, annotations: str | Path, out: str
         raise DataError(f"video root {root} is not a folder")
     listing = READERS[fmt](root, annotations, split)
     _check_classes(annotations, listing.classes)
+    if listing.segments:
+        cut_segments(listing, out / VIDEOS_DIR)
     write_problems(out / REPORT, listing.problems)
     _write_warnings(out / WARNINGS, listing.warnings)
     if not listing.videos:
