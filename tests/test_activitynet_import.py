@@ -13,11 +13,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-from test_annotations import manifest, rows
+from test_annotations import import_cli, manifest, rows
 
-from opplan.cli import cli
 from opplan.config import PrepareParams
 from opplan.data.annotations import REPORT, SHORT_SEGMENT, WARNINGS, AnnotationFileError, import_dataset
 from opplan.data.dataset import read_videos
@@ -196,8 +194,7 @@ def test_where_decord_fails_pyav_decodes_from_the_start(activitynet: tuple[Path,
 
 def test_activitynet_from_the_cli(activitynet: tuple[Path, Path], tmp_path: Path) -> None:
     root, notes = activitynet
-    ok = CliRunner().invoke(cli, ["data", "import", "--format", "activitynet", "--root", str(root), "--annotations",
-                                  str(notes), "--out", str(tmp_path / "data")])
+    ok = import_cli("activitynet", root, notes, tmp_path / "data")
     assert ok.exit_code == 0, ok.output
     assert "imported 7 videos of 2 classes" in ok.output and "10 problem(s)" in ok.output
     assert "3 warning(s)" in ok.output

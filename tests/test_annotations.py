@@ -32,6 +32,12 @@ def report(out: Path) -> list[tuple[str, int, str]]:
     return rows(out / REPORT)
 
 
+def import_cli(fmt: str, root: Path, annotations: Path, out: Path):
+    """``opplan data import --format FMT`` through the CLI, as a user types it."""
+    return CliRunner().invoke(cli, ["data", "import", "--format", fmt, "--root", str(root), "--annotations",
+                                    str(annotations), "--out", str(out)])
+
+
 def manifest(out: Path) -> list[tuple[str, str, str]]:
     entries, _, problems = read_manifest(out)
     assert problems == []

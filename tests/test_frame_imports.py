@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
-from test_annotations import manifest, rows
+from test_annotations import import_cli, manifest, rows
 
-from opplan.cli import cli
 from opplan.config import PrepareParams
 from opplan.data.annotations import REPORT, WARNINGS, import_dataset
 from opplan.data.dataset import read_videos
@@ -145,11 +143,9 @@ def test_ssv1(ssv1: tuple[Path, Path], tmp_path: Path) -> None:
 
 def test_ssv1_from_the_cli_and_without_its_labels(ssv1: tuple[Path, Path], tmp_path: Path) -> None:
     root, notes = ssv1
-    ok = CliRunner().invoke(cli, ["data", "import", "--format", "ssv1", "--root", str(root), "--annotations",
-                                  str(notes), "--out", str(tmp_path / "data")])
+    ok = import_cli("ssv1", root, notes, tmp_path / "data")
     assert ok.exit_code == 0, ok.output
     assert "imported 4 videos of 3 classes" in ok.output and "3 problem(s)" in ok.output
     (notes / "something-something-v1-labels.csv").unlink()
-    bad = CliRunner().invoke(cli, ["data", "import", "--format", "ssv1", "--root", str(root), "--annotations",
-                                   str(notes), "--out", str(tmp_path / "x")])
+    bad = import_cli("ssv1", root, notes, tmp_path / "x")
     assert bad.exit_code == 2 and "something-something-v1-labels.csv: annotation file not found" in bad.output
