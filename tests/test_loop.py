@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_config
 from torch import nn
 
 from opplan import device as dev
 from opplan.config import Params, TrainParams
-from opplan.params_file import parse_params
 from opplan.errors import ParamsError
+from opplan.params_file import parse_params
+from opplan.progress import PlanProgress, Progress, duration
 from opplan.train import loop
 from opplan.train.loop import DivergedError, LoopOptions, predict, train_epoch
-from opplan.train.progress import PassProgress, PlanProgress, duration
-from tiny import tiny_config
 
 CPU = torch.device("cpu")
 
@@ -260,19 +260,31 @@ class Clock:
 
 def test_pass_progress_is_rate_limited_and_says_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    meter = PassProgress("cs/8/0.01 epoch 3: training ", total=1000, every=60, clock=clock)
-    with caplog.at_level(logging.INFO, logger="opplan.train.progress"):
+    meter = Progress("cs/8/0.01 epoch 3: training ", total=1000, every=60, clock=clock)
+    with caplog.at_level(logging.INFO, logger="opplan.progress"):
         for _ in range(10):
             clock.now += 10
             meter.update(20)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["cs/8/0.01 epoch 3: training 120/1000 clips (12 %), 2.0 clips/s, ETA 7m20s"]
-    assert PassProgress("", None, None).line(0.0).endswith("elapsed")
+    assert Progress("", None, None).line(0.0).endswith("elapsed")
+
+
+def test_progress_of_a_resumed_run_rates_only_the_new_work_and_logs_the_last_item(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    meter = Progress("prepare: decoded ", total=100, every=15, unit="videos", done=90, at_end=True, clock=clock)
+    with caplog.at_level(logging.INFO, logger="opplan.progress"):
+        for _ in range(10):
+            clock.now += 1
+            meter.update(1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "prepare: decoded 100/100 videos (100 %), 1.0 videos/s, ETA 0s"]
 
 
 def test_train_epoch_logs_progress_when_asked(caplog: pytest.LogCaptureFixture) -> None:
     model = Tiny()
-    with caplog.at_level(logging.INFO, logger="opplan.train.progress"):
+    with caplog.at_level(logging.INFO, logger="opplan.progress"):
         train_epoch(model, batches(3), torch.optim.SGD(model.parameters(), lr=0.1), CPU, progress="x epoch 1: ",
                     options=LoopOptions(progress_seconds=0))
     assert [r.getMessage().split(",")[0] for r in caplog.records] == [f"x epoch 1: training {4 * k} clips"
@@ -285,7 +297,7 @@ def test_plan_progress_counts_transitions_also_from_futures(caplog: pytest.LogCa
     run = progress.wrap(lambda src, dst, record: f"{src}->{dst}")
     future: Future[str] = Future()
     submit = progress.wrap(lambda src, dst, record: future)
-    with caplog.at_level(logging.INFO, logger="opplan.train.progress"):
+    with caplog.at_level(logging.INFO, logger="opplan.progress"):
         assert run("S0", "a", None) == "S0->a"
         clock.now += 75
         assert submit("a", "b", None) is future

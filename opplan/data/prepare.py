@@ -36,7 +36,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,6 +53,7 @@ from opplan.data.shards import SHARD_RE, ShardWriter, encode_jpeg_video, full_di
 from opplan.data.splits import check_classes, stratified_split, validation_count
 from opplan.errors import DataError
 from opplan.fileio import atomic_write_json, atomic_write_text
+from opplan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ ESTIMATE_SAMPLE = 8
 """Videos decoded (evenly spaced through the manifest) to estimate the shards' size."""
 KILL_AFTER_ENV = "OPPLAN_PREPARE_KILL_AFTER"
 """Test hook: SIGKILL this process after that many videos are stored (the resume test)."""
+PROGRESS_SECONDS = 15.0
+"""Decoding progress in the log at most this often, and when the last video is done."""
 VIDEO_COLUMNS = ("index", "path", "label", "label_index", "split", "num_frames", "shard", "offset", "height", "width")
 
 
@@ -280,23 +282,6 @@ def _decode_all(paths: list[str], cfg: PrepareParams) -> Iterator[Stored]:
             yield decoded
 
 
-class _Progress:
-    """Logs every ``every`` items, every ``seconds`` and at the end, with rate and ETA."""
-
-    def __init__(self, total: int, every: int, seconds: float = 15.0, skipped: int = 0) -> None:
-        self.total, self.every, self.seconds, self.skipped = total, max(1, every), seconds, skipped
-        self.start = self.last = time.perf_counter()
-
-    def step(self, done: int) -> None:
-        now = time.perf_counter()
-        if done % self.every and done != self.total and now - self.last < self.seconds:
-            return
-        self.last, elapsed = now, now - self.start
-        rate = (done - self.skipped) / elapsed if elapsed > 0 else float("inf")
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        log.info("prepare: %d/%d videos decoded, %.1f videos/s, ETA %.0f s", done, self.total, rate, eta)
-
-
 def prepare_dataset(root: str | Path, out: str | Path, cfg: PrepareParams, *, seed: int) -> dict:
     """Decode the dataset folder ``root`` into shards in ``out``; returns the summary
     written to ``prepare.json``. Raises :class:`DataError` when the dataset is missing
@@ -342,12 +327,12 @@ def _decode_into(writer: ShardWriter, entries: list[Entry], root: Path, cfg: Pre
     start = resumed["consumed"] if resumed else 0
     rows = resumed["rows"] if resumed else []
     bad = [tuple(b) for b in resumed["bad"]] if resumed else []
-    progress = _Progress(len(entries), every=max(len(entries) // 10, 1), skipped=start)
+    progress = Progress("prepare: decoded ", len(entries), PROGRESS_SECONDS, unit="videos", done=start, at_end=True)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, 0))
     truncated = 0
     todo = entries[start:]
     for done, (entry, stored) in enumerate(zip(todo, _decode_all([str(root / e.path) for e in todo], cfg)), start + 1):
-        progress.step(done)
+        progress.update(1)
         if stored.data is None:
             bad.append((entry.path, stored.reason))
             continue

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opplan import distributed
+from opplan import names as n
 from opplan.config import Params
 from opplan.documents import PlanDocument
 from opplan.errors import OpplanError
@@ -26,13 +27,12 @@ from opplan.planning.dp import plan_path
 from opplan.planning.drawing import draw_graph
 from opplan.planning.graph import graph_from_params
 from opplan.planning.records import PlanResult, TransitionRecord
+from opplan.progress import PlanProgress
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
 from opplan.stages.transitions import TransitionRunner
 from opplan.stages.workers import plan_with_workers, worker_devices
-from opplan import names as n
 from opplan.stats import margin_in_se
 from opplan.tracking.client import Tracker, flatten
-from opplan.train.progress import PlanProgress
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)

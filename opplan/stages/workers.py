@@ -16,17 +16,17 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from opplan import signals
 from opplan.config import Params
 from opplan.errors import OpplanError
-from opplan import signals
 from opplan.logs import configure_logging
 from opplan.planning.decisions import Bar, Rule
 from opplan.planning.graph import Node, State, TransitionGraph, graph_from_params
 from opplan.planning.records import PlanResult, TransitionRecord
 from opplan.planning.scheduler import plan_path_parallel
+from opplan.progress import PlanProgress
 from opplan.stages.transitions import TransitionRunner
 from opplan.tracking.client import Tracker
-from opplan.train.progress import PlanProgress
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)

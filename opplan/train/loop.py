@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from opplan import distributed
 from opplan.device import uses_cudagraphs
-from opplan.train.progress import PassProgress
+from opplan.progress import Progress
 from opplan.train.objective import Objective
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class LoopOptions:
     channels_last: bool = False
     """Inputs in channels-last 3D layout, for a model converted to it."""
     progress_seconds: float | None = None
-    """Log progress within the pass at most this often (:class:`PassProgress`); None: never."""
+    """Log progress within the pass at most this often (:class:`opplan.progress.Progress`); None: never."""
     check_every: int = CHECK_EVERY
     """With an optimizer that can skip a step on the device (``fused=True``), read losses back
     and check them for divergence every this many batches; otherwise before every step."""
@@ -84,7 +84,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     skips = _skips_on_device(optimizer) and not scaler.is_enabled()
     losses = _Losses(progress, options.check_every)
-    meter = PassProgress(f"{progress}training ", _clips_per_pass(loader), _every(options))
+    meter = Progress(f"{progress}training ", _clips_per_pass(loader), _every(options))
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for clip, label in loader:
@@ -255,7 +255,7 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, *,
     """
     model.eval()
     scores, labels = [], []
-    meter = PassProgress(f"{what}evaluating ", _clips_per_pass(loader), _every(options))
+    meter = Progress(f"{what}evaluating ", _clips_per_pass(loader), _every(options))
     for clip, label in loader:
         clip = _to_device(clip, device, options)
         with _autocast(device, options.amp):

@@ -1,5 +1,6 @@
-"""Progress of long work in the log: within an epoch (clips done, clips/s, ETA) and over a
-planning (transitions done of the graph's total, elapsed time, time left at the rate so far).
+"""Progress of long work in the log, one reporter for all of it: items done of a total at a
+rate with the time left (:class:`Progress`: videos decoded by ``prepare``, clips of a training
+or validation pass) and transitions done over a planning (:class:`PlanProgress`).
 
 Plain log lines, rate-limited, so that they read well under ``dvc repro`` and in a log
 file: an epoch of Kinetics-400 takes about an hour on one GPU.
@@ -28,36 +29,37 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class PassProgress:
-    """One pass over a loader: ``update(clips)`` after each batch logs, at most every
-    ``every`` seconds (None: never; 0: every batch), the clips done of ``total``, the rate
-    and the time left."""
+class Progress:
+    """``update(n)`` after each chunk of work logs, at most every ``every`` seconds (None:
+    never; 0: every update), the ``unit`` done of ``total``, the rate and the time left; with
+    ``at_end`` also when the last one is done. ``done`` items were done before (a resumed run):
+    they count towards the total, not the rate."""
 
-    def __init__(self, what: str, total: int | None, every: float | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.what, self.total, self.every, self.clock = what, total, every, clock
+    def __init__(self, what: str, total: int | None, every: float | None, *, unit: str = "clips",
+                 done: int = 0, at_end: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.total, self.every, self.unit, self.at_end, self.clock = what, total, every, unit, at_end, clock
         self.start = self.last = clock()
-        self.done = 0
+        self.done = self.resumed = done
 
-    def update(self, clips: int) -> None:
-        self.done += clips
+    def update(self, n: int) -> None:
+        self.done += n
         if self.every is None:
             return
         now = self.clock()
-        if now - self.last < self.every:
+        if now - self.last < self.every and not (self.at_end and self.done == self.total):
             return
         self.last = now
         log.info("%s", self.line(now))
 
     def line(self, now: float) -> str:
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else float("nan")
+        rate = (self.done - self.resumed) / elapsed if elapsed > 0 else float("nan")
         if self.total:
             left = (self.total - self.done) / rate if rate > 0 else float("nan")
             eta = duration(left) if left == left else "?"
-            return (f"{self.what}{self.done}/{self.total} clips ({100 * self.done / self.total:.0f} %), "
-                    f"{rate:.1f} clips/s, ETA {eta}")
-        return f"{self.what}{self.done} clips, {rate:.1f} clips/s, {duration(elapsed)} elapsed"
+            return (f"{self.what}{self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f} %), "
+                    f"{rate:.1f} {self.unit}/s, ETA {eta}")
+        return f"{self.what}{self.done} {self.unit}, {rate:.1f} {self.unit}/s, {duration(elapsed)} elapsed"
 
 
 class PlanProgress:
