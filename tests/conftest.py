@@ -9,33 +9,15 @@ import pytest
 
 # --- tracking: MLflow's process-wide URIs (owner: tracking) ------------------------------
 
-_MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-
-
 @pytest.fixture(autouse=True)
 def mlflow_process_uris_restored() -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs, and their variables, as before each test.
+    """MLflow's process-wide URIs and their variables as before each test: a test that set
+    ``MLFLOW_TRACKING_URI`` sent every later test's runs to its own store (two tests of
+    test_stages failed after test_serving in one process)."""
+    from opplan.tracking.model import process_uris_restored
 
-    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``, which opplan reads as the
-    user's store: a test that set it sent every later test's runs to its own store (two tests
-    of test_stages failed after test_serving in one process)."""
-    import os
-
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    env = {name: os.environ.get(name) for name in _MLFLOW_URI_VARIABLES}
-    before = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    yield
-    if (tracking_utils._tracking_uri, registry_utils._registry_uri) != before:
-        mlflow.set_tracking_uri(before[0])
-        registry_utils._registry_uri = before[1]
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with process_uris_restored():
+        yield
 
 
 # --- data: a tiny synthetic dataset and its shards (owner: data layer) -------------------

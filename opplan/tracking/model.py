@@ -109,30 +109,37 @@ _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @contextmanager
-def _process_uris(uri: str) -> Iterator[None]:
-    """``uri`` as MLflow's process-wide tracking and registry URI for the block, as before after.
-
-    ``mlflow.pyfunc.load_model`` resolves ``runs:/`` and ``models:/`` through the process-wide
-    URIs, and ``mlflow.set_tracking_uri`` also writes them into ``MLFLOW_TRACKING_URI``, which
-    opplan reads as the user's choice of store (docs/operations.md): left set, every later
-    stage in this process would write to this store instead of its params' one."""
+def process_uris_restored() -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs, and their variables, as before the
+    block: ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``, which opplan reads
+    as the user's choice of store (docs/operations.md); left set, every later stage in this
+    process would write to that store instead of its params' one."""
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     env = {name: os.environ.get(name) for name in _URI_VARIABLES}
     before = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before[0])
-        registry_utils._registry_uri = before[1]  # set_registry_uri(None) keeps the variable
+        if (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)) != before:
+            mlflow.set_tracking_uri(before[0])
+            registry_utils._registry_uri = before[1]  # set_registry_uri(None) keeps the variable
         for name, value in env.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def _process_uris(uri: str) -> Iterator[None]:
+    """``uri`` as MLflow's process-wide tracking and registry URI for the block, as before after:
+    ``mlflow.pyfunc.load_model`` resolves ``runs:/`` and ``models:/`` through them."""
+    with process_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
 
 
 def load_bundle(uri: str, tracking_uri: str) -> Any:
