@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from opplan.params_file import load_params
 from opplan.errors import OpplanError
+from opplan.params_file import load_params
 from opplan.report.collect import read_store
 from opplan.report.compare import Comparison, compare_all
 from opplan.report.tables import cost_text, pct, points, times

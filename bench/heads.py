@@ -27,13 +27,12 @@ import torch
 
 
 def run(shards: Path, mode: str, seed: int, epochs: int, work: Path, lr_scale: float = 1.0) -> dict:
+    import opplan
     from opplan.params_file import load_params
     from opplan.stages.baselines import Candidate, build_schedule
     from opplan.stages.scoring import score_model
     from opplan.train.schedule import train_schedule
     from opplan.train.setup import TrainSetup
-
-    import opplan
 
     params = load_params(Path(opplan.__file__).resolve().parent.parent / "params.yaml")  # that version's demo
     data = params.model_dump()

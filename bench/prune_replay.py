@@ -18,8 +18,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from opplan.params_file import load_params
 from opplan.documents import PlanDocument
+from opplan.params_file import load_params
 from opplan.planning.decisions import Bar, Rule
 from opplan.planning.dp import plan_path
 from opplan.planning.graph import graph_from_params

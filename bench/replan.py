@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from opplan.config import Params
-from opplan.params_file import load_params  # noqa: E402
+from opplan.config import Params  # noqa: E402
 from opplan.documents import PlanDocument  # noqa: E402
 from opplan.logs import configure_logging  # noqa: E402
+from opplan.params_file import load_params  # noqa: E402
 from opplan.report.compare import path_steps  # noqa: E402
 from opplan.report.summary import steps_text  # noqa: E402
 

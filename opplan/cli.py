@@ -14,7 +14,7 @@ import importlib
 import click
 
 from opplan import signals
-from opplan.errors import OpplanError, user_message
+from opplan.errors import user_message
 from opplan.logs import configure_logging
 
 # name -> ("module:attribute" of a click command or group, one-line help)

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from opplan.params_file import dump_params, load_params, preset_path
 from opplan.errors import OpplanError
+from opplan.params_file import dump_params, load_params, preset_path
 
 PARAMS_ARG = click.argument("params_path", metavar="[PARAMS]", default="params.yaml", type=click.Path(dir_okay=False))
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from opplan.params_file import load_params
 from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
+from opplan.params_file import load_params
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def predict(videos: tuple[str, ...], model_ref: str, params_path: str, clips: in
     exit status is 1.
     """
     from opplan.device import pick_device
-    from opplan.inference import decode, scores, top_k as best, video_views
+    from opplan.inference import decode, scores, video_views
+    from opplan.inference import top_k as best
 
     bundle = load_any(model_ref, params_path)
     target = pick_device(device)

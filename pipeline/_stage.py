@@ -9,9 +9,9 @@ from typing import Any
 
 from opplan import signals
 from opplan.config import Params
-from opplan.params_file import load_params
 from opplan.errors import OpplanError, user_message
 from opplan.logs import configure_logging
+from opplan.params_file import load_params
 
 
 def run_stage(work: Callable[[Params], Any], *, trains: bool = False) -> None:

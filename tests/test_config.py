@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from opplan.cli import cli
 from opplan.config import Params
-from opplan.params_file import PRESETS_DIR, load_params
 from opplan.errors import ParamsError
+from opplan.params_file import PRESETS_DIR, load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,6 @@ import torch
 
 from opplan.config import Params
 from opplan.device import CPU_ISA_ENV, pin_cpu
-from opplan.errors import OpplanError
 
 ROOT = Path(__file__).resolve().parent.parent
 

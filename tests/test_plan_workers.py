@@ -16,8 +16,8 @@ from tiny import tiny_config
 
 from opplan import tracking as t
 from opplan.config import Params
-from opplan.params_file import dump_params
 from opplan.data.shards import write_checksums
+from opplan.params_file import dump_params
 from opplan.planning.graph import graph_from_params
 from opplan.stages.common import config_hash, planning_config
 from opplan.stages.plan import run_plan

@@ -13,8 +13,14 @@ import pytest
 
 from opplan.config import PrepareParams, TrainParams
 from opplan.data.dataset import ClipDataset, read_videos
-from opplan.data.prepare import KILL_AFTER_ENV, PARTIAL_JSON, decode_video, estimate_dataset, prepare_dataset, \
-    resample_indices
+from opplan.data.prepare import (
+    KILL_AFTER_ENV,
+    PARTIAL_JSON,
+    decode_video,
+    estimate_dataset,
+    prepare_dataset,
+    resample_indices,
+)
 from opplan.data.shards import ShardReader, verify_shards
 from opplan.data.synth import SynthConfig, synthesize
 from opplan.errors import DataError

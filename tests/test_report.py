@@ -735,8 +735,8 @@ def test_report_follows_the_planning_that_plan_json_names_and_says_when_the_stor
     for run_id in (applied, latest):
         tracker.end_run(run_id, t.STATUS_FINISHED)
     (tmp_path / "plan.json").write_text(json.dumps(workspace_plan(applied)))
-    from opplan.report.collect import read_store
     from opplan.report import workspace_planning_run
+    from opplan.report.collect import read_store
 
     assert read_store(uri, "x", workspace_plan=workspace_planning_run(Path("plan.json"))).primary == applied
     assert read_store(uri, "x").primary == latest

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from tiny import tiny_config, with_current_hash
 
+from opplan import names as n
 from opplan.cli import cli
 from opplan.config import Params
 from opplan.stages.common import final_state
 from opplan.stages.evaluate import run_evaluate
 from opplan.stages.final import run_final
-from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.train.checkpoint import MODEL_FILE
 from opplan.train.setup import TrainSetup

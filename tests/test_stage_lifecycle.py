@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from tiny import tiny_config, with_current_hash
 
+from opplan import names as n
 from opplan.config import Params
 from opplan.stages.baselines import run_baselines
 from opplan.stages.common import WORK_ROOT
 from opplan.stages.final import run_final
 from opplan.stages.plan import run_plan
-from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.store import ensure_store
 

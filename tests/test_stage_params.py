@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_dvc_deps import script_of, source_files
 
 from opplan import dependencies as d
 from opplan.config import Params
 from opplan.params_file import load_params, parse_params
 from opplan.stages.common import config_hash, planning_config, stage_config
-from test_dvc_deps import script_of, source_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,12 +15,12 @@ import yaml
 from tiny import tiny_config, with_current_hash
 
 from opplan import documents
+from opplan import names as n
 from opplan.config import Params
 from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_text, file_digest
 from opplan.stages import evaluate, final
-from opplan import names as n
 from opplan.tracking.client import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny import tiny_params, transition_runs
 
 from opplan import tracking as t
 from opplan.config import Params
@@ -17,7 +18,6 @@ from opplan.stages.baselines import run_baselines
 from opplan.stages.evaluate import run_evaluate
 from opplan.stages.final import run_final
 from opplan.stages.plan import run_plan
-from tiny import tiny_params, transition_runs
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from opplan.cli import cli
 from opplan.errors import OpplanError
+from opplan.stats import verdict
 from opplan.study.config import load_study, provenance
 from opplan.study.grid import extension_needed, interior, matched_budget, pick
-from opplan.stats import verdict
 from opplan.study.stats import p_text, t_interval, two_level_bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,9 +19,9 @@ from mlflow.protos import databricks_pb2 as codes
 from mlflow.store.entities.paged_list import PagedList
 
 from opplan import tracking as t
+from opplan.errors import OpplanError
 from opplan.tracking import client as tracking_client
 from opplan.tracking import retries
-from opplan.errors import OpplanError
 
 URI = "http://tracking.example:5000"
 REFUSED = MlflowException(

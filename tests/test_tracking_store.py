@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2 as codes
 
+from opplan import names as n
 from opplan.cli import cli
 from opplan.errors import OpplanError
-from opplan import names as n
 from opplan.tracking import retries
 from opplan.tracking.client import Tracker, open_store
 from opplan.tracking.store import half_made

@@ -62,8 +62,8 @@ def import_(fmt: str, root: str, annotations: str, split: int, out: str, link: b
               help="The params file.")
 def prepare(params_path: str) -> None:
     """Decode the dataset into frame shards and split it (the `prepare` stage)."""
-    from opplan.params_file import load_params
     from opplan.data.prepare import prepare_from_params
+    from opplan.params_file import load_params
 
     summary = prepare_from_params(load_params(params_path))
     click.echo(f"prepared {summary['videos']} videos ({summary['splits']}), {summary['bad_videos']} bad")
@@ -74,8 +74,8 @@ def prepare(params_path: str) -> None:
               help="The params file.")
 def estimate(params_path: str) -> None:
     """Estimate the shards' size from a sample of videos and the free space (what `prepare` checks first)."""
-    from opplan.params_file import load_params
     from opplan.data.prepare import estimate_dataset
+    from opplan.params_file import load_params
 
     params = load_params(params_path)
     result = estimate_dataset(params.data.root, params.prepare.out, params.prepare)
@@ -88,8 +88,8 @@ def estimate(params_path: str) -> None:
 @click.option("--quick", is_flag=True, help="Only sizes and sampled bytes (the check every training stage makes).")
 def verify(params_path: str, quick: bool) -> None:
     """Check every frame shard against the checksums `prepare` wrote (full SHA-256 by default)."""
-    from opplan.params_file import load_params
     from opplan.data.shards import CHECKSUMS, verify_shards
+    from opplan.params_file import load_params
 
     out = load_params(params_path).prepare.out
     digest = verify_shards(out, full=not quick)

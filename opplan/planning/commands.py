@@ -16,12 +16,12 @@ import click
 from pydantic import ValidationError
 
 from opplan.config import PlanParams
-from opplan.params_file import load_params
 from opplan.errors import ParamsError
+from opplan.params_file import load_params
 from opplan.planning.curves import read_curve, read_curves
 from opplan.planning.drawing import draw_graph
-from opplan.planning.graph import KINDS, TransitionGraph, graph_from_params
 from opplan.planning.fitting import FUNCTIONS, table1
+from opplan.planning.graph import KINDS, TransitionGraph, graph_from_params
 from opplan.planning.knee import replay
 
 PAPER_TABLE1 = "paper, 162 curves: RMSE 1.007e-3 .. 1.063e-3, R² 0.320 .. 0.360"

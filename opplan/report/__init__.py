@@ -24,8 +24,7 @@ from opplan.report.collect import StoreData, read_store
 from opplan.report.compare import Comparison, compare, compare_all, current_grid
 from opplan.report.render import write_markdown, write_tables
 from opplan.report.summary import missing_notes, summary_paragraph
-from opplan.report.tables import (Table, comparison_table, finished_curves, table1, table3, table5,
-                                   transitions_table)
+from opplan.report.tables import Table, comparison_table, finished_curves, table1, table3, table5, transitions_table
 
 __all__ = ["run_report"]
 

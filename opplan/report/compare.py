@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opplan import stats
 from opplan import tracking as t
 from opplan.documents import Diagnosis, PlanDocument
 from opplan.predictions import mean_over_runs, paired, unpaired_reason
 from opplan.report.collect import EVAL_METRICS, StoreData, pick_final
-from opplan import stats
 from opplan.stats import DEFAULT_MARGIN, Estimate, PairedComparison, paired_compare, seed_estimate, video_estimate
 
 SECONDS_PER_HOUR = 3600.0

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opplan import names as n
 from opplan.config import Params
 from opplan.documents import BaselinesDocument
-from opplan.stats import best_candidate
 from opplan.planning.graph import State
 from opplan.stages.common import WORK_ROOT, config_hash, project_lock, require_shards, stage_config
 from opplan.stages.repeats import retrain_and_score, seeds, steps_scale, train_and_score
 from opplan.stages.workers import map_with_workers, worker_devices
-from opplan import names as n
+from opplan.stats import best_candidate
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run
 from opplan.train.schedule import ScheduledEpoch

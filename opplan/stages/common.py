@@ -13,9 +13,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from opplan.config import Params
+from opplan.data.shards import shards_fingerprint, verify_shards
 from opplan.dependencies import result_values
 from opplan.documents import FinalRecord, PlanDocument
-from opplan.data.shards import shards_fingerprint, verify_shards
 from opplan.errors import OpplanError
 from opplan.planning.graph import State, parse_state
 

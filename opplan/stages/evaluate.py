@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from opplan import names as n
 from opplan.config import Params
 from opplan.documents import FinalRecord
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_savefig, atomic_write_json, file_digest
+from opplan.predictions import log_predictions
 from opplan.stages.common import FINAL_RECORD, final_state, require_current, require_file, require_shards
 from opplan.stages.scoring import score_model
-from opplan import names as n
 from opplan.tracking.client import Tracker, open_store, resolve_uri
 from opplan.train.checkpoint import MODEL_FILE
-from opplan.predictions import log_predictions
 from opplan.train.setup import TrainSetup
 
 log = logging.getLogger(__name__)

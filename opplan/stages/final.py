@@ -12,16 +12,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from opplan import names as n
 from opplan.config import Params
 from opplan.documents import FinalRecord, PlanDocument
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_text, file_digest
 from opplan.planning.graph import parse_state
 from opplan.stages.common import (
-    FINAL_RECORD, FULL_TRAIN, WORK_ROOT, final_state, project_lock, require_current, require_shards,
+    FINAL_RECORD,
+    FULL_TRAIN,
+    WORK_ROOT,
+    final_state,
+    project_lock,
+    require_current,
+    require_shards,
 )
 from opplan.stages.repeats import optimizer_steps, retrain_and_score, seeds, steps_scale
-from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import MODEL_FILE, clear_work_dir

@@ -13,12 +13,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opplan import names as n
 from opplan.config import Params, TrainParams
 from opplan.planning.graph import State
 from opplan.predictions import log_predictions
 from opplan.stages.common import FULL_TRAIN, WORK_ROOT
 from opplan.stages.scoring import score_model
-from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Claim, Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir

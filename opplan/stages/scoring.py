@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from opplan import distributed
+from opplan import names as n
 from opplan.planning.graph import State
 from opplan.predictions import predictions_json
 from opplan.stats import per_video_scores
-from opplan import names as n
 from opplan.train.loop import accuracy, confusion_matrix, mean_class_accuracy, topk_accuracy
 from opplan.train.setup import TrainSetup
 

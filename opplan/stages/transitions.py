@@ -12,11 +12,11 @@ import logging
 import math
 from pathlib import Path
 
+from opplan import names as n
 from opplan.fileio import atomic_write_json
 from opplan.planning.decisions import Bar
 from opplan.planning.graph import Node, State
 from opplan.planning.records import PRUNED, TransitionRecord
-from opplan import names as n
 from opplan.tracking.client import Tracker
 from opplan.tracking.lifecycle import Work, claim_run, log_summary_once
 from opplan.train.checkpoint import clear_work_dir

@@ -39,9 +39,9 @@ def run_candidate(params: Params, shards: Path, c: Candidate, folder: Path) -> d
     """Train ``c`` from S0 on internal train and score it on internal validation (the
     evaluation protocol: ``evaluate.clips`` x ``evaluate.crops``); its core-seconds are this
     process's CPU time (user + system) over both."""
+    from opplan.train.loop import accuracy
     from opplan.train.schedule import train_schedule
     from opplan.train.setup import TrainSetup
-    from opplan.train.loop import accuracy
 
     start_cpu, start_wall = cpu_seconds(), time.perf_counter()
     setup = TrainSetup(params, shards)

@@ -12,19 +12,18 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pydantic import ValidationError
 
 from opplan.config import AUTHORS_PLAN, Params
-from opplan.params_file import load_params
 from opplan.errors import OpplanError
 from opplan.fileio import atomic_write_json
+from opplan.params_file import load_params
 from opplan.study.config import StudyConfig
 from opplan.study.cost import cpu_seconds
 
@@ -147,9 +146,9 @@ def retrain(params: Params, rep: Path, schedule: list[Any], state: Any, kind: st
             tags: dict[str, Any], ids: list[str], labels: list[int]) -> dict[str, Any]:
     """One retrain on train + val with the replicate's seed (:func:`opplan.stages.repeats.retrain_and_score`,
     reused from MLflow when finished), with its per-video held-out correctness by video id."""
+    from opplan import names as n
     from opplan.predictions import per_video
     from opplan.stages.repeats import retrain_and_score
-    from opplan import names as n
     from opplan.tracking.client import Tracker
 
     with working_in(rep):
@@ -169,13 +168,13 @@ def retrain(params: Params, rep: Path, schedule: list[Any], state: Any, kind: st
 
 def run_replicate(cfg: StudyConfig, root: Path, work: Path, seed: int, shards: Path, workers: int
                   ) -> dict[str, Any]:
+    from opplan import names as n
     from opplan.documents import PlanDocument
     from opplan.stages.baselines import Candidate, build_schedule, candidates
     from opplan.stages.common import config_hash, final_state, stage_config
-    from opplan.stages.repeats import steps_scale
     from opplan.stages.final import path_schedule
+    from opplan.stages.repeats import steps_scale
     from opplan.study import grid as g
-    from opplan import names as n
 
     rep = work / f"rep{seed}"
     rep.mkdir(parents=True, exist_ok=True)

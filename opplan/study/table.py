@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from opplan.stats import verdict
 from opplan.study.config import StudyConfig
 from opplan.study.run import correctness
-from opplan.stats import verdict
 from opplan.study.stats import t_interval, two_level_bootstrap
 
 

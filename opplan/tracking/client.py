@@ -26,8 +26,18 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from opplan.config import TrackingParams
 from opplan.errors import OpplanError
 from opplan.names import (
-    ARTIFACT_CHECKPOINT, ARTIFACT_CHECKPOINT_DIR, BASELINES_SUFFIX, ENV_URI, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG,
-    STATUS_FAILED, STATUS_FINISHED, STATUS_KILLED, TAG_CHECKPOINT_SHA256, TAG_CREATE_TOKEN, TAG_STATUS,
+    ARTIFACT_CHECKPOINT,
+    ARTIFACT_CHECKPOINT_DIR,
+    BASELINES_SUFFIX,
+    ENV_URI,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_KILLED,
+    TAG_CHECKPOINT_SHA256,
+    TAG_CREATE_TOKEN,
+    TAG_STATUS,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
 from opplan.tracking.store import SQLITE, check_readable, ensure_store, sqlite_path

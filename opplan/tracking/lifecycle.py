@@ -29,8 +29,8 @@ from typing import Any
 
 from mlflow.entities import Run
 
-from opplan.tracking.client import Tracker
 from opplan.names import ENDED, M_EPOCHS_TRAINED, STATUS_KILLED, STATUS_RUNNING, TAG_STATUS
+from opplan.tracking.client import Tracker
 from opplan.train.checkpoint import clear_work_dir, latest_epoch_state, run_work_dir
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,13 @@ from opplan import names as n
 from opplan.models import set_bn_freeze
 from opplan.planning.graph import State
 from opplan.train.checkpoint import (
-    MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
+    MODEL_FILE,
+    epoch_state_path,
+    latest_epoch_state,
+    load_epoch_state,
+    save_epoch_state,
+    save_model,
+    set_rng_state,
 )
 from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from opplan import distributed
+from opplan import names as n
 from opplan.fileio import atomic_write_json
 from opplan.planning.decisions import Bar
 from opplan.planning.fitting import KneeFit
@@ -37,9 +38,14 @@ from opplan.planning.graph import State
 from opplan.planning.knee import KeepStart, KneeDecision, KneeStopper, keep_start_rule, optimistic_bound
 from opplan.planning.records import PRUNED
 from opplan.stats import mean_se, per_video_scores
-from opplan import names as n
 from opplan.train.checkpoint import (
-    MODEL_FILE, epoch_state_path, latest_epoch_state, load_epoch_state, save_epoch_state, save_model, set_rng_state,
+    MODEL_FILE,
+    epoch_state_path,
+    latest_epoch_state,
+    load_epoch_state,
+    save_epoch_state,
+    save_model,
+    set_rng_state,
 )
 from opplan.train.loop import DivergedError
 from opplan.train.setup import TrainSetup
