@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tiny import tiny_config
 
 from opplan.cli import cli
+from opplan.config import Params
 from opplan.errors import OpplanError
+from opplan.stages.baselines import Candidate
 from opplan.stats import verdict
 from opplan.study.config import load_study, provenance
-from opplan.study.grid import extension_needed, interior, matched_budget, pick
+from opplan.study.grid import extension_needed, interior, matched_budget, pick, result_path, run_candidate
 from opplan.study.stats import p_text, t_interval, two_level_bootstrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,3 +277,14 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert len(done) == 2 and [p.stat().st_mtime_ns for p in done] == stamps
     assert json.loads((tmp_path / "out" / "results.json").read_text())["comparisons"] == doc["comparisons"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_grid_candidate_keeps_its_result_and_drops_its_epoch_states(tiny_shards: Path, tmp_path: Path) -> None:
+    params = Params.model_validate(tiny_config(tiny_shards))
+    c = Candidate("cs", "l1-lN", "step", 2)
+    row = run_candidate(params, tiny_shards, c, tmp_path)
+    assert row["status"] == "finished" and 0.0 <= row["val_top1"] <= 1.0 and row["epochs_trained"] == 2
+    assert result_path(tmp_path, c).is_file()
+    assert not (tmp_path / "work" / "cs_l1-lN_step_2").exists()

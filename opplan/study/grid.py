@@ -39,6 +39,7 @@ def run_candidate(params: Params, shards: Path, c: Candidate, folder: Path) -> d
     """Train ``c`` from S0 on internal train and score it on internal validation (the
     evaluation protocol: ``evaluate.clips`` x ``evaluate.crops``); its core-seconds are this
     process's CPU time (user + system) over both."""
+    from opplan.train.checkpoint import clear_work_dir
     from opplan.train.loop import accuracy
     from opplan.train.schedule import train_schedule
     from opplan.train.setup import TrainSetup
@@ -58,6 +59,7 @@ def run_candidate(params: Params, shards: Path, c: Candidate, folder: Path) -> d
         row["val_top1"] = accuracy(*setup.predict(model, "val", state, mode="test"))
     row |= {"core_seconds": cpu_seconds() - start_cpu, "wall_seconds": time.perf_counter() - start_wall}
     atomic_write_json(result_path(folder, c), row)
+    clear_work_dir(work)  # its epoch states: the result file is what a rerun reads (a grid is hundreds of them)
     log.info("grid %s: val top-1 %s, %.0f core-s", c.name, row["val_top1"], row["core_seconds"])
     return row
 
