@@ -25,24 +25,33 @@ def raw(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def without_version(path: Path) -> str:
+    """``path``'s text as a version 1 file written before ``schema_version`` existed."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert lines[1] == f'  "schema_version": {SCHEMA_VERSION},\n'  # written first, as `new` does
+    return "".join(lines[:1] + lines[2:])
+
+
 @pytest.mark.parametrize(("kind", "path"), COMMITTED, ids=lambda v: getattr(v, "name", ""))
 def test_the_committed_files_read_back_identically(kind: type[Document], path: Path, tmp_path: Path) -> None:
     document = kind.read(path)
     assert document.to_json() == raw(path)
     document.write(tmp_path / "again.json")  # as a stage writes it: the same bytes
     assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
-    assert "schema_version" not in document.to_json()  # a file of version 1 made before the field existed
+    assert next(iter(document.to_json())) == "schema_version"
 
 
 @pytest.mark.parametrize(("kind", "path"), COMMITTED, ids=lambda v: getattr(v, "name", ""))
-def test_a_new_document_is_the_old_bytes_with_the_schema_version_first(kind: type[Document], path: Path,
-                                                                       tmp_path: Path) -> None:
-    new = kind.new(raw(path))
-    new.write(tmp_path / "new.json")
-    lines = (tmp_path / "new.json").read_text(encoding="utf-8").splitlines(keepends=True)
-    assert lines[1] == f'  "schema_version": {SCHEMA_VERSION},\n'
-    assert "".join(lines[:1] + lines[2:]) == path.read_text(encoding="utf-8")
-    assert kind.read(tmp_path / "new.json") == new == kind.read(path)
+def test_a_file_from_before_the_schema_version_reads_as_version_1_and_keeps_its_bytes(
+        kind: type[Document], path: Path, tmp_path: Path) -> None:
+    (tmp_path / "old.json").write_text(without_version(path), encoding="utf-8")
+    old = kind.read(tmp_path / "old.json")
+    assert old == kind.read(path) and old.schema_version == SCHEMA_VERSION
+    assert "schema_version" not in old.to_json()
+    old.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "old.json").read_bytes()
+    kind.new(old.to_json()).write(tmp_path / "new.json")  # a new one from its fields: the committed bytes
+    assert (tmp_path / "new.json").read_bytes() == path.read_bytes()
 
 
 def test_what_the_planner_writes_is_a_plan_document() -> None:

@@ -233,6 +233,8 @@ def test_ui_links_open_the_transitions_with_their_columns_and_compare_the_path(p
     view = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags[SHARED_VIEW_TAG + key])
     assert {"metrics.`V`", "metrics.`V_se`", "metrics.`chosen_epoch`", "tags.`opplan.on_path`"} <= set(
         view["selectedColumns"])
+    # sorted by V, best first: sorted by start time, MLflow nests them under a closed parent row
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`V`", False)
     planning = tracker.search({t.TAG_KIND: t.KIND_PLANNING})[-1].info.run_id
     found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
     assert len(found) == len(transition_runs(params)) and planning in view["searchFilter"]

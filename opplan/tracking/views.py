@@ -41,10 +41,13 @@ def transitions_filter(planning_run_id: str) -> str:
             f"tags.`mlflow.parentRunId` = '{planning_run_id}'")
 
 
-def view_state(search_filter: str, columns: Sequence[tuple[str, str]]) -> dict:
-    """A shared view's JSON: the filter, the sort and the selected columns (keys of MLflow's UI state)."""
+def view_state(search_filter: str, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]) -> dict:
+    """A shared view's JSON: the filter, the sort and the selected columns (keys of MLflow's UI
+    state). Sorted by start time, the UI nests child runs under their parent, closed (and a
+    shared view cannot open them), so a planning's transitions would hide under one row; sorted
+    by a column, the table lists them flat."""
     ids = [column_id(section, key) for section, key in columns]
-    return {"searchFilter": search_filter, "orderByKey": "attributes.start_time", "orderByAsc": True,
+    return {"searchFilter": search_filter, "orderByKey": column_id(*order_by), "orderByAsc": False,
             "selectedColumns": ids, "columnOrder": [], "runListHidden": False, "viewMaximized": False}
 
 
@@ -93,7 +96,7 @@ def planning_links(uri: str, experiment: str, base_url: str) -> list[Link]:
             planning = plannings[-1]
             pid = planning.info.run_id
             key = view_key(pid)
-            state = view_state(transitions_filter(pid), TRANSITION_COLUMNS)
+            state = view_state(transitions_filter(pid), TRANSITION_COLUMNS, order_by=("metrics", n.M_SCORE))
             store.set_experiment_tag(SHARED_VIEW_TAG + key, json.dumps(state))
             links.append(Link(f"transitions of planning {planning.info.run_name}",
                               runs_table_url(base_url, store.experiment_id, key)))
