@@ -211,6 +211,20 @@ def test_png_is_written(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_the_graph_figure_has_a_legend_for_every_mark(tmp_path, monkeypatch):
+    from opplan.planning import drawing
+
+    saved = []
+    monkeypatch.setattr(drawing, "atomic_savefig", lambda fig, path, **kw: saved.append(fig))
+    graph = build_graph(["us"], [8, 16], [0.1, 0.01], kind="basic")
+    draw_graph(graph, tmp_path / "plain.png")
+    draw_graph(graph, tmp_path / "path.png", chosen=["us/8/0.1", "us/16/0.1"], labels={("S0", "us/8/0.1"): "3ep / 0.5"})
+    legends = [[text.get_text() for text in fig.axes[0].get_legend().get_texts()] for fig in saved]
+    assert legends[0] == ["edge (a transition)", "final state (thick rim)"]
+    assert legends[1] == ["edge (trained: kept epoch t* / score V)", "chosen path", "state on the chosen path",
+                          "final state (thick rim)"]
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs a /proc folder, where nothing can be made")
 def test_graph_png_where_nothing_can_be_written_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["graph", "--png", "/proc/x.png"])

@@ -49,6 +49,25 @@ def _chosen_edges(chosen: Sequence[Node | str] | None) -> tuple[set[str], set[tu
     return set(names), set(zip(names, names[1:]))
 
 
+def _legend_handles(on_path: set[str], labels: Mapping[tuple[str, str], str], pruned: bool) -> list:
+    """A legend entry for every colour and mark the figure uses."""
+    from matplotlib.lines import Line2D
+
+    def ring(label: str, **style) -> Line2D:
+        return Line2D([], [], linestyle="none", marker="o", markersize=10, label=label,
+                      **{"markerfacecolor": "#dbe9f6", "markeredgecolor": "0.2", **style})
+
+    handles = [Line2D([], [], color="0.35", linewidth=1.0,
+                      label="edge (trained: kept epoch t* / score V)" if labels else "edge (a transition)"),
+               ring("final state (thick rim)", markeredgewidth=2.5)]
+    if on_path:
+        handles[1:1] = [Line2D([], [], color="tab:red", linewidth=2.2, label="chosen path"),
+                        ring("state on the chosen path", markerfacecolor="#fde0dc", markeredgecolor="tab:red")]
+    if pruned:
+        handles.append(ring("pruned from the graph", markerfacecolor="none", markeredgecolor="0.7"))
+    return handles
+
+
 def draw_graph(graph: TransitionGraph, path: str | Path, *, chosen: Sequence[Node | str] | None = None,
                labels: Mapping[tuple[str, str], str] | None = None) -> Path:
     """Draw ``graph`` as a PNG like the paper's Figure 1 (and Figures 4/5 with ``chosen``/``labels``).
@@ -57,7 +76,7 @@ def draw_graph(graph: TransitionGraph, path: str | Path, *, chosen: Sequence[Nod
     ``S0`` on the left, an arrow per edge; final states drawn with a thick rim, grid
     positions pruned from the graph as dotted rings. ``chosen`` (a path, ``S0`` first or
     not, nodes or names) is drawn in red; ``labels`` maps ``(src_name, dst_name)`` to a
-    text written on that edge (epochs, scores).
+    text written on that edge (epochs, scores). A legend names every colour and mark.
     """
     path = Path(path)
     import matplotlib
@@ -121,6 +140,8 @@ def draw_graph(graph: TransitionGraph, path: str | Path, *, chosen: Sequence[Nod
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(f"{graph.kind} transition graph ({len(graph.edges)} edges)", fontsize=10)
+    ax.legend(handles=_legend_handles(on_path, labels, any(node not in kept for node in pos)), loc="lower left",
+              fontsize=7, frameon=False)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=130)
     return path
