@@ -51,7 +51,7 @@ def test_plan_logs_one_nested_run_per_edge_and_a_path_of_the_graph(planned: tupl
         tags, metrics = run.data.tags, run.data.metrics
         assert tags[t.TAG_STATUS] == t.STATUS_FINISHED
         assert tags[t.TAG_SAMPLING] == "cs" and tags[t.TAG_CLIP_LENGTH] in ("4", "8")
-        assert run.info.run_name == f"{tags[t.TAG_DST]} ← {tags[t.TAG_SRC]}"  # the destination shows first
+        assert run.info.run_name.removeprefix(t.PATH_MARK) == f"{tags[t.TAG_DST]} ← {tags[t.TAG_SRC]}"  # dst first
         assert {t.M_SCORE, t.M_FITTED, t.M_OBSERVED, t.M_CHOSEN_EPOCH, t.M_EPOCHS_TRAINED} <= set(metrics)
         curve = tracker.history(run.info.run_id, t.M_VAL_ACC)
         assert [step for step, _ in curve] == list(range(int(metrics[t.M_EPOCHS_TRAINED]) + 1))
@@ -239,6 +239,9 @@ def test_ui_links_open_the_transitions_with_their_columns_and_compare_the_path(p
     found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
     assert len(found) == len(transition_runs(params)) and planning in view["searchFilter"]
     on_path = {r.info.run_id for r in transition_runs(params) if r.data.tags[t.TAG_ON_PATH] == "true"}
+    for run in transition_runs(params):  # the path marked where the table shows it, the name kept otherwise
+        tags = run.data.tags
+        assert run.info.run_name == (t.PATH_MARK if run.info.run_id in on_path else "") + f"{tags[t.TAG_DST]} ← {tags[t.TAG_SRC]}"
     assert set(json.loads(unquote(compare).split("runs=")[1].split("&")[0])) == on_path
     document = json.loads((project / "plan.json").read_text())
     assert len(on_path) == len(document["path"]) - 1

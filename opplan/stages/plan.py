@@ -29,7 +29,7 @@ from opplan.planning.graph import graph_from_params
 from opplan.planning.records import PlanResult, TransitionRecord
 from opplan.progress import PlanProgress
 from opplan.stages.common import WORK_ROOT, config_hash, planning_config, project_lock, require_shards
-from opplan.stages.transitions import TransitionRunner
+from opplan.stages.transitions import TransitionRunner, run_name
 from opplan.stages.workers import plan_with_workers, worker_devices
 from opplan.stats import margin_in_se
 from opplan.tracking.client import Tracker, flatten
@@ -152,13 +152,14 @@ def diagnose_planning(params: Params, shards: Path, result: PlanResult) -> list[
 def log_decisions(tracker: Tracker, parent: str, result: PlanResult, findings: list[Finding]) -> None:
     """Each DP choice's runner-up and margin on the chosen transition's run, every other
     finished transition's margin to the one chosen over it, and ``opplan.on_path`` on every
-    transition; the path's smallest margin, the final choice and the diagnosis on the
+    transition (with its run name, marked on the path); the path's smallest margin, the final choice and the diagnosis on the
     planning run."""
     on_path = {(r.src, r.dst) for r in result.transitions}
     for record in result.records:
         if record.run_id is None:
             continue
-        tags = {n.TAG_ON_PATH: str((record.src, record.dst) in on_path).lower()}
+        chosen = (record.src, record.dst) in on_path
+        tags = {n.TAG_ON_PATH: str(chosen).lower(), n.TAG_RUN_NAME: run_name(record.src, record.dst, on_path=chosen)}
         margin, versus = _margin_of(result, record)
         if versus is not None:
             tags[n.TAG_DP_VERSUS] = versus

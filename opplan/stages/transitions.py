@@ -31,10 +31,12 @@ def transition_name(src: Node, dst: State) -> str:
     return f"{src.name} → {dst.name}"
 
 
-def run_name(src: Node, dst: State) -> str:
+def run_name(src: str, dst: str, *, on_path: bool = False) -> str:
     """The run's name in MLflow: the destination first, so that a cut name still tells
-    siblings apart (the runs table shows about 15 characters)."""
-    return f"{dst.name} ← {src.name}"
+    siblings apart (the runs table shows about 15 characters); once planned, a transition on
+    the chosen path is renamed with :data:`~opplan.names.PATH_MARK` in front, which the runs
+    table shows in its first column (the ``opplan.on_path`` tag column sits far right)."""
+    return f"{n.PATH_MARK if on_path else ''}{dst} ← {src}"
 
 
 class TransitionRunner:
@@ -45,7 +47,7 @@ class TransitionRunner:
         self.tracker, self.parent_id, self.setup, self.work_dir = tracker, parent_id, setup, work_dir
 
     def work(self, src: Node, dst: State) -> Work:
-        return Work(label=transition_name(src, dst), run_name=run_name(src, dst),
+        return Work(label=transition_name(src, dst), run_name=run_name(src.name, dst.name),
                     key={n.TAG_KIND: n.KIND_TRANSITION, n.TAG_SRC: src.name, n.TAG_DST: dst.name},
                     tags={n.TAG_SAMPLING: dst.sampling, n.TAG_CLIP_LENGTH: dst.clip_length, n.TAG_LR: f"{dst.lr:g}"},
                     work_root=self.work_dir / "transitions", progress_metric=n.M_VAL_ACC, parent_id=self.parent_id)
