@@ -659,6 +659,7 @@ def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
     text = summary_paragraph(cmp, "e")
     assert ("**Planning diagnosis: at_chance: every transition within 2 SE of chance (what to change: higher "
             "plan.lrs).**") in text
+    assert len(text.splitlines()) > 1 and all(line.startswith("- ") for line in text.splitlines())  # one point a line
     ok = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None, None,
                     0, 0, noise=Noise(None, None, None, None, None, None, None, None, Diagnosis(ok=True, findings=())))
     assert "diagnosis" not in summary_paragraph(ok, "e")

@@ -28,14 +28,15 @@ def _cost(seconds: float, epochs: float) -> str:
 
 
 def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
-    """One paragraph: path, held-out accuracy, HS, and the cost ratio; says plainly if OP loses."""
+    """The summary as a Markdown list, one point a line: path, diagnosis, held-out accuracy,
+    fidelity, OP against HS with the verdict, the grid, and the cost ratio; says plainly if OP loses."""
     if cmp is None:
         return (f"Experiment `{experiment}` has no planning run yet: there is no chosen path to report "
                 f"(run `dvc repro --force plan`: a plain `dvc repro plan` does nothing when DVC sees no "
                 f"change, e.g. after the planning run was deleted). Only the hand-tuned grid is shown below.")
     parts = [_path_sentence(cmp), _diagnosis_sentence(cmp), _evaluation_sentence(cmp), _fidelity_sentence(cmp),
              _selected_sentence(cmp), _hs_sentence(cmp), _cost_sentence(cmp)]
-    return " ".join(p for p in parts if p)
+    return "\n".join(f"- {p}" for p in parts if p)
 
 
 def _diagnosis_sentence(cmp: Comparison) -> str:
