@@ -220,3 +220,43 @@ def test_an_experiment_first_made_in_a_temporary_copy_keeps_its_artifacts_in_the
     assert logged.read_text() == "{}"
     assert (repo / "mlflow.db").is_file()
     assert sorted(p.name for p in copy.iterdir()) == ["plan.json"]
+
+
+KILLED_MID_WRITE = """
+import os, signal, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("pragma cache_size = 10")  # pages spill to the file before commit: a hot journal
+con.execute("begin")
+con.execute("create table filler (x blob)")
+for _ in range(2000):
+    con.execute("insert into filler values (?)", (os.urandom(2000),))
+con.execute("update runs set name = 'garbled'")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_opens_with_its_runs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILL during planning can leave ``mlflow.db-journal`` beside the store: SQLite's read-only
+    connection then answers SQLITE_READONLY_ROLLBACK, which was once taken for "not an SQLite
+    database" and refused the resumed plan (CI, test_resume). SQLite rolls the journal back."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    run_id = Tracker(uri, "demo", artifact_root=tmp_path / "mlartifacts").create_run("r", {n.TAG_KIND: n.KIND_FINAL})
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db)], check=False)
+    assert killed.returncode == -9 and (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the state the check met
+        with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
+            con.execute("select count(*) from runs").fetchone()
+
+    assert not half_made(db)
+    result = CliRunner().invoke(cli, ["report", "--tracking-uri", uri])
+    assert "is not an MLflow store" not in result.output, result.output
+    run = Tracker(uri, "demo", artifact_root=tmp_path / "mlartifacts").get_run(run_id)
+    assert run.info.run_name == "r"  # the killed transaction was rolled back, not kept
+    with sqlite3.connect(db) as con:
+        assert "filler" not in {row[0] for row in con.execute("select name from sqlite_master")}

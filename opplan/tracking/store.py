@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock
@@ -72,6 +73,8 @@ def check_readable(uri: str) -> None:
     whatever database it is given (a 0-byte file, or one with other tables, gains MLflow's
     schema), and a file that is not SQLite gives a long SQLAlchemy traceback. A missing file is
     left to the caller (it says what to run). Other stores (servers, folders) pass as they are.
+    The one write: a database left mid-transaction by a killed writer is rolled back first, by
+    SQLite itself (``_connect``), as any client's next connection would.
     """
     db = sqlite_path(uri)
     if db is None or not db.exists():
@@ -80,8 +83,8 @@ def check_readable(uri: str) -> None:
         raise OpplanError(f"{db} is a folder, not an MLflow SQLite store; pass the database file (--tracking-uri / "
                           f"tracking.uri)")
     try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+        with _connect(db) as con:
+            tables = _tables(con)
     except sqlite3.DatabaseError:
         tables = None
     except OSError as exc:
@@ -93,14 +96,41 @@ def check_readable(uri: str) -> None:
                           f"(--tracking-uri / tracking.uri, e.g. sqlite:///mlflow.db)")
 
 
+_RECOVER = {"SQLITE_READONLY_ROLLBACK", "SQLITE_READONLY_RECOVERY"}
+"""SQLite's answers to a read-only connection on a database whose last writer was killed
+mid-transaction (a hot journal, or a WAL to recover): any read-write connection repairs it."""
+
+
+@contextlib.contextmanager
+def _connect(db: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to ``db``; where a writer was killed mid-transaction, SQLite's own
+    recovery first (a read-write connection rolls the hot journal back, as MLflow's next
+    connection would), never creating a file. A SIGKILL during planning leaves such a store."""
+    uri, mode = db.resolve().as_uri(), "ro"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{uri}?mode=ro", uri=True)) as con:
+            _tables(con)
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", None) not in _RECOVER:
+            raise
+        log.info("the MLflow store %s was left mid-transaction by a killed writer: SQLite rolls it back", db)
+        mode = "rw"
+    with contextlib.closing(sqlite3.connect(f"{uri}?mode={mode}", uri=True)) as con:
+        yield con
+
+
+def _tables(con: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+
+
 def half_made(db: Path) -> bool:
     """Whether ``db`` is a store whose creation was cut short: its schema is not MLflow's
     latest and it holds no run (a store of an older MLflow with runs is the user's to upgrade)."""
     from mlflow.store.db.utils import _get_latest_schema_revision  # the head of MLflow's migrations
 
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+        with _connect(db) as con:
+            tables = _tables(con)
             version = con.execute("select version_num from alembic_version").fetchone() \
                 if "alembic_version" in tables else None
             runs = con.execute("select count(*) from runs").fetchone()[0] if "runs" in tables else 0
