@@ -42,6 +42,7 @@ TAG_DP_RUNNER_UP = "opplan.dp_runner_up"  # transition chosen into its state: th
 TAG_DP_VERSUS = "opplan.dp_versus"  # every finished transition: the source its dp_margin_se is measured against
 TAG_ON_PATH = "opplan.on_path"  # transition: "true" on the chosen path, "false" off it (set after the DP)
 TAG_RUN_NAME = "mlflow.runName"  # MLflow's own tag of a run's name: setting it renames the run
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag of a nested run's parent
 PATH_MARK = "★ "  # in front of the run name of a transition on the chosen path (set with TAG_ON_PATH)
 TAG_DP_TIE = "opplan.dp_tie"  # "true": chosen within the noise for fewer epochs (plan.decision: within_se)
 TAG_FINAL_RUNNER_UP = "opplan.final_runner_up"  # planning: the runner-up final state

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import runpy
 import shutil
 import tempfile
@@ -463,7 +464,11 @@ def test_table1_refits_the_finished_curves(store: dict[str, Any], reports: dict[
 @SLOW
 def test_planned_v_and_the_final_model_in_the_same_signal(reports: dict[str, Path]) -> None:
     hmdb = reports["hmdb"].read_text()  # evaluated with heldout_plan_signal: the same metric and protocol
-    assert "internal validation) against 60.4% for the final model in the same signal on the held-out split" in hmdb
+    assert "internal validation) against 0.604 for the final model in the same signal on the held-out split" in hmdb
+    # V in one unit everywhere: the fraction MLflow logs and the figures draw (held-out top-1 stays in %)
+    assert re.search(r"planned score V = 0\.\d{4} \(a fraction, as MLflow logs it\)", hmdb)
+    rows = [line for line in hmdb.splitlines() if line.startswith("| S0 → ")]
+    assert rows and all(re.search(r"\| 0\.\d{4} \| 0\.\d{4} \| 0\.\d{4} \|", row) for row in rows), rows
     assert "(top1, fitted, 1 clip, internal validation)" in hmdb
     ucf = reports["ucf"].read_text()  # an older evaluation without it: says the metrics differ
     assert "50.0% single-view top-1 on the held-out split for the final model (another metric" in ucf
@@ -649,20 +654,20 @@ def test_explicit_uri_wins_over_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 def test_the_planning_diagnosis_is_stated_with_what_to_change() -> None:
     from opplan.report.compare import Comparison, Cost, Noise
-    from opplan.report.summary import summary_paragraph
+    from opplan.report.summary import summary_points
 
     diagnosis = Diagnosis.model_validate({"ok": False, "findings": [
         {"code": "at_chance", "seen": "every transition within 2 SE of chance", "change": "higher plan.lrs"}]})
     noise = Noise(None, None, None, None, None, None, None, None, diagnosis)
     cmp = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None,
                      None, 0, 0, noise=noise)
-    text = summary_paragraph(cmp, "e")
+    text = summary_points(cmp, "e")
     assert ("**Planning diagnosis: at_chance: every transition within 2 SE of chance (what to change: higher "
             "plan.lrs).**") in text
     assert len(text.splitlines()) > 1 and all(line.startswith("- ") for line in text.splitlines())  # one point a line
     ok = Comparison("e", "run", "h" * 16, "finished", None, None, Cost(1.0, 1.0, 1.0), None, None, None, None, None,
                     0, 0, noise=Noise(None, None, None, None, None, None, None, None, Diagnosis(ok=True, findings=())))
-    assert "diagnosis" not in summary_paragraph(ok, "e")
+    assert "diagnosis" not in summary_points(ok, "e")
 
 
 def test_figures_share_the_y_scale_and_label_axes_and_marks(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from opplan.report import figures as fig
 from opplan.report.collect import StoreData, read_store
 from opplan.report.compare import Comparison, compare, compare_all, current_grid
 from opplan.report.render import write_markdown, write_tables
-from opplan.report.summary import missing_notes, summary_paragraph
+from opplan.report.summary import missing_notes, summary_points
 from opplan.report.tables import Table, comparison_table, finished_curves, table1, table3, table5, transitions_table
 
 __all__ = ["run_report"]
@@ -58,7 +58,7 @@ def run_report(params: Params, *, tracking_uri: str | None = None, out: str | No
     write_tables(tables, out_dir)
     path = write_markdown(out_dir / REPORT_NAME, title=f"opplan report: {data.experiment}",
                           source=f"*Every number below is read from the MLflow store `{uri}`.*",
-                          summary=summary_paragraph(primary, data.experiment), tables=tables, figures=figures,
+                          summary=summary_points(primary, data.experiment), tables=tables, figures=figures,
                           notes=notes)
     log.info("report written to %s (%d tables, %d figures)", path, len(tables), len(figures))
     return path

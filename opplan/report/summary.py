@@ -9,7 +9,7 @@ from opplan import tracking as t
 from opplan.documents import Finding
 from opplan.report.collect import StoreData
 from opplan.report.compare import Arm, Comparison, Step
-from opplan.report.tables import duration, interval, pct, points, verdict_text
+from opplan.report.tables import duration, frac, interval, pct, points, verdict_text
 
 
 def path_text(cmp: Comparison) -> str:
@@ -27,7 +27,7 @@ def _cost(seconds: float, epochs: float) -> str:
     return f"{duration(seconds)}, {epochs:.0f} epochs"
 
 
-def summary_paragraph(cmp: Comparison | None, experiment: str) -> str:
+def summary_points(cmp: Comparison | None, experiment: str) -> str:
     """The summary as a Markdown list, one point a line: path, diagnosis, held-out accuracy,
     fidelity, OP against HS with the verdict, the grid, and the cost ratio; says plainly if OP loses."""
     if cmp is None:
@@ -64,11 +64,11 @@ def _fidelity_sentence(cmp: Comparison) -> str:
         return ""
     signal = cmp.evaluation.get(t.M_HELDOUT_SIGNAL)
     if signal is not None:  # the same metric and protocol on both sides
-        text = (f"Planned V {pct(cmp.score, 1)}% ({cmp.signal}, internal validation) against {pct(signal, 1)}% "
+        text = (f"Planned V {frac(cmp.score)} ({cmp.signal}, internal validation) against {frac(signal)} "
                 f"for the final model in the same signal on the held-out split (single-view top-1 "
                 f"{pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}%)")
     else:
-        text = (f"Planned V {pct(cmp.score, 1)}% ({cmp.signal}, internal validation) against "
+        text = (f"Planned V {frac(cmp.score)} ({cmp.signal}, internal validation) against "
                 f"{pct(cmp.evaluation[t.M_SINGLE_VIEW_TOP1])}% single-view top-1 on the held-out split for the "
                 f"final model (another metric unless V is top-1; `opplan evaluate` again gives the same one)")
     noise = cmp.noise
@@ -99,7 +99,7 @@ def _path_sentence(cmp: Comparison) -> str:
     if cmp.path is None:
         return (f"{where} has not finished (status {cmp.planning_status or 'unknown'}; no plan.json): "
                 f"there is no chosen path yet.")
-    score = f", planned score V = {pct(cmp.score, 2)}%" if cmp.score is not None else ""
+    score = f", planned score V = {frac(cmp.score, 4)} (a fraction, as MLflow logs it)" if cmp.score is not None else ""
     return f"{where} chose the path {path_text(cmp)}: {cmp.path_epochs} epochs in total{score}."
 
 

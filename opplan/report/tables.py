@@ -50,6 +50,12 @@ def pct(x: float | None, digits: int = 1) -> str:
     return DASH if missing(x) else f"{100 * x:.{digits}f}"
 
 
+def frac(x: float | None, digits: int = 3) -> str:
+    """A validation score as the fraction MLflow logs and the figures draw: ``0.77778 -> "0.778"``
+    (V, its SE and the knee's f(t*), y(t*); accuracies on the held-out split are in %)."""
+    return DASH if missing(x) else f"{x:.{digits}f}"
+
+
 def points(delta: float | None) -> str:
     """A difference of fractions in percentage points, signed: ``"+0.7"``, ``"−1.2"``."""
     if missing(delta):
@@ -340,22 +346,22 @@ def transitions_table(transitions: pd.DataFrame, cmp: Comparison) -> Table:
     display = pd.DataFrame({
         "Transition": [f"{s} → {d}" for s, d in zip(data.src, data.dst)], "Status": data.status,
         "Epochs": [_int(v) for v in data.epochs_trained], "t*": [_int(v) for v in data.knee_t],
-        "Fitted f(t*)": [pct(v, 2) for v in data.fitted], "Observed y(t*)": [pct(v, 2) for v in data.observed],
-        "V": [pct(v, 2) for v in data.V], "RMSE": [_sci(v) for v in data.knee_rmse],
+        "Fitted f(t*)": [frac(v, 4) for v in data.fitted], "Observed y(t*)": [frac(v, 4) for v in data.observed],
+        "V": [frac(v, 4) for v in data.V], "RMSE": [_sci(v) for v in data.knee_rmse],
         "R²": [_fixed(v) for v in data.knee_r2], "Seconds": [_fixed(v, 0) for v in data.compute_seconds],
         "On path": ["yes" if v else "" for v in data.on_path],
     })
     if t.M_SCORE_SE in data and data[t.M_SCORE_SE].notna().any():  # planning with per-transition SEs
-        display.insert(display.columns.get_loc("V") + 1, "± SE", [pct(v, 2) for v in data[t.M_SCORE_SE]])
+        display.insert(display.columns.get_loc("V") + 1, "± SE", [frac(v, 4) for v in data[t.M_SCORE_SE]])
     if t.M_DP_MARGIN_SE in data and data[t.M_DP_MARGIN_SE].notna().any():
         display["DP margin (SE)"] = [_fixed(v, 1) for v in data[t.M_DP_MARGIN_SE]]
     if t.M_CAPPED in data and (data[t.M_CAPPED].fillna(0) > 0).any():
         display["Capped"] = ["capped" if v and v > 0 else "" for v in data[t.M_CAPPED]]
     if t.M_PRUNE_BOUND in data and data[t.M_PRUNE_BOUND].notna().any():  # plan.prune stopped some
-        display["Pruned: bound < bar"] = [f"{pct(b, 2)} < {pct(r, 2)}" if pd.notna(b) else ""
+        display["Pruned: bound < bar"] = [f"{frac(b, 4)} < {frac(r, 4)}" if pd.notna(b) else ""
                                           for b, r in zip(data[t.M_PRUNE_BOUND], data[t.M_PRUNE_BAR])]
     note = ("Epochs: trained in the transition; t*: the knee, the epoch kept (its contribution to the path); "
-            "fitted, observed and V in %.")
+            "fitted, observed, V and its SE as fractions, as MLflow logs them and the figures draw them.")
     if "DP margin (SE)" in display:
         note += (" DP margin: the chosen incoming transition's V minus the runner-up's, in standard errors of "
                  "the difference (below about 2: a coin flip).")

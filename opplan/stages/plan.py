@@ -152,8 +152,8 @@ def diagnose_planning(params: Params, shards: Path, result: PlanResult) -> list[
 def log_decisions(tracker: Tracker, parent: str, result: PlanResult, findings: list[Finding]) -> None:
     """Each DP choice's runner-up and margin on the chosen transition's run, every other
     finished transition's margin to the one chosen over it, and ``opplan.on_path`` on every
-    transition (with its run name, marked on the path); the path's smallest margin, the final choice and the diagnosis on the
-    planning run."""
+    transition (with its run name, marked on the path); the path's smallest margin, the final
+    choice and the diagnosis on the planning run."""
     on_path = {(r.src, r.dst) for r in result.transitions}
     for record in result.records:
         if record.run_id is None:

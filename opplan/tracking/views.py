@@ -38,12 +38,12 @@ def column_id(section: str, key: str) -> str:
 def transitions_filter(planning_run_id: str) -> str:
     """The search filter of one planning's transitions (MLflow's search syntax)."""
     return (f"tags.`{n.TAG_KIND}` = '{n.KIND_TRANSITION}' and "
-            f"tags.`mlflow.parentRunId` = '{planning_run_id}'")
+            f"tags.`{n.TAG_PARENT_RUN}` = '{planning_run_id}'")
 
 
 def view_state(search_filter: str, columns: Sequence[tuple[str, str]], order_by: tuple[str, str]) -> dict:
-    """A shared view's JSON: the filter, the sort and the selected columns (keys of MLflow's UI
-    state). Sorted by start time, the UI nests child runs under their parent, closed (and a
+    """A shared view's JSON: the filter, the sort (always descending: the best V first) and the
+    selected columns (keys of MLflow's UI state). Sorted by start time, the UI nests child runs under their parent, closed (and a
     shared view cannot open them), so a planning's transitions would hide under one row; sorted
     by a column, the table lists them flat."""
     ids = [column_id(section, key) for section, key in columns]
