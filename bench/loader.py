@@ -23,6 +23,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
+from torchvision import tv_tensors
 
 from opplan.config import PrepareParams, TrainParams
 from opplan.data import sampling
@@ -78,12 +79,15 @@ def bench_setting(work: Path, label: str, seconds: float, quality: int) -> list[
     paths = [str(data / p) for p in videos["path"]]
     transform = train_transform(train)
 
-    def shard_reader(codec: str) -> Callable[[int, np.ndarray], np.ndarray]:
+    def shard_reader(codec: str, chw: bool = False) -> Callable[[int, np.ndarray], np.ndarray | torch.Tensor]:
+        """uint8 (T, H, W, 3) frames; ``chw``: the (T, 3, H, W) video the training loader transforms."""
         reader, table = readers[codec]
         rows = table[["shard", "offset", "num_frames", "height", "width"]].to_numpy()
 
-        def read(v: int, idx: np.ndarray) -> np.ndarray:
+        def read(v: int, idx: np.ndarray) -> np.ndarray | torch.Tensor:
             shard, offset, n, h, w = rows[v]
+            if chw:
+                return tv_tensors.Video(reader.frames_chw(shard, int(offset), (int(n), int(h), int(w)), idx))
             return reader.frames(shard, int(offset), (int(n), int(h), int(w)), idx)
         return read
 
@@ -93,12 +97,14 @@ def bench_setting(work: Path, label: str, seconds: float, quality: int) -> list[
 
     plan = clip_plan(list(videos["num_frames"]), length, 100)
     readers_by_name = {"raw": shard_reader("raw"), "jpeg": shard_reader("jpeg"), "mp4": from_mp4}
+    videos_by_name = {"raw": shard_reader("raw", chw=True), "jpeg": shard_reader("jpeg", chw=True),
+                      "mp4": lambda v, i: to_video(from_mp4(v, i))}  # as ClipDataset gives them to the transform
     lines = [f"{label}: bytes/frame raw {stored['raw'] / frames_total:,.0f}, jpeg q{quality} "
              f"{stored['jpeg'] / frames_total:,.0f} (1/{stored['raw'] / stored['jpeg']:.1f})"]
     for what in ("frames", "clips"):
         rates = {}
         for name, read in readers_by_name.items():
-            fn = read if what == "frames" else (lambda f: lambda v, i: transform(to_video(f(v, i))))(read)
+            fn = read if what == "frames" else (lambda f: lambda v, i: transform(f(v, i)))(videos_by_name[name])
             rates[name] = rate(fn, plan, seconds)
         lines.append(f"  {what:6s} clips/s per core: raw {rates['raw']:7.1f}  jpeg {rates['jpeg']:7.1f}  "
                      f"mp4 (decord) {rates['mp4']:6.1f}   raw/jpeg x{rates['raw'] / rates['jpeg']:.2f}")

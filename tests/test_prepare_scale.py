@@ -59,6 +59,10 @@ def test_jpeg_shards_read_back_close_to_raw_and_smaller(dataset: Path, tmp_path:
         fb = rb.frames(row_b.shard, row_b.offset, shape, idx).astype(int)
         assert fa.shape == fb.shape and np.abs(fa - fb).mean() < 6, row_a.path
         assert (fb[2] == fb[3]).all()
+        for reader, row in ((ra, row_a), (rb, row_b)):  # the transforms' (N, 3, H, W): the same frames, any order
+            for order in (idx, idx[:3], np.sort(idx[:3])):
+                chw = reader.frames_chw(row.shard, row.offset, shape, order).numpy()
+                assert (chw.transpose(0, 2, 3, 1) == reader.frames(row.shard, row.offset, shape, order)).all()
     train = TrainParams(crop_size=32, scale_jitter=(40, 48), eval_short_side=40)
     clips = [ClipDataset(d, "train", sampling="cs", clip_length=8, mode="train", train=train)[1][0] for d in (raw, jpeg)]
     assert clips[0].shape == clips[1].shape == (3, 8, 32, 32)

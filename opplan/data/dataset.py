@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import tv_tensors
 
 from opplan.config import EvaluateParams, TrainParams
 from opplan.data import sampling
 from opplan.data.manifest import CLASSES, read_classes
 from opplan.data.prepare import VIDEO_COLUMNS, VIDEOS_CSV
 from opplan.data.shards import ShardReader, is_jpeg
-from opplan.data.transforms import MultiCrop, eval_transform, to_video, train_transform
+from opplan.data.transforms import MultiCrop, eval_transform, train_transform
 from opplan.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,10 @@ class ClipDataset(Dataset):
         other.seed, other.epoch = int(seed), int(epoch)
         return other
 
+    def _video(self, index: int, offset: int, shape: tuple[int, int, int], indices: np.ndarray) -> tv_tensors.Video:
+        """uint8 (len(indices), 3, H, W): the chosen frames of video ``index``, as the transforms take them."""
+        return tv_tensors.Video(self._reader.frames_chw(self._shard[index], offset, shape, indices))
+
     def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         """``key``: an index, or ``(seed, epoch, index)`` from an :class:`EpochSampler` (the
         clip of ``index`` for that seed and epoch, as ``reseeded(seed, epoch)[index]``)."""
@@ -105,20 +110,20 @@ class ClipDataset(Dataset):
             seeds = np.random.SeedSequence([seed, epoch, int(index)])
             indices = sampling.train_clip(n, self.clip_length, self.sampling, np.random.default_rng(seeds),
                                           self.snippet)
-            frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices)
+            frames = self._video(index, offset, (n, height, width), indices)
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(int(seeds.generate_state(1)[0]))
-                clip = self._transform(to_video(frames))
+                clip = self._transform(frames)
             return clip.permute(1, 0, 2, 3).contiguous(), label
         clips = self.evaluate.clips if self.mode == "test" else self.val_clips
         indices = sampling.spaced_clips(n, self.clip_length, self.sampling, clips, self.snippet)  # (K, T)
-        frames = self._reader.frames(self._shard[index], offset, (n, height, width), indices.reshape(-1))
+        frames = self._video(index, offset, (n, height, width), indices.reshape(-1))
         if self.mode == "val" and clips == 1:
-            return self._transform(to_video(frames)).permute(1, 0, 2, 3).contiguous(), label
+            return self._transform(frames).permute(1, 0, 2, 3).contiguous(), label
         if self.mode == "val":  # (K*T, 3, S, S) -> (K, 3, T, S, S)
-            views = self._transform(to_video(frames)).unflatten(0, (clips, self.clip_length))
+            views = self._transform(frames).unflatten(0, (clips, self.clip_length))
             return views.permute(0, 2, 1, 3, 4).contiguous(), label
-        views = self._transform(to_video(frames))  # (crops, K*T, 3, S, S)
+        views = self._transform(frames)  # (crops, K*T, 3, S, S)
         views = views.unflatten(1, (clips, self.clip_length)).transpose(0, 1).flatten(0, 1)  # (K*crops, T, 3, S, S)
         return views.permute(0, 2, 1, 3, 4).contiguous(), label
 

@@ -33,11 +33,15 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from opplan.errors import DataError
 from opplan.fileio import atomic_open, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its image codecs in favour of torchcodec (not a dependency here);
@@ -145,12 +149,17 @@ def encode_jpeg_video(frames: np.ndarray, quality: int) -> np.ndarray:
 def decode_jpeg_frames(blobs: list[np.ndarray], device: str = "cpu") -> np.ndarray:
     """JPEG images (uint8 arrays) -> uint8 (N, H, W, 3); ``device="cuda"`` decodes the batch on the GPU
     (nvJPEG) and returns the frames to the host."""
+    return decode_jpeg_chw(blobs, device).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def decode_jpeg_chw(blobs: list[np.ndarray], device: str = "cpu") -> torch.Tensor:
+    """JPEG images (uint8 arrays) -> contiguous uint8 (N, 3, H, W) on ``device``, the layout the
+    decoder gives: no transposing copy to (N, H, W, 3), which costs as much as the decoding."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.from_numpy(np.array(b, copy=True)) for b in blobs]
-    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    return torch.stack(images).permute(0, 2, 3, 1).cpu().numpy()
+    return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
 
 
 # --- checksums ---------------------------------------------------------------------------
@@ -287,14 +296,24 @@ class ShardReader:
     def frames(self, name: str, offset: int, shape: tuple[int, int, int], indices: np.ndarray) -> np.ndarray:
         """uint8 (len(indices), H, W, 3) copies of the chosen frames of one video."""
         if is_jpeg(name):
-            indices = np.asarray(indices)
-            unique, inverse = np.unique(indices, return_inverse=True)  # a frame used twice is decoded once
-            decoded = decode_jpeg_frames(self.jpeg_images(name, offset, shape[0], unique))
-            if decoded.shape[1:3] != tuple(shape[1:]):
-                raise DataError(f"{self.folder / name}: frames of {decoded.shape[2]}x{decoded.shape[1]}, videos.csv "
-                                f"says {shape[2]}x{shape[1]}; rerun `dvc repro prepare`")
-            return decoded[inverse.reshape(-1)]
+            return self.frames_chw(name, offset, shape, indices).permute(0, 2, 3, 1).numpy()
         return np.asarray(self.video(name, offset, *shape)[indices])
+
+    def frames_chw(self, name: str, offset: int, shape: tuple[int, int, int], indices: np.ndarray) -> torch.Tensor:
+        """The chosen frames of one video as a uint8 (len(indices), 3, H, W) tensor, the shape the
+        transforms take: raw frames as a channels-last view of their copy (``frames``), JPEG frames
+        as decoded, contiguous (2x faster than through (N, H, W, 3): docs/design.md §1b)."""
+        import torch
+
+        if not is_jpeg(name):
+            return torch.from_numpy(np.ascontiguousarray(self.frames(name, offset, shape, indices))).permute(0, 3, 1, 2)
+        indices = np.asarray(indices).reshape(-1)
+        unique, inverse = np.unique(indices, return_inverse=True)  # a frame used twice is decoded once
+        decoded = decode_jpeg_chw(self.jpeg_images(name, offset, shape[0], unique))
+        if tuple(decoded.shape[2:]) != tuple(shape[1:]):
+            raise DataError(f"{self.folder / name}: frames of {decoded.shape[3]}x{decoded.shape[2]}, videos.csv "
+                            f"says {shape[2]}x{shape[1]}; rerun `dvc repro prepare`")
+        return decoded if np.array_equal(unique, indices) else decoded[torch.from_numpy(inverse.reshape(-1))]
 
 
 def is_jpeg(shard_name: str) -> bool:
