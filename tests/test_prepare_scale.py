@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from opplan.config import PrepareParams, TrainParams
+from opplan.data import shards
 from opplan.data.dataset import ClipDataset, read_videos
 from opplan.data.prepare import (
     KILL_AFTER_ENV,
@@ -66,6 +67,37 @@ def test_jpeg_shards_read_back_close_to_raw_and_smaller(dataset: Path, tmp_path:
     train = TrainParams(crop_size=32, scale_jitter=(40, 48), eval_short_side=40)
     clips = [ClipDataset(d, "train", sampling="cs", clip_length=8, mode="train", train=train)[1][0] for d in (raw, jpeg)]
     assert clips[0].shape == clips[1].shape == (3, 8, 32, 32)
+
+
+def _old_layout(frames: np.ndarray, quality: int) -> np.ndarray:
+    """A video as the first ``jpeg`` layout stored it: T + 1 offsets, then whole JPEG images."""
+    import torch
+    from torchvision.io import encode_jpeg
+
+    images = [encode_jpeg(torch.from_numpy(f).permute(2, 0, 1).contiguous(), quality=quality).numpy() for f in frames]
+    return np.concatenate([np.cumsum([0] + [len(i) for i in images], dtype="<u8").view(np.uint8), *images])
+
+
+def test_frames_of_a_video_share_one_stored_jpeg_header_and_old_shards_still_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 50)[None, None, :, None] + np.linspace(0, 50, 40)[None, :, None, None]
+    frames = np.clip(ramp + rng.normal(0, 4, (6, 40, 50, 3)) + [[[[0, 30, 60]]]], 0, 255).astype(np.uint8)
+    new, old = shards.encode_jpeg_video(frames, 90), _old_layout(frames, 90)
+    header = shards._header_length(old[7 * 8:])  # the first image's markers up to its start of scan
+    assert 500 < header < 700 and new.size == old.size + 8 + 8 - 5 * header  # stored once, not six times
+    monkeypatch.setattr(shards, "_header_length", lambda image: 0)  # no common header found: whole images
+    whole = shards.encode_jpeg_video(frames, 90)
+    assert whole.size == old.size + 16
+    monkeypatch.undo()
+
+    videos = [new, old, whole]
+    np.save(tmp_path / "jpeg-00000.npy", np.concatenate(videos))
+    reader, offsets = ShardReader(tmp_path), np.cumsum([0] + [v.size for v in videos[:-1]])
+    order = np.array([5, 0, 2, 2])
+    got = [reader.frames("jpeg-00000.npy", int(o), (6, 40, 50), order) for o in offsets]
+    assert (got[0] == got[1]).all() and (got[0] == got[2]).all()  # the same pixels from every layout
+    assert np.abs(got[0].astype(int) - frames[order]).mean() < 6  # and they are the frames (lossy)
 
 
 def test_damaged_jpeg_table_is_named(dataset: Path, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 from opplan.config import Params, PrepareParams
 from opplan.data.frames import FrameFolderError, read_frames, resized_shape
 from opplan.data.manifest import CLASSES, Entry, read_manifest, write_csv
-from opplan.data.shards import SHARD_RE, ShardWriter, encode_jpeg_video, full_digest
+from opplan.data.shards import SHARD_RE, SHARED_HEADER, ShardWriter, encode_jpeg_video, full_digest
 from opplan.data.splits import check_classes, stratified_split, validation_count
 from opplan.errors import DataError
 from opplan.fileio import atomic_write_json, atomic_write_text
@@ -356,6 +356,8 @@ def _resume_key(root: Path, entries: list[Entry], cfg: PrepareParams) -> str:
     path, label, split, size and modification time (of a frame folder: the folder's own, which
     changes when a frame is added, removed or renamed)."""
     settings = {k: getattr(cfg, k) for k in ("short_side", "max_frames", "fps", "codec", "quality", "shard_mb")}
+    if cfg.codec == "jpeg":  # shards of the first layout (no shared header) are not resumed into
+        settings["jpeg_layout"] = SHARED_HEADER
     videos = []
     for e in entries:
         try:

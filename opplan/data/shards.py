@@ -2,11 +2,16 @@
 
 Two codecs (``prepare.codec``, docs/design.md "Frame shards"):
 - ``raw``: shards ``frames-NNNNN.npy``, laid out as below;
-- ``jpeg``: shards ``jpeg-NNNNN.npy``; one video is, from ``offset`` on, ``T + 1``
-  little-endian uint64 frame offsets (relative to the end of that table) followed by its
-  ``T`` JPEG images. A clip reads the table and then only its frames' byte ranges, and
-  decodes them with libjpeg-turbo (``torchvision.io.decode_jpeg``) in the loader worker.
-  The shard's name says its codec, so ``videos.csv`` keeps its columns.
+- ``jpeg``: shards ``jpeg-NNNNN.npy``; one video is, from ``offset`` on, the uint64
+  ``SHARED_HEADER``, then ``T + 2`` little-endian uint64 offsets (relative to the end of
+  that table) of its frames' common JPEG header (markers up to the end of the start of scan,
+  the same for every frame of one size and quality; empty if they differ) and of each
+  frame's rest, then those bytes. On 50x40 frames the 623-byte header is half a JPEG frame,
+  at 128x171 one sixth. A clip reads the table and then only its frames' byte ranges, puts
+  the header before each and decodes them with libjpeg-turbo (``torchvision.io.decode_jpeg``)
+  in the loader worker. Shards of the first layout (``T + 1`` offsets of whole JPEG images,
+  no marker: a table starts with 0) are read as before. The shard's name says its codec, so
+  ``videos.csv`` keeps its columns.
 
 A shard is a flat uint8 array in a ``.npy`` file, ``frames-NNNNN.npy``; one video is
 the ``num_frames * height * width * 3`` bytes from ``offset`` on, frames (T, H, W, 3)
@@ -134,16 +139,33 @@ class ShardWriter:
 # --- JPEG frames ---------------------------------------------------------------------------
 
 
+SHARED_HEADER = 0x3152444848474550
+"""First uint64 of a video in a ``jpeg`` shard whose frames share one stored JPEG header
+(b"PEGHHDR1"; a table of the first layout starts with offset 0 instead)."""
+
+
 def encode_jpeg_video(frames: np.ndarray, quality: int) -> np.ndarray:
     """uint8 (T, H, W, 3) frames -> the flat uint8 bytes a ``jpeg`` shard stores for them
-    (offset table + JPEG images; libjpeg-turbo, 4:2:0, deterministic)."""
+    (marker, offset table, the frames' common header, each frame's rest; libjpeg-turbo, 4:2:0,
+    deterministic)."""
     import torch
     from torchvision.io import encode_jpeg
 
     images = [encode_jpeg(torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).contiguous(), quality=quality)
-              for f in frames]
-    ends = np.cumsum([0] + [len(i) for i in images], dtype="<u8")
-    return np.concatenate([ends.view(np.uint8), *(i.numpy() for i in images)])
+              .numpy() for f in frames]
+    cut = _header_length(images[0]) if images else 0
+    header = images[0][:cut] if cut and all(np.array_equal(i[:cut], images[0][:cut]) for i in images) else images[0][:0]
+    parts = [header, *(i[len(header):] for i in images)]
+    ends = np.cumsum([0] + [len(part) for part in parts], dtype="<u8")
+    return np.concatenate([np.array([SHARED_HEADER], dtype="<u8").view(np.uint8), ends.view(np.uint8), *parts])
+
+
+def _header_length(image: np.ndarray) -> int:
+    """Bytes of a JPEG image up to the end of its start-of-scan segment (0 if none is found):
+    the markers (tables, frame size) that frames of one size and quality share."""
+    data = image.tobytes()
+    at = data.find(b"\xff\xda")
+    return 0 if at < 0 or at + 4 > len(data) else at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
 
 
 def decode_jpeg_frames(blobs: list[np.ndarray], device: str = "cpu") -> np.ndarray:
@@ -273,14 +295,22 @@ class ShardReader:
         return array
 
     def jpeg_images(self, name: str, offset: int, num_frames: int, indices: np.ndarray) -> list[np.ndarray]:
-        """The JPEG images of the chosen frames of one video in a ``jpeg`` shard (views of the map)."""
+        """The JPEG images of the chosen frames of one video in a ``jpeg`` shard (each the shared
+        header and the frame's rest, copied; views of the map in a shard of the first layout)."""
         flat = self.shard(name)
-        table = offset + 8 * (num_frames + 1)
-        ends = np.frombuffer(flat[offset:table].tobytes(), dtype="<u8").astype(np.int64) if table <= flat.size else []
-        if len(ends) != num_frames + 1 or table + int(ends[-1]) > flat.size or np.any(np.diff(ends) <= 0):
+        shared = offset + 8 <= flat.size and int(flat[offset : offset + 8].view("<u8")[0]) == SHARED_HEADER
+        start, count = (offset + 8, num_frames + 2) if shared else (offset, num_frames + 1)
+        table = start + 8 * count
+        ends = np.frombuffer(flat[start:table].tobytes(), dtype="<u8").astype(np.int64) if table <= flat.size else []
+        steps = np.diff(ends)
+        if (len(ends) != count or ends[0] != 0 or table + int(ends[-1]) > flat.size or np.any(steps[shared:] <= 0)
+                or steps[0] < 0):
             raise DataError(f"{self.folder / name}: shard is shorter than videos.csv says or its frame table "
                             "is damaged; rerun `dvc repro prepare`")
-        return [flat[table + ends[i] : table + ends[i + 1]] for i in np.asarray(indices)]
+        if not shared:
+            return [flat[table + ends[i] : table + ends[i + 1]] for i in np.asarray(indices)]
+        header = flat[table : table + ends[1]]
+        return [np.concatenate([header, flat[table + ends[i + 1] : table + ends[i + 2]]]) for i in np.asarray(indices)]
 
     def video(self, name: str, offset: int, num_frames: int, height: int, width: int) -> np.ndarray:
         """All frames of one video as a read-only (T, H, W, 3) uint8 view of the map (decoded
