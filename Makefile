@@ -24,8 +24,10 @@ demo: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro $$([ -e mlflow.db ] || echo --force)
 	@echo "done: see reports/report.md; browse the runs with: $(BIN)/opplan ui"
 
+# Two workers, one test file each at a time (a module's fixtures, e.g. the end-to-end project, are
+# built once); the end-to-end tests spend much of their time in subprocesses and waits.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(BIN)/python bench/loader.py

@@ -180,7 +180,7 @@ def decode_jpeg_chw(blobs: list[np.ndarray], device: str = "cpu") -> torch.Tenso
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    data = [torch.from_numpy(np.array(b, copy=True)) for b in blobs]
+    data = [torch.from_numpy(b if b.flags.owndata and b.flags.writeable else np.array(b)) for b in blobs]  # maps: copied
     return torch.stack(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
 
 
