@@ -153,7 +153,7 @@ def test_a_transition_below_the_bar_is_pruned_recorded_in_mlflow_and_reused(tiny
     params = params.model_copy(update={"report": params.report.model_copy(update={"figures": False})})
     folder = run_report(params, out=str(tmp_path / "reports")).parent
     text = "\n".join(p.read_text() for p in folder.rglob("*.md"))
-    assert "Pruned: bound < bar" in text and f"{100 * record.bound:.2f} < 200.00" in text
+    assert "Pruned: bound < bar" in text and f"{record.bound:.4f} < 2.0000" in text  # fractions, as V is
     assert "1 transition(s) pruned (plan.prune" in text
     assert f"S0 → {dst.name} after {record.epochs_trained} epochs" in text
 
