@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from opplan.config import TrackingParams
 from opplan.errors import OpplanError
@@ -37,6 +36,7 @@ from opplan.names import (
     STATUS_KILLED,
     TAG_CHECKPOINT_SHA256,
     TAG_CREATE_TOKEN,
+    TAG_PARENT_RUN,
     TAG_STATUS,
 )
 from opplan.tracking.retries import DEFAULT_RETRY_SECONDS, retrying, set_mlflow_env_defaults
@@ -110,7 +110,7 @@ class Store:
         """Active runs of this experiment whose tags equal ``filters``, oldest first."""
         clauses = [f"tags.`{key}` = '{value}'" for key, value in filters.items()]
         if parent_id is not None:
-            clauses.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'")
+            clauses.append(f"tags.`{TAG_PARENT_RUN}` = '{parent_id}'")
         runs: list[Run] = []
         token = None
         while True:
@@ -228,7 +228,7 @@ class Tracker(Store):
         token = uuid.uuid4().hex
         tags = {**{k: str(v) for k, v in tags.items()}, TAG_CREATE_TOKEN: token}
         if parent_id is not None:
-            tags[MLFLOW_PARENT_RUN_ID] = parent_id
+            tags[TAG_PARENT_RUN] = parent_id
         attempts = 0
 
         def create() -> Run:

@@ -106,16 +106,17 @@ def _connect(db: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to ``db``; where a writer was killed mid-transaction, SQLite's own
     recovery first (a read-write connection rolls the hot journal back, as MLflow's next
     connection would), never creating a file. A SIGKILL during planning leaves such a store."""
-    uri, mode = db.resolve().as_uri(), "ro"
+    uri = db.resolve().as_uri()
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
-        with contextlib.closing(sqlite3.connect(f"{uri}?mode=ro", uri=True)) as con:
-            _tables(con)
-    except sqlite3.OperationalError as exc:
+        _tables(con)  # the first read meets a hot journal, if any
+    except sqlite3.DatabaseError as exc:
+        con.close()
         if getattr(exc, "sqlite_errorname", None) not in _RECOVER:
             raise
         log.info("the MLflow store %s was left mid-transaction by a killed writer: SQLite rolls it back", db)
-        mode = "rw"
-    with contextlib.closing(sqlite3.connect(f"{uri}?mode={mode}", uri=True)) as con:
+        con = sqlite3.connect(f"{uri}?mode=rw", uri=True)
+    with contextlib.closing(con):
         yield con
 
 
